@@ -1,0 +1,87 @@
+"""Config records. Each checks itself when built, so commands never validate options by hand."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgeclf.errors import UsageError
+from edgeclf.pipeline.backbones import get_backbone
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    out: str
+    arch: str = "mobilenetv2"
+    weights: str = "imagenet"  # "imagenet", "none" or a path
+    img_size: int | None = None  # None: the backbone's default
+    alpha: float = 1.0
+    val_split: float = 0.2
+    val_dir: str | None = None
+    test_dir: str | None = None
+    batch_size: int = 32
+    head_epochs: int = 5
+    fine_tune_epochs: int = 10
+    lr: float = 1e-3
+    fine_tune_lr: float | None = None  # None: lr / 10
+    fine_tune_at: int | None = None  # None: the backbone's default
+    dropout: float = 0.2
+    augment: bool = True
+    class_weight: str = "none"  # "none" or "auto"
+    patience: int = 3
+    seed: int = 42
+
+    def __post_init__(self):
+        backbone = get_backbone(self.arch)
+        self.arch = backbone.name
+        if self.img_size is None:
+            self.img_size = backbone.default_size
+        if self.img_size < backbone.min_size:
+            raise UsageError(f"--img-size {self.img_size} is too small for {self.arch}", f"use at least {backbone.min_size}")
+        if self.alpha != 1.0 and not backbone.has_alpha:
+            raise UsageError(f"--alpha applies only to mobilenetv2, not {self.arch}", "drop --alpha")
+        if not 0 < self.alpha <= 1.4:
+            raise UsageError(f"--alpha {self.alpha} is out of range", "use a width multiplier in (0, 1.4], e.g. 0.35, 0.5, 1.0")
+        if self.val_dir is None and not 0 < self.val_split < 1:
+            raise UsageError(f"--val-split {self.val_split} must be between 0 and 1", "e.g. --val-split 0.2")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1", "e.g. --batch-size 32")
+        if self.head_epochs < 0 or self.fine_tune_epochs < 0 or self.head_epochs + self.fine_tune_epochs == 0:
+            raise UsageError("no epochs to train", "set --head-epochs and/or --fine-tune-epochs above 0")
+        if self.lr <= 0 or (self.fine_tune_lr is not None and self.fine_tune_lr <= 0):
+            raise UsageError("learning rates must be positive", "e.g. --lr 1e-3")
+        if self.fine_tune_lr is None:
+            self.fine_tune_lr = self.lr / 10
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"--dropout {self.dropout} must be in [0, 1)", "e.g. --dropout 0.2")
+        if self.class_weight not in ("none", "auto"):
+            raise UsageError(f"--class-weight {self.class_weight} is not supported", "use 'auto' or 'none'")
+        if self.weights.lower() in ("imagenet", "none"):
+            self.weights = self.weights.lower()
+        else:
+            path = Path(self.weights).expanduser()
+            if not path.is_file():
+                raise UsageError(f"weights file {path} does not exist", "pass --weights imagenet, none, or a path to an .h5/.keras file")
+            self.weights = str(path.resolve())
+        if self.fine_tune_at is None:
+            self.fine_tune_at = backbone.fine_tune_at
+        for name in ("data_dir", "val_dir", "test_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                path = Path(value).expanduser()
+                if not path.is_dir():
+                    raise UsageError(f"{name.replace('_', '-')} {path} is not a folder", "pass a folder with one subfolder per class")
+                setattr(self, name, str(path.resolve()))
+        self.out = str(Path(self.out).expanduser().resolve())
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

@@ -1,0 +1,41 @@
+"""The EdgeclfError family. Every message says what went wrong and what to change."""
+
+
+class EdgeclfError(Exception):
+    """An expected failure: printed as one line by the CLI, never with a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, fix: str | None = None):
+        self.what = what
+        self.fix = fix
+        super().__init__(f"{what} ({fix})" if fix else what)
+
+
+class UsageError(EdgeclfError):
+    """Bad options or a bad combination of options."""
+
+    exit_code = 2
+
+
+class DatasetError(EdgeclfError):
+    """An image folder that cannot be used as given."""
+
+
+class ModelError(EdgeclfError):
+    """A model, run directory or weights file that cannot be used."""
+
+
+class ExportError(EdgeclfError):
+    """A conversion that failed; no artefact was written."""
+
+
+class DeviceError(EdgeclfError):
+    """A target device that cannot be reached or cannot run the model."""
+
+
+class MissingDependency(EdgeclfError):
+    """An optional package that is not installed."""
+
+    def __init__(self, package: str, extra: str):
+        super().__init__(f"{package} is not installed", f"pip install 'edgeclf[{extra}]'")

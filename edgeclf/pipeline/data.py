@@ -1,0 +1,87 @@
+"""From a TrainConfig to decoded train/val/test splits, plus the record of how they were made."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeclf.config import TrainConfig
+from edgeclf.pipeline.datasets import (
+    DecodedSplit,
+    ImageFolder,
+    Sample,
+    check_same_classes,
+    decode,
+    scan_folder,
+    stratified_split,
+)
+
+
+@dataclass
+class SplitPlan:
+    """Which files go where; cheap to build, and built before anything is written."""
+
+    classes: list[str]
+    roots: dict[str, Path]
+    samples: dict[str, list[Sample]]
+    how: str
+
+    def to_json(self) -> dict:
+        return {
+            "how": self.how,
+            "classes": self.classes,
+            "splits": {
+                name: {
+                    "root": str(self.roots[name]),
+                    "files": [[str(s.path.relative_to(self.roots[name])), s.label] for s in samples],
+                }
+                for name, samples in self.samples.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SplitPlan":
+        roots = {name: Path(split["root"]) for name, split in data["splits"].items()}
+        samples = {
+            name: [Sample(roots[name] / rel, int(label)) for rel, label in split["files"]]
+            for name, split in data["splits"].items()
+        }
+        return cls(list(data["classes"]), roots, samples, data["how"])
+
+    def decode(self, name: str, img_size: int) -> DecodedSplit:
+        return decode(name, self.roots[name], self.classes, self.samples[name], img_size)
+
+
+def plan_splits(config: TrainConfig) -> SplitPlan:
+    """Scan the folders and check them; every dataset error surfaces here, before training."""
+    train_folder = scan_folder(Path(config.data_dir), "training data")
+    roots = {"train": train_folder.root}
+    if config.val_dir:
+        val_folder = _checked(train_folder, Path(config.val_dir), "validation")
+        samples = {"train": train_folder.samples, "val": val_folder.samples}
+        roots["val"] = val_folder.root
+        how = f"explicit --val-dir {config.val_dir}"
+    else:
+        train, val = stratified_split(train_folder, config.val_split, config.seed)
+        samples = {"train": train, "val": val}
+        roots["val"] = train_folder.root
+        how = f"stratified --val-split {config.val_split} of {config.data_dir} with seed {config.seed}"
+    if config.test_dir:
+        test_folder = _checked(train_folder, Path(config.test_dir), "test")
+        samples["test"] = test_folder.samples
+        roots["test"] = test_folder.root
+    return SplitPlan(train_folder.classes, roots, samples, how)
+
+
+def _checked(train_folder: ImageFolder, root: Path, what: str) -> ImageFolder:
+    folder = scan_folder(root, f"{what} data")
+    check_same_classes(train_folder.classes, folder.classes, root, what)
+    return folder
+
+
+def save_plan(plan: SplitPlan, path: Path) -> None:
+    path.write_text(json.dumps(plan.to_json(), indent=1))
+
+
+def load_plan(path: Path) -> SplitPlan:
+    return SplitPlan.from_json(json.loads(path.read_text()))

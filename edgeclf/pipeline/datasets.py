@@ -1,0 +1,212 @@
+"""Image folders (one subfolder per class): scanning, checking, splitting and decoding."""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeclf import console
+from edgeclf.errors import DatasetError
+from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class ImageFolder:
+    """The image files of a folder, by class, before decoding."""
+
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+
+    def counts(self) -> dict[str, int]:
+        counts = {name: 0 for name in self.classes}
+        for sample in self.samples:
+            counts[self.classes[sample.label]] += 1
+        return counts
+
+
+@dataclass
+class DecodedSplit:
+    """Decoded pixels of one split, kept in memory so later epochs never decode again."""
+
+    name: str
+    root: Path
+    classes: list[str]
+    images: np.ndarray  # (N, H, W, 3) uint8, raw RGB
+    labels: np.ndarray  # (N,) int64
+    paths: list[Path]
+    skipped: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.labels == i).sum()) for i, name in enumerate(self.classes)}
+
+    def summary(self) -> dict:
+        return {
+            "root": str(self.root),
+            "n_images": len(self),
+            "per_class": self.counts(),
+            "skipped": self.skipped,
+        }
+
+
+def scan_folder(root: Path, what: str = "dataset") -> ImageFolder:
+    """List class subfolders and their image files; non-image files are ignored."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{what} folder {root} does not exist", "check the path")
+    if not root.is_dir():
+        raise DatasetError(f"{what} path {root} is not a folder", "pass a folder with one subfolder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        found = f"only class '{classes[0]}'" if classes else "no class subfolders"
+        raise DatasetError(
+            f"{what} folder {root} has {found}; a classifier needs at least 2 classes",
+            "put each class's images in its own subfolder",
+        )
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise DatasetError(
+                f"class '{name}' in {root} has no images (jpg/jpeg/png/bmp/gif/webp)",
+                "add images to it or remove the folder",
+            )
+        samples.extend(Sample(path, label) for path in files)
+    return ImageFolder(root, classes, samples)
+
+
+def check_same_classes(reference: list[str], other: list[str], other_root: Path, what: str) -> None:
+    if reference == other:
+        return
+    missing = sorted(set(reference) - set(other))
+    extra = sorted(set(other) - set(reference))
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra:
+        parts.append(f"unexpected {', '.join(extra)}")
+    raise DatasetError(
+        f"the {what} folder {other_root} has different classes from training ({'; '.join(parts)})",
+        "give every split the same class subfolders",
+    )
+
+
+def map_to_labels(folder: ImageFolder, labels: list[str], what: str) -> ImageFolder:
+    """Re-index a folder whose classes are a subset of `labels` (e.g. an evaluation folder)."""
+    unknown = sorted(set(folder.classes) - set(labels))
+    if unknown:
+        raise DatasetError(
+            f"the {what} folder {folder.root} has classes the model does not know: {', '.join(unknown)}",
+            f"use only these class folders: {', '.join(labels)}",
+        )
+    index = {name: labels.index(name) for name in folder.classes}
+    samples = [Sample(s.path, index[folder.classes[s.label]]) for s in folder.samples]
+    return ImageFolder(folder.root, list(labels), samples)
+
+
+def stratified_split(folder: ImageFolder, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split each class by the same fraction; depends only on file names, classes and seed."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in range(len(folder.classes)):
+        members = sorted((s for s in folder.samples if s.label == label), key=lambda s: str(s.path))
+        order = rng.permutation(len(members))
+        n_val = int(round(len(members) * val_fraction))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        else:
+            n_val = 0
+        val.extend(members[i] for i in sorted(order[:n_val]))
+        train.extend(members[i] for i in sorted(order[n_val:]))
+    return train, val
+
+
+def stratified_sample(samples: list[Sample], n_classes: int, size: int, seed: int) -> list[Sample]:
+    """Pick `size` samples spread over classes in proportion to their counts, deterministically."""
+    if size >= len(samples):
+        return sorted(samples, key=lambda s: str(s.path))
+    rng = np.random.default_rng(seed)
+    by_class = [sorted((s for s in samples if s.label == c), key=lambda s: str(s.path)) for c in range(n_classes)]
+    total = len(samples)
+    quotas = [len(members) * size / total for members in by_class]
+    counts = [int(q) for q in quotas]
+    # Hand out the remainder to the largest fractional parts, ties broken by class index.
+    for c in sorted(range(n_classes), key=lambda c: (-(quotas[c] - counts[c]), c))[: size - sum(counts)]:
+        counts[c] += 1
+    chosen = []
+    for members, count in zip(by_class, counts):
+        picks = rng.permutation(len(members))[:count]
+        chosen.extend(members[i] for i in sorted(picks))
+    return chosen
+
+
+def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img_size: int) -> DecodedSplit:
+    """Decode every sample once (in threads), skipping unreadable files with a warning."""
+    images = np.zeros((len(samples), img_size, img_size, 3), dtype=np.uint8)
+    ok = np.zeros(len(samples), dtype=bool)
+    skipped = []
+
+    def work(index: int):
+        try:
+            images[index] = load_image(samples[index].path, img_size)
+            ok[index] = True
+        except UnreadableImage as exc:
+            return {"path": _relative(samples[index].path, root), "reason": str(exc)}
+        return None
+
+    with console.progress() as bar, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        task = bar.add_task(f"decoding {name}", total=len(samples), status="")
+        for problem in pool.map(work, range(len(samples))):
+            if problem:
+                skipped.append(problem)
+            bar.advance(task)
+    if skipped:
+        names = ", ".join(p["path"] for p in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        console.warn(f"skipped {len(skipped)} unreadable image(s) in {name}: {names}{more}")
+    keep = np.flatnonzero(ok)
+    split = DecodedSplit(
+        name=name,
+        root=root,
+        classes=classes,
+        images=images[keep],
+        labels=np.array([samples[i].label for i in keep], dtype=np.int64),
+        paths=[samples[i].path for i in keep],
+        skipped=skipped,
+    )
+    present = {s.label for s in samples}
+    for label, count in split.counts().items():
+        if count == 0 and classes.index(label) in present:
+            raise DatasetError(
+                f"class '{label}' has no readable images in the {name} split ({root})",
+                "replace the unreadable files or remove the class",
+            )
+    return split
+
+
+def samples_digest(samples: list[Sample], root: Path) -> str:
+    """A hash of which files (by relative path and label) make up a sample list."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        h.update(f"{_relative(s.path, root)}\t{s.label}\n".encode())
+    return h.hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,20 @@
+"""Run a Keras classifier over decoded images and score it."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeclf import tfenv
+
+BATCH = 64
+
+
+def predict_probs(model, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+    """Softmax outputs for uint8 (N, H, W, 3) raw pixels, in batches to bound memory."""
+    tfenv.tf()
+    if len(images) == 0:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    outputs = [
+        np.asarray(model(images[i : i + batch_size].astype(np.float32), training=False))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs)
