@@ -6,19 +6,26 @@
 # flatbuffers come from the venv.
 #
 # Idempotent: does nothing when the directory is already complete.
-# Usage: bash tests/install_metadata_reader.sh
-#   PYTHON=...                      interpreter to install for (default: <repo>/.venv/bin/python)
-#   EDGECLF_TFLITE_SUPPORT_DIR=...  target (default: <repo>/.venv/tflite-support-reader)
+# Usage: bash tests/install_metadata_reader.sh [PYTHON]
+#   PYTHON: the interpreter the tests run with (default: <repo>/.venv/bin/python); the
+#           wheel has compiled parts, so it must match that interpreter's version.
+#   EDGECLF_TFLITE_SUPPORT_DIR: target directory (default: <repo>/.venv/tflite-support-reader),
+#           the same variable the test reads.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="${PYTHON:-$repo/.venv/bin/python}"
+python="${1:-$repo/.venv/bin/python}"
 dir="${EDGECLF_TFLITE_SUPPORT_DIR:-$repo/.venv/tflite-support-reader}"
 version="0.4.4"
 stamp="$dir/.installed-tflite-support-$version"
 
 if [ -f "$stamp" ]; then
   exit 0
+fi
+
+if ! "$python" -c pass; then
+  echo "install_metadata_reader.sh: cannot run $python (run 'make install' first?)" >&2
+  exit 1
 fi
 
 # tflite-support 0.4.4 ships wheels for CPython 3.7-3.11 only, and none for Linux arm64:

@@ -193,15 +193,16 @@ import json, sys
 sys.modules["tensorflow"] = None
 import numpy as np
 from tflite_support import metadata
+from tflite_support.metadata_writers import image_classifier
 from tflite_support.task import core, processor, vision
 from tensorflow_lite_support.metadata.cc.python import _pywrap_metadata_version
 
-image_path, out_path, *model_paths = sys.argv[1:]
+job = json.loads(sys.argv[1])
 # Keep the array referenced: TensorImage only points at its pixels.
-pixels = np.load(image_path)
+pixels = np.load(job["image"])
 image = vision.TensorImage.create_from_array(pixels)
 results = []
-for model_path in model_paths:
+for model_path in job["read"]:
     with open(model_path, "rb") as f:
         buf = f.read()
     displayer = metadata.MetadataDisplayer.with_model_buffer(buf)
@@ -221,40 +222,64 @@ for model_path in model_paths:
     categories = classifier.classify(image).classifications[0].categories
     result["classified"] = [[c.index, c.category_name, c.score] for c in categories]
     results.append(result)
-with open(out_path, "w") as f:
+
+# The other direction: Google's own writer, for our reader to read.
+with open(job["plain"], "rb") as f:
+    writer = image_classifier.MetadataWriter.create_for_inference(
+        f.read(), [127.5], [127.5], [job["labels"]])
+with open(job["google_out"], "wb") as f:
+    f.write(writer.populate())
+
+with open(job["out"], "w") as f:
     json.dump(results, f)
 """
 
 
-def _reader_available() -> bool:
-    return (READER_DIR / "tflite_support" / "__init__.py").is_file()
-
-
-@pytest.mark.skipif(
-    not _reader_available(),
-    reason=f"independent reader (tflite-support 0.4.4) not installed in {READER_DIR}: "
-    "run `bash tests/install_metadata_reader.sh` or set EDGECLF_TFLITE_SUPPORT_DIR",
-)
-def test_google_tflite_support_reads_our_metadata(plain_model, annotated, image, tmp_path):
+@pytest.fixture(scope="module")
+def google(plain_model, annotated, image, tmp_path_factory) -> dict:
+    """Run tflite-support once: read our models, and write one with its own writer."""
+    if not (READER_DIR / "tflite_support" / "__init__.py").is_file():
+        pytest.skip(
+            f"independent reader (tflite-support 0.4.4) not installed in {READER_DIR}: "
+            "run `bash tests/install_metadata_reader.sh` or set EDGECLF_TFLITE_SUPPORT_DIR"
+        )
+    tmp = tmp_path_factory.mktemp("tflite_support")
     # A second model whose normalization is not the identity, to see the C++ apply it.
     shifted = embed_metadata(plain_model, _meta(input_mean=[127.5], input_std=[127.5]))
-    paths = []
-    for name, model in (("model.tflite", annotated), ("shifted.tflite", shifted)):
-        paths.append(tmp_path / name)
-        paths[-1].write_bytes(model)
-    image_path = tmp_path / "image.npy"
-    np.save(image_path, image)
-    out_path = tmp_path / "reader.json"
-    env = dict(os.environ, PYTHONPATH=str(READER_DIR))
+    for name, data in (
+        ("ours.tflite", annotated),
+        ("shifted.tflite", shifted),
+        ("plain.tflite", plain_model),
+        ("labels.txt", "\n".join(LABELS).encode() + b"\n"),
+    ):
+        (tmp / name).write_bytes(data)
+    np.save(tmp / "image.npy", image)
+    job = {
+        "image": str(tmp / "image.npy"),
+        "read": [str(tmp / "ours.tflite"), str(tmp / "shifted.tflite")],
+        "plain": str(tmp / "plain.tflite"),
+        "labels": str(tmp / "labels.txt"),
+        "google_out": str(tmp / "google.tflite"),
+        "out": str(tmp / "results.json"),
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", _READER_SCRIPT, str(image_path), str(out_path), *map(str, paths)],
-        env=env,
+        [sys.executable, "-c", _READER_SCRIPT, json.dumps(job)],
+        env=dict(os.environ, PYTHONPATH=str(READER_DIR)),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 0, f"tflite-support reader failed:\n{proc.stderr[-3000:]}"
-    got, got_shifted = json.loads(out_path.read_text())
+    ours, shifted_result = json.loads((tmp / "results.json").read_text())
+    return {
+        "ours": ours,
+        "shifted": shifted_result,
+        "google_model": (tmp / "google.tflite").read_bytes(),
+    }
+
+
+def test_google_tflite_support_reads_our_metadata(google):
+    got = google["ours"]
     assert got["module"].startswith(str(READER_DIR))  # really Google's code, not ours
 
     meta = got["json"]
@@ -287,15 +312,37 @@ def test_google_tflite_support_reads_our_metadata(plain_model, annotated, image,
     assert got["files"] == [LABELS_FILE_NAME]
     assert got["labels"] == "cat\ndog\nbird\n"
 
+
+def test_google_task_library_classifies_with_our_metadata(google, annotated, image):
     # The C++ Task Library loads the model, applies our normalization, names the classes
     # from labels.txt and scores as LiteRT does on the same pixels (a transposed or BGR
     # image would be off by >1e-4).
     for result, pixels in (
-        (got, image.astype(np.float32)),
-        (got_shifted, (image.astype(np.float32) - 127.5) / 127.5),
+        (google["ours"], image.astype(np.float32)),
+        (google["shifted"], (image.astype(np.float32) - 127.5) / 127.5),
     ):
         classified = sorted(result["classified"])
         assert [name for _, name, _ in classified] == LABELS
         np.testing.assert_allclose(
             [score for *_, score in classified], _run_litert(annotated, pixels), rtol=1e-5, atol=1e-6
         )
+
+
+def test_our_reader_and_writer_handle_google_written_metadata(google, image):
+    theirs = google["google_model"]
+    info = read_metadata(theirs)
+    assert info["name"] == "ImageClassifier"  # tflite-support's default
+    assert info["min_parser_version"] == MIN_PARSER_VERSION
+    [inp] = info["inputs"]
+    assert (inp["content_type"], inp["color_space"]) == ("ImageProperties", "RGB")
+    assert (inp["mean"], inp["std"]) == ([127.5], [127.5])
+    [out] = info["outputs"]
+    assert out["associated_files"] == [{"name": LABELS_FILE_NAME, "type": "TENSOR_AXIS_LABELS"}]
+    assert read_associated_files(theirs) == {LABELS_FILE_NAME: b"cat\ndog\nbird\n"}
+
+    # Re-embedding over Google's metadata replaces it and keeps the model runnable.
+    ours = embed_metadata(theirs, _meta(labels=["x", "y", "z"]))
+    assert read_metadata(ours)["name"] == "tiny-classifier"
+    assert read_associated_files(ours) == {LABELS_FILE_NAME: b"x\ny\nz\n"}
+    assert ours.count(b"TFLITE_METADATA") == 1
+    np.testing.assert_array_equal(_run_litert(ours, image), _run_litert(theirs, image))

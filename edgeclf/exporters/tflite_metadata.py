@@ -1,7 +1,9 @@
 """Write and read TFLite Metadata, the format the TFLite Task Library and MediaPipe read.
 
 tflite-support is the reference implementation, but it pins protobuf<4, which breaks
-TensorFlow 2.21, so this module does the same job with the `flatbuffers` package only.
+TensorFlow 2.21, so this module does the same job itself: the metadata flatbuffer is built
+with `flatbuffers.Builder` and read by hand; only re-serializing the model itself uses the
+generated TFLite schema (object API) that LiteRT and TensorFlow ship.
 
 Layout, following tflite-support's `metadata_schema.fbs` (file identifier "M001"):
 
@@ -15,6 +17,7 @@ the 1-based position of the member in the `union` declaration (0 is NONE).
 """
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import struct
@@ -37,6 +40,8 @@ _MODEL_IDENTIFIER = b"TFL3"
 _METADATA_IDENTIFIER = b"M001"
 # TFLite's converter aligns constant data to 16 bytes; keep that when re-serializing.
 _BUFFER_ALIGNMENT = 16
+# zipfile never inflates a member past its declared size, so this bounds memory use.
+_MAX_ASSOCIATED_FILE = 256 * 1024 * 1024
 
 # --- schema constants (metadata_schema.fbs) ---------------------------------------------
 _ASSOCIATED_FILE_TYPES = {
@@ -123,7 +128,10 @@ def embed_metadata(model_bytes: bytes, meta: ImageClassifierMetadata) -> bytes:
     _set_metadata_buffer(schema, model, metadata_buf)
 
     builder = flatbuffers.Builder(max(1024, len(model_bytes) + len(metadata_buf) + 4096))
-    builder.Finish(model.Pack(builder), file_identifier=_MODEL_IDENTIFIER)
+    try:
+        builder.Finish(model.Pack(builder), file_identifier=_MODEL_IDENTIFIER)
+    except flatbuffers.builder.BuilderSizeError as exc:  # flatbuffers stop at 2 GB
+        raise ExportError("the model is too large to carry TFLite metadata", "export without metadata") from exc
     tflite = bytes(builder.Output())
     return _append_zip(tflite, {LABELS_FILE_NAME: _labels_file(meta.labels)})
 
@@ -132,10 +140,9 @@ def _model_schema():
     """The generated TFLite schema module (object API) shipped with LiteRT or TensorFlow."""
     try:
         # LiteRT's copy is the newer schema and imports in milliseconds, unlike TensorFlow.
-        from ai_edge_litert import schema_py_generated as schema
+        return importlib.import_module("ai_edge_litert.schema_py_generated")
     except ImportError:
-        from tensorflow.lite.python import schema_py_generated as schema
-    return schema
+        return importlib.import_module("tensorflow.lite.python.schema_py_generated")
 
 
 def _unpack_model(schema, buf: bytes):
@@ -213,7 +220,10 @@ def _validate(meta: ImageClassifierMetadata, model) -> None:
             f"expected 1 input and 1 output tensor, the model has {len(inputs)} and {len(outputs)}",
             "embed metadata only into single-image classifiers",
         )
-    in_shape = _shape(graph.tensors[inputs[0]])
+    tensors = list(graph.tensors or [])
+    if not all(0 <= int(i) < len(tensors) for i in inputs + outputs):
+        raise bad("the model's input/output tensor indices are out of range", "re-export the model")
+    in_shape = _shape(tensors[inputs[0]])
     if len(in_shape) == 4 and min(in_shape[1:]) > 0 and (
         tuple(in_shape[1:]) != (meta.height, meta.width, 3)
     ):
@@ -222,7 +232,7 @@ def _validate(meta: ImageClassifierMetadata, model) -> None:
             f"metadata says {meta.height}x{meta.width}x3",
             "pass the model's input size",
         )
-    out_shape = _shape(graph.tensors[outputs[0]])
+    out_shape = _shape(tensors[outputs[0]])
     if out_shape and out_shape[-1] > 0 and out_shape[-1] != len(meta.labels):
         raise bad(
             f"the model has {out_shape[-1]} outputs but {len(meta.labels)} labels",
@@ -607,17 +617,21 @@ def _tensor_info(tensor: _Table) -> dict:
 
 
 def read_associated_files(model_bytes: bytes) -> dict[str, bytes]:
-    """Files in the zip archive appended to the model ({} when there is none or it is unreadable)."""
+    """Files in the zip archive appended to the model ({} when there is none or it is unreadable).
+
+    Members that cannot be read (encrypted, corrupt, unknown compression) or that claim more
+    than 256 MiB are left out.
+    """
     files: dict[str, bytes] = {}
     try:
         with zipfile.ZipFile(io.BytesIO(model_bytes)) as zf:
             for item in zf.infolist():
-                if item.is_dir():
+                if item.is_dir() or item.file_size > _MAX_ASSOCIATED_FILE:
                     continue
                 try:
                     files[item.filename] = zf.read(item)
-                except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, OSError, EOFError):
-                    continue  # an encrypted, corrupt or oddly compressed member: skip it
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, struct.error):
+                except Exception:  # zipfile, zlib, bz2 and lzma each raise their own errors
+                    continue
+    except Exception:  # any archive we cannot parse counts as no archive
         return {}
     return files

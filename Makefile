@@ -1,0 +1,24 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both start with `make install`.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $@
+
+demo: install
+	$(BIN)/edgeclf demo
+
+test: install
+	bash tests/install_metadata_reader.sh $(BIN)/python
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) edgeclf-demo .pytest_cache

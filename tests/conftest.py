@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny generated image folders and the location of ../shared."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FLOWERS = SHARED / "datasets" / "flowers128"
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5"
+
+# Each class gets its own dominant colour and stripe direction, so a tiny model can tell them apart.
+CLASS_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (220, 200, 40), (160, 40, 200)]
+
+
+def synthetic_image(label: int, index: int, size: int = 40) -> Image.Image:
+    rng = np.random.default_rng(label * 1000 + index)
+    base = np.array(CLASS_COLOURS[label % len(CLASS_COLOURS)], dtype=np.float64)
+    pixels = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255)
+    stripes = (np.arange(size) // 4) % 2 == 0
+    if label % 2:
+        pixels[:, stripes] *= 0.5
+    else:
+        pixels[stripes, :] *= 0.5
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40, fmt: str = "png") -> Path:
+    for label, (name, count) in enumerate(per_class.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            synthetic_image(label, i, size).save(folder / f"{name}_{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})
+
+
+@pytest.fixture(scope="session")
+def flowers() -> Path:
+    if not (FLOWERS / "train").is_dir():
+        pytest.skip(f"real dataset not found at {FLOWERS} (../shared is absent)")
+    return FLOWERS
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    if not MOBILENET_WEIGHTS.is_file():
+        pytest.skip(f"pretrained weights not found at {MOBILENET_WEIGHTS} (../shared is absent)")
+    return MOBILENET_WEIGHTS
+
+
+def tiny_config(data_dir: Path, out: Path, **overrides):
+    """The smallest real training setup: MobileNetV2 alpha 0.35 at 32 px, random init."""
+    from edgeclf.config import TrainConfig
+
+    settings = dict(
+        data_dir=str(data_dir), out=str(out), arch="mobilenetv2", weights="none", alpha=0.35,
+        img_size=32, head_epochs=0, fine_tune_epochs=2, batch_size=8, augment=False, seed=1,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
