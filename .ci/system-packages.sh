@@ -26,6 +26,13 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 0
 fi
 
+mount_binfmt() {
+  if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+  fi
+}
+mount_binfmt
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -43,10 +50,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
     created_policy=1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || apt-get update
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  ok=0
+  for attempt in 1 2 3; do
+    # A failing third-party source must not stop us: judge by the install below.
+    apt-get update -qq || echo "system-packages.sh: apt-get update reported errors (attempt $attempt)" >&2
+    if apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+      ok=1
+      break
+    fi
+    sleep $((attempt * 5))
+  done
   if [ "$created_policy" -eq 1 ]; then
     rm -f /usr/sbin/policy-rc.d
+  fi
+  if [ "$ok" -ne 1 ]; then
+    echo "system-packages.sh: could not install ${missing[*]}" >&2
+    exit 1
   fi
 else
   echo "system-packages.sh: all device-test packages already installed"
@@ -56,11 +75,13 @@ fi
 mkdir -p /run/sshd
 chmod 755 /run/sshd
 
-# binfmt_misc lets the kernel run arm64 ELF files through qemu (also inside a
-# chroot when registered with the F flag). The fixtures do this themselves too;
-# doing it here is only an early, harmless attempt.
-if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
-  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+# binfmt_misc lets the kernel run arm64 ELF files through qemu-aarch64-static,
+# also inside a chroot (Debian registers it with the F flag). qemu-user-static's
+# postinst registers only if binfmt_misc is mounted, hence the mount above and
+# the explicit enable here. The fixtures repeat this check and skip if it fails.
+mount_binfmt
+if [ -e /proc/sys/fs/binfmt_misc/register ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 fi
 
 exit 0

@@ -26,6 +26,7 @@ class TrainConfig:
     fine_tune_lr: float | None = None  # None: lr / 10
     fine_tune_at: int | None = None  # None: the backbone's default
     dropout: float = 0.2
+    label_smoothing: float = 0.1
     augment: bool = True
     class_weight: str = "none"  # "none" or "auto"
     patience: int = 3
@@ -54,6 +55,8 @@ class TrainConfig:
             self.fine_tune_lr = self.lr / 10
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout {self.dropout} must be in [0, 1)", "e.g. --dropout 0.2")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)", "e.g. --label-smoothing 0.1")
         if self.class_weight not in ("none", "auto"):
             raise UsageError(f"--class-weight {self.class_weight} is not supported", "use 'auto' or 'none'")
         if self.weights.lower() in ("imagenet", "none"):

@@ -70,3 +70,4 @@ def tiny_config(data_dir: Path, out: Path, **overrides):
     )
     settings.update(overrides)
     return TrainConfig(**settings)
+from devices_infra.fixtures import *  # noqa: E402,F401,F403

@@ -1,0 +1,113 @@
+"""One representative dataset for int8, adapted to each consumer.
+
+Built once from images (the run's training split by default, or --calib-dir), with the
+same decoding as training and no augmentation, sampled stratified and seeded, and cached
+in the run directory keyed by everything that determines it. TFLite, ONNX Runtime and NNCF
+all read from the same `CalibrationSet`, so the manifests of all three formats carry the
+same sample hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeclf import console
+from edgeclf.errors import DatasetError, ModelError, UsageError
+from edgeclf.pipeline.datasets import Sample, decode, map_to_labels, samples_digest, scan_folder, stratified_sample
+from edgeclf.pipeline.runs import Run
+
+RECOMMENDED_MIN = 100
+CACHE_DIR = "cache"
+
+
+@dataclass
+class CalibrationSet:
+    images: np.ndarray  # (N, H, W, 3) uint8 raw RGB, exactly as training decodes them
+    source: str
+    seed: int
+    per_class: dict[str, int]
+    sample_hash: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def summary(self) -> dict:
+        return {
+            "count": len(self),
+            "source": self.source,
+            "seed": self.seed,
+            "per_class": self.per_class,
+            "sample_hash": self.sample_hash,
+        }
+
+    def float_batches(self):
+        """One (1, H, W, 3) float32 array per sample: the raw-pixel model input."""
+        for image in self.images:
+            yield image[None].astype(np.float32)
+
+    def tflite_representative_dataset(self):
+        """For TFLiteConverter.representative_dataset: a callable yielding input lists."""
+        return lambda: ([x] for x in self.float_batches())
+
+
+def build(run: Run, size: int = 300, calib_dir: str | None = None, seed: int | None = None) -> CalibrationSet:
+    if size < 1:
+        raise UsageError(f"--calib-size {size} must be at least 1", "e.g. --calib-size 300")
+    seed = run.seed if seed is None else seed
+    samples, root, source = _candidates(run, calib_dir)
+    if size < RECOMMENDED_MIN:
+        console.warn(
+            f"--calib-size {size} is below {RECOMMENDED_MIN}: activation ranges from few images "
+            "miss rare values and int8 accuracy can drop"
+        )
+    if size > len(samples):
+        console.warn(f"--calib-size {size} is more than the {len(samples)} images available; using all of them")
+    chosen = stratified_sample(samples, len(run.labels), size, seed)
+    digest = samples_digest(chosen, root)
+    key = hashlib.sha256(json.dumps([digest, run.img_size, str(root)]).encode()).hexdigest()[:16]
+    images, skipped = _cached_decode(run, key, chosen, root)
+    kept = [s for s, ok in zip(chosen, skipped) if ok]
+    per_class = {name: 0 for name in run.labels}
+    for sample in kept:
+        per_class[run.labels[sample.label]] += 1
+    return CalibrationSet(images, source, seed, per_class, samples_digest(kept, root))
+
+
+def _candidates(run: Run, calib_dir: str | None) -> tuple[list[Sample], Path, str]:
+    if calib_dir:
+        folder = map_to_labels(scan_folder(Path(calib_dir), "calibration data"), run.labels, "calibration")
+        return folder.samples, folder.root, str(folder.root)
+    if run.plan is None:
+        raise ModelError(f"{run.path} records no training split", "pass --calib-dir with images of the run's classes")
+    for sample in run.plan.samples["train"][:1]:
+        if not sample.path.exists():
+            raise DatasetError(
+                f"the run's training images are no longer at {run.plan.roots['train']}",
+                "pass --calib-dir with images of the run's classes",
+            )
+    return run.plan.samples["train"], run.plan.roots["train"], f"training split of {run.plan.roots['train']}"
+
+
+def _cached_decode(run: Run, key: str, chosen: list[Sample], root: Path) -> tuple[np.ndarray, list[bool]]:
+    """Decode the chosen images, or load them from the run's cache if they were decoded before."""
+    cache = run.path / CACHE_DIR / f"calib-{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as data:
+            return data["images"], data["ok"].tolist()
+    split = decode("calibration", root, run.labels, chosen, run.img_size)
+    ok_paths = set(split.paths)
+    ok = [s.path in ok_paths for s in chosen]
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_name(f".{cache.stem}.{uuid.uuid4().hex[:8]}.npz")
+        np.savez(tmp, images=split.images, ok=np.array(ok))
+        os.replace(tmp, cache)
+    except OSError as exc:  # a read-only run directory only costs speed
+        console.warn(f"could not cache calibration images in {cache.parent}: {exc}")
+    return split.images, ok

@@ -54,9 +54,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 
 def _register() -> None:
-    from edgeclf.cli import demo, evaluate, predict, train
+    from edgeclf.cli import demo, evaluate, export, inspect, predict, train
 
-    for module in (train, evaluate, predict, demo):
+    for module in (train, evaluate, predict, export, inspect, demo):
         cli.add_command(module.command)
 
 

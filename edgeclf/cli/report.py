@@ -21,3 +21,27 @@ def per_class_table(title: str, metrics: dict) -> None:
         for name, c in metrics["per_class"].items()
     ]
     console.table(title, ["class", "images", "precision", "recall"], rows)
+
+
+def size_mb(n_bytes) -> str:
+    return f"{n_bytes / 1e6:.2f}"
+
+
+def export_summary(manifest: dict) -> None:
+    acc = manifest.get("accuracy") or {}
+    model_file = manifest["files"][manifest["model_file"]]
+    quant = manifest["input"].get("quantization")
+    rows = [
+        ["artefact", manifest["path"]],
+        ["format", f"{manifest['target']} {manifest['quant']} (io {manifest['io']})"],
+        ["input", f"{manifest['input']['shape']} {manifest['input']['dtype']}" + (f" scale {quant['scale']:g} zp {quant['zero_point']}" if quant and "scale" in quant else "")],
+        ["size", f"{size_mb(model_file['bytes'])} MB"],
+        ["conversion", f"{manifest['conversion_s']:.1f} s"],
+    ]
+    if acc:
+        rows += [
+            [f"float top-1 ({acc['split']}, {acc['n_images']} images)", pct(acc["float_top1"])],
+            [f"{manifest['quant']} top-1", pct(acc["top1"])],
+            ["agreement with float", pct(acc["agreement"])],
+        ]
+    console.table(None, ["", ""], rows)

@@ -27,6 +27,7 @@ from edgeclf.pipeline.backbones import BACKBONES
 @click.option("--fine-tune-lr", type=float, help="Fine-tune learning rate [default: lr / 10].")
 @click.option("--fine-tune-at", type=int, help="First backbone layer index to unfreeze in stage (b) [default: per backbone].")
 @click.option("--dropout", default=0.2, show_default=True, type=float)
+@click.option("--label-smoothing", default=0.1, show_default=True, type=float)
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random flip, rotation, zoom and contrast.")
 @click.option("--class-weight", default="none", show_default=True, type=click.Choice(["none", "auto"]), help="'auto' weights classes by inverse frequency.")
 @click.option("--patience", default=3, show_default=True, type=int, help="Early-stopping patience (epochs without val_loss improvement).")

@@ -17,7 +17,6 @@ the 1-based position of the member in the `union` declaration (0 is NONE).
 """
 from __future__ import annotations
 
-import importlib
 import io
 import math
 import struct
@@ -27,7 +26,8 @@ from typing import Any
 
 import flatbuffers
 
-from edgeclf.errors import ExportError, ModelError
+from edgeclf.errors import ExportError
+from edgeclf.exporters import tflite_flatbuffer
 
 METADATA_NAME = "TFLITE_METADATA"
 LABELS_FILE_NAME = "labels.txt"
@@ -38,8 +38,6 @@ MIN_PARSER_VERSION = "1.0.0"
 
 _MODEL_IDENTIFIER = b"TFL3"
 _METADATA_IDENTIFIER = b"M001"
-# TFLite's converter aligns constant data to 16 bytes; keep that when re-serializing.
-_BUFFER_ALIGNMENT = 16
 # zipfile never inflates a member past its declared size, so this bounds memory use.
 _MAX_ASSOCIATED_FILE = 256 * 1024 * 1024
 
@@ -121,74 +119,12 @@ def embed_metadata(model_bytes: bytes, meta: ImageClassifierMetadata) -> bytes:
     metadata). Raises ModelError for bytes that are not a TFLite model and ExportError when
     `meta` does not fit the model.
     """
-    schema = _model_schema()
-    model = _unpack_model(schema, bytes(model_bytes))
+    schema = tflite_flatbuffer.schema()
+    model = tflite_flatbuffer.unpack(bytes(model_bytes))
     _validate(meta, model)
-    metadata_buf = _build_metadata(meta)
-    _set_metadata_buffer(schema, model, metadata_buf)
-
-    builder = flatbuffers.Builder(max(1024, len(model_bytes) + len(metadata_buf) + 4096))
-    try:
-        builder.Finish(model.Pack(builder), file_identifier=_MODEL_IDENTIFIER)
-    except flatbuffers.builder.BuilderSizeError as exc:  # flatbuffers stop at 2 GB
-        raise ExportError("the model is too large to carry TFLite metadata", "export without metadata") from exc
-    tflite = bytes(builder.Output())
+    _set_metadata_buffer(schema, model, _build_metadata(meta))
+    tflite = tflite_flatbuffer.pack(model, what="carry TFLite metadata")
     return _append_zip(tflite, {LABELS_FILE_NAME: _labels_file(meta.labels)})
-
-
-def _model_schema():
-    """The generated TFLite schema module (object API) shipped with LiteRT or TensorFlow."""
-    try:
-        # LiteRT's copy is the newer schema and imports in milliseconds, unlike TensorFlow.
-        return importlib.import_module("ai_edge_litert.schema_py_generated")
-    except ImportError:
-        return importlib.import_module("tensorflow.lite.python.schema_py_generated")
-
-
-def _unpack_model(schema, buf: bytes):
-    if len(buf) < 8 or buf[4:8] != _MODEL_IDENTIFIER:
-        raise ModelError("not a TFLite model (no TFL3 file identifier)", "pass a .tflite file")
-    try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
-    except Exception as exc:  # generated code raises bare struct/index errors on bad input
-        raise ModelError(f"cannot parse the TFLite model: {exc}", "re-export the model") from exc
-    # Models over 2 GB keep buffer data after the flatbuffer (offset/size); pull it in so
-    # Pack() writes it inline, as TensorFlow's flatbuffer_utils does.
-    for buffer in model.buffers or []:
-        if buffer.offset and buffer.offset > 1:
-            buffer.data = bytes(buf[buffer.offset : buffer.offset + buffer.size])
-            buffer.offset = 0
-            buffer.size = 0
-    # Pack() writes byte vectors aligned to 1; keep constant data 16-byte aligned.
-    aligned = _aligned_buffer_class(schema)
-    model.buffers = [_as_aligned(aligned, b) for b in (model.buffers or [])]
-    return model
-
-
-def _aligned_buffer_class(schema):
-    class AlignedBufferT(schema.BufferT):
-        def Pack(self, builder):
-            data = None
-            if self.data is not None:
-                raw = self.data.tobytes() if hasattr(self.data, "tobytes") else bytes(self.data)
-                # Pad so that the bytes start on a 16-byte boundary once the vector is
-                # written; CreateByteVector's own 4-byte Prep then adds nothing.
-                builder.Prep(_BUFFER_ALIGNMENT, len(raw))
-                data = builder.CreateByteVector(raw)
-            schema.BufferStart(builder)
-            if data is not None:
-                schema.BufferAddData(builder, data)
-            schema.BufferAddOffset(builder, self.offset)
-            schema.BufferAddSize(builder, self.size)
-            return schema.BufferEnd(builder)
-
-    return AlignedBufferT
-
-
-def _as_aligned(cls, buffer):
-    out = cls()
-    out.data, out.offset, out.size = buffer.data, buffer.offset, buffer.size
-    return out
 
 
 def _validate(meta: ImageClassifierMetadata, model) -> None:
@@ -246,8 +182,7 @@ def _shape(tensor) -> list[int]:
 
 def _set_metadata_buffer(schema, model, metadata_buf: bytes) -> None:
     """Point the TFLITE_METADATA entry at a buffer holding `metadata_buf` (replace or add)."""
-    buffer = _aligned_buffer_class(schema)()
-    buffer.data = metadata_buf
+    buffer = tflite_flatbuffer.aligned_buffer(metadata_buf)
     model.metadata = list(model.metadata or [])
     for entry in model.metadata:
         if _decode(entry.name) == METADATA_NAME:

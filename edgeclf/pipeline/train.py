@@ -164,7 +164,8 @@ class Trainer:
         tf = self.tf
         order = np.random.default_rng([self.config.seed, global_epoch]).permutation(len(self.splits["train"]))
         ds = tf.data.Dataset.from_tensor_slices(order).batch(self.config.batch_size)
-        ds = ds.map(lambda idx: (tf.cast(tf.gather(self.images, idx), tf.float32), tf.gather(self.labels, idx)))
+        depth = len(self.plan.classes)
+        ds = ds.map(lambda idx: (tf.cast(tf.gather(self.images, idx), tf.float32), tf.one_hot(tf.gather(self.labels, idx), depth)))
         if self.augment is not None:
             augment = self.augment
             ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -186,7 +187,8 @@ class Trainer:
         keras = self.keras
         configure_trainable(self.classifier, stage.fine_tune_at, freeze_batchnorm=self.config.pretrained)
         optimizer = keras.optimizers.Adam(stage.lr)
-        self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
+        self.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
         checkpoint = self.tf.train.Checkpoint(model=self.model, optimizer=optimizer)
         if self.state["epoch"] > 0:
             checkpoint.restore(str(self.checkpoints / "last")).expect_partial()
@@ -197,6 +199,7 @@ class Trainer:
         started = time.perf_counter() - self.state["timing"].get(f"{stage.name}_s", 0.0)
         val = self.splits["val"]
         val_x = val.images.astype(np.float32)
+        val_y = np.eye(len(self.plan.classes), dtype=np.float32)[val.labels]
         with console.progress(transient=False) as bar:
             for epoch in range(self.state["epoch"], stage.epochs):
                 global_epoch = len(self.state["history"])
@@ -209,7 +212,7 @@ class Trainer:
                     class_weight=self.class_weight,
                     callbacks=[batch_progress(keras, bar, task)],
                 )
-                val_loss, val_acc = self.model.evaluate(val_x, val.labels, batch_size=64, verbose=0)
+                val_loss, val_acc = self.model.evaluate(val_x, val_y, batch_size=64, verbose=0)
                 record = {
                     "stage": stage.name,
                     "epoch": global_epoch + 1,

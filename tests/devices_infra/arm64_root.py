@@ -89,8 +89,12 @@ class Arm64Root:
         if self.binfmt_mode == "binfmt":
             spec = [f"--userspec={userspec}"] if userspec else []
             return ["chroot", *spec, str(self.path), *argv]
-        # Without binfmt, qemu loads the guest's dynamic linker and libraries from -L.
-        return [shutil.which("qemu-aarch64-static") or "qemu-aarch64-static", "-L", str(self.path), *argv]
+        # Without binfmt, qemu loads the guest's dynamic linker and libraries from -L, but the
+        # program itself must be named by its host path.
+        prog = argv[0]
+        if prog.startswith("/") and (self.path / prog.lstrip("/")).exists():
+            prog = str(self.path / prog.lstrip("/"))
+        return [shutil.which("qemu-aarch64-static") or "qemu-aarch64-static", "-L", str(self.path), prog, *argv[1:]]
 
     def run(self, argv: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("capture_output", True)
@@ -115,7 +119,7 @@ def _binfmt_entry() -> dict | None:
     info = {"enabled": bool(lines) and lines[0].strip() == "enabled"}
     for line in lines[1:]:
         key, _, value = line.partition(" ")
-        info[key] = value.strip()
+        info[key.rstrip(":")] = value.strip()
     return info
 
 
@@ -320,6 +324,9 @@ def ensure_arm64_root(log: Callable[[str], None] = lambda s: None) -> Arm64Root:
     os.chmod(CACHE_DIR, 0o755)
     target = CACHE_DIR / ROOT_NAME
     with _locked(CACHE_DIR / f"{ROOT_NAME}.lock"):
+        # Leftovers of builders that died (we hold the lock, so none is running).
+        for stale in list(CACHE_DIR.glob(f"{ROOT_NAME}.build-*")) + list(CACHE_DIR.glob(f"{ROOT_NAME}.old-*")):
+            shutil.rmtree(stale, ignore_errors=True)
         if _read_stamp(target) != stamp():
             _build(target, log)
         _check_owned_by_root(target)
@@ -335,7 +342,7 @@ def ensure_arm64_root(log: Callable[[str], None] = lambda s: None) -> Arm64Root:
     return root
 
 
-def ensure_user(name: str, uid_hint: int | None = None, comment: str = "edgeclf test device") -> tuple[int, int]:
+def ensure_user(name: str, comment: str = "edgeclf test device") -> tuple[int, int]:
     """Create a host user for sshd (locked password but usable with keys). Returns (uid, gid)."""
     import pwd
 

@@ -1,0 +1,203 @@
+"""TFLite exporter: fp32, fp16, dynamic-range and full-integer int8 with embedded metadata."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgeclf import __version__, console, tfenv
+from edgeclf.errors import ExportError, UsageError
+from edgeclf.exporters import tflite_flatbuffer
+from edgeclf.exporters.base import ExportJob, ExportOutput
+from edgeclf.exporters.tflite_metadata import ImageClassifierMetadata, embed_metadata
+
+TARGET = "tflite"
+MODEL_FILE = "model.tflite"
+DEBUG_FILE = "quant_debug.csv"
+# Raw 0..255 pixels quantize exactly with scale 1: uint8 zero point 0, int8 zero point -128.
+EXACT_INPUT_QUANT = {"uint8": (1.0, 0), "int8": (1.0, -128)}
+# Ops allowed to stay float in an int8 model: only the IO conversions of --io float32.
+IO_CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def export(job: ExportJob) -> ExportOutput:
+    tf = tfenv.tf()
+    spec = job.spec
+    details: dict = {}
+    if spec.float_layers:
+        model_bytes = _selectively_quantized(job, details)
+    else:
+        model_bytes = _convert(_converter(job))
+    if spec.quant == "int8":
+        model_bytes = _exact_input_quantization(model_bytes, spec.io, details)
+        if not spec.float_layers:
+            _require_integer_ops(model_bytes)
+        if spec.debug_quant:
+            details["quant_debug"] = debug_quantization(job, job.staging / DEBUG_FILE)
+    size = job.run.img_size
+    meta = ImageClassifierMetadata(
+        name=f"edgeclf {job.run.info['config']['arch']} image classifier",
+        description=(
+            f"Classifies a {size}x{size} RGB image into {len(job.run.labels)} classes. "
+            f"Input: raw RGB pixels 0-255 (normalisation happens inside the model). "
+            f"Quantization: {spec.quant}, IO {spec.io}."
+        ),
+        version=__version__,
+        author="edgeclf",
+        license="",
+        labels=job.run.labels,
+        width=size,
+        height=size,
+        input_mean=[0.0, 0.0, 0.0],
+        input_std=[1.0, 1.0, 1.0],
+    )
+    model_bytes = embed_metadata(model_bytes, meta)
+    (job.staging / MODEL_FILE).write_bytes(model_bytes)
+    io = tflite_flatbuffer.io_tensors(model_bytes)
+    details["metadata"] = {"embedded": True, "associated_files": ["labels.txt"]}
+    details["ops"] = tflite_flatbuffer.op_counts(model_bytes)
+    details["quantization_coverage"] = tflite_flatbuffer.quantization_coverage(model_bytes)
+    return ExportOutput(MODEL_FILE, io["inputs"][0], io["outputs"][0], details, {"tensorflow-lite-converter": tf.__version__})
+
+
+def _converter(job: ExportJob, io: str | None = None):
+    tf = tfenv.tf()
+    spec = job.spec
+    converter = tf.lite.TFLiteConverter.from_keras_model(job.model)
+    if spec.quant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif spec.quant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif spec.quant == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = job.calibration.tflite_representative_dataset()
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io or spec.io]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    return converter
+
+
+def _convert(converter) -> bytes:
+    try:
+        with tfenv.native_stderr_silenced():
+            return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
+        raise ExportError(f"TFLite conversion failed: {explain_conversion_error(exc)}", "see --debug for the converter's full log") from exc
+
+
+def explain_conversion_error(exc: Exception) -> str:
+    """The converter's message reduced to the op or layer it names."""
+    text = str(exc)
+    for pattern in (
+        r"'(tf\.\w+|tfl\.\w+)' op[^\n]*",
+        r"[Oo]p(?:eration)?s? (?:that|which)[^\n]*",
+        r"Failed to quantize[^\n]*",
+        r"[^\n]*not supported[^\n]*",
+    ):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(0).strip()[:300]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def _exact_input_quantization(model_bytes: bytes, io: str, details: dict) -> bytes:
+    """Make raw-pixel input quantization exactly scale 1 (the converter may pick 0.9999992)."""
+    if io not in EXACT_INPUT_QUANT:
+        return model_bytes
+    scale, zero_point = EXACT_INPUT_QUANT[io]
+    chosen = tflite_flatbuffer.io_tensors(model_bytes)["inputs"][0]["quantization"]
+    details["input_quantization"] = {"converter_chose": chosen, "written": {"scale": scale, "zero_point": zero_point}}
+    if chosen == {"scale": scale, "zero_point": zero_point}:
+        return model_bytes
+    console.info(f"input quantization set to exactly scale {scale}, zero point {zero_point} (converter chose {chosen})")
+    return tflite_flatbuffer.set_input_quantization(model_bytes, scale, zero_point)
+
+
+def _require_integer_ops(model_bytes: bytes) -> None:
+    float_ops = [
+        op for op in tflite_flatbuffer.float_ops(model_bytes) if op["op"] not in IO_CONVERSION_OPS
+    ]
+    if float_ops:
+        names = ", ".join(f"{op['op']} ({op['output']})" for op in float_ops[:3])
+        raise ExportError(f"these ops could not be quantized to int8: {names}", "try --quant dynamic, or --float-layers for them")
+
+
+# --------------------------------------------------------------------------------------
+# Quantization debugging and selective quantization (TFLite's QuantizationDebugger)
+# --------------------------------------------------------------------------------------
+def _debugger(job: ExportJob, denylisted_nodes: list[str] | None = None):
+    tf = tfenv.tf()
+    converter = _converter(job, io="float32")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylisted_nodes)
+    try:
+        with tfenv.native_stderr_silenced():
+            return tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=job.calibration.tflite_representative_dataset(), debug_options=options
+            )
+    except Exception as exc:
+        raise ExportError(f"TFLite quantization debugger failed: {explain_conversion_error(exc)}", "see --debug") from exc
+
+
+def keras_layers_of(tensor_name: str, layer_names: set[str]) -> list[str]:
+    """Keras layers named in a TFLite tensor name, e.g. 'm/block_3_project/Conv2D;m/block_3_project_BN/...'.
+
+    Fused ops (conv + batchnorm + relu) carry all their layers' names, in graph order.
+    """
+    found = []
+    for part in re.split(r"[/;:]", tensor_name):
+        if part in layer_names and part not in found:
+            found.append(part)
+    return found
+
+
+def debug_quantization(job: ExportJob, csv_path: Path, worst: int = 5) -> dict:
+    """Per-layer quantization error to CSV; returns (and prints) the worst layers by Keras name."""
+    debugger = _debugger(job)
+    with tfenv.native_stderr_silenced():
+        debugger.run()
+    with open(csv_path, "w") as f:
+        debugger.layer_statistics_dump(f)
+    layer_names = {layer.name for layer in job.model.layers}
+    rows = []
+    with open(csv_path) as f:
+        for row in csv.DictReader(f):
+            scale = float(row.get("scale") or 0) or 1.0
+            rmse = float(row["mean_squared_error"]) ** 0.5
+            rows.append({
+                "tensor": row["tensor_name"],
+                "layer": "+".join(keras_layers_of(row["tensor_name"], layer_names)) or row["tensor_name"],
+                "op": row["op_name"],
+                "rmse_over_scale": rmse / scale,
+                "mean_error": float(row["mean_error"]),
+            })
+    rows.sort(key=lambda r: -r["rmse_over_scale"])
+    top = rows[:worst]
+    if top:
+        console.info("layers with the largest quantization error (RMSE / scale):")
+        for r in top:
+            console.info(f"  {r['layer']:<40} {r['op']:<20} {r['rmse_over_scale']:.3f}")
+    return {"file": DEBUG_FILE, "worst_layers": top, "metric": "sqrt(mean_squared_error) / scale per tensor"}
+
+
+def _selectively_quantized(job: ExportJob, details: dict) -> bytes:
+    """int8 everywhere except the named Keras layers, which stay float."""
+    calibrated = _debugger(job)
+    names = tflite_flatbuffer.tensor_names(calibrated.quant_model)
+    layer_names = {layer.name for layer in job.model.layers}
+    unknown = [n for n in job.spec.float_layers if n not in layer_names]
+    if unknown:
+        raise UsageError(f"--float-layers names unknown layers: {', '.join(unknown)}", "use Keras layer names as printed by --debug-quant")
+    wanted = set(job.spec.float_layers)
+    nodes = [t for t in names if wanted & set(keras_layers_of(t, layer_names))]
+    if not nodes:
+        raise ExportError(f"no TFLite tensors belong to {', '.join(job.spec.float_layers)}", "pick layers that hold weights (conv, dense)")
+    debugger = _debugger(job, denylisted_nodes=nodes)
+    with tfenv.native_stderr_silenced():
+        model_bytes = debugger.get_nondebug_quantized_model()
+    details["float_layers"] = {"layers": list(job.spec.float_layers), "tflite_tensors": nodes}
+    return model_bytes

@@ -1,0 +1,188 @@
+"""`edgeclf export --target tflite`: round trips, manifest truth, metadata, calibration, atomicity."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, make_image_folder, tiny_config
+from edgeclf import calibration, tfenv
+from edgeclf.artefacts import sha256_file
+from edgeclf.errors import DatasetError, ExportError, ModelError, UsageError
+from edgeclf.evaluation import predict_file
+from edgeclf.export import export_run
+from edgeclf.exporters.spec import ExportSpec
+from edgeclf.exporters.tflite_metadata import read_associated_files, read_metadata
+from edgeclf.pipeline.evaluate import predict_probs
+from edgeclf.pipeline.runs import Run
+
+READER_DIR = Path(os.environ.get("EDGECLF_TFLITE_SUPPORT_DIR", REPO / ".venv" / "tflite-support-reader"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny trained run: 3 synthetic classes, MobileNetV2 alpha 0.35 at 32 px."""
+    from edgeclf.pipeline.train import train
+
+    root = tmp_path_factory.mktemp("export")
+    data = make_image_folder(root / "data", {"red": 20, "green": 20, "blue": 20})
+    train(tiny_config(data, root / "run", fine_tune_epochs=4, val_split=0.25, seed=3))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def val_set(tiny_run):
+    run = Run.open(tiny_run)
+    split = run.plan.decode("val", run.img_size)
+    return run, split, predict_probs(run.load_model(), split.images)
+
+
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "dynamic", "int8"])
+def test_round_trip_each_quant_mode(tiny_run, val_set, tmp_path, quant):
+    run, split, keras_probs = val_set
+    manifest = export_run(tiny_run, ExportSpec(quant=quant, calib_size=30, out=str(tmp_path / quant)))
+    probs = predict_file(tmp_path / quant / "model.tflite", split.images)
+    if quant == "fp32":
+        assert np.abs(probs - keras_probs).max() < 1e-5
+    elif quant == "int8":
+        assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.95
+        assert manifest["input"]["dtype"] == "uint8" and manifest["output"]["dtype"] == "uint8"
+        assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
+        assert manifest["details"]["quantization_coverage"]["ops_integer_fraction"] == 1.0
+    else:
+        assert np.abs(probs - keras_probs).max() < 0.05
+        assert manifest["input"]["dtype"] == "float32"
+    acc = manifest["accuracy"]
+    assert acc["split"] == "val" and acc["n_images"] == len(split)
+    assert acc["float_top1"] == pytest.approx((keras_probs.argmax(1) == split.labels).mean())
+    assert acc["top1"] == pytest.approx((probs.argmax(1) == split.labels).mean())
+    assert acc["agreement"] == pytest.approx((probs.argmax(1) == keras_probs.argmax(1)).mean())
+
+
+def test_manifest_hashes_sizes_and_provenance(tiny_run, tmp_path):
+    out = tmp_path / "int8"
+    manifest = export_run(tiny_run, ExportSpec(quant="int8", calib_size=30, out=str(out)))
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert sorted(os.listdir(out)) == ["labels.txt", "manifest.json", "model.tflite"]
+    assert set(on_disk["files"]) == {"labels.txt", "model.tflite"}
+    for name, entry in on_disk["files"].items():
+        assert entry == {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+    assert on_disk["labels"] == ["blue", "green", "red"] == (out / "labels.txt").read_text().split()
+    assert on_disk["calibration"]["count"] == 30 and sum(on_disk["calibration"]["per_class"].values()) == 30
+    assert on_disk["source_run"]["path"] == str(tiny_run) and "val" in on_disk["source_run"]["metrics"]
+    for tool in ("edgeclf", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert"):
+        assert on_disk["versions"][tool]
+    assert on_disk["preprocessing"].startswith("raw RGB 0-255, resized to 32x32")
+    assert on_disk["conversion_s"] > 0 and manifest["path"] == str(out)
+
+
+def test_int8_with_float_io_is_recorded(tiny_run, val_set, tmp_path):
+    _, split, keras_probs = val_set
+    manifest = export_run(tiny_run, ExportSpec(quant="int8", io="float32", calib_size=30, out=str(tmp_path / "f")))
+    assert manifest["io"] == "float32" and manifest["input"]["dtype"] == "float32"
+    probs = predict_file(tmp_path / "f" / "model.tflite", split.images)
+    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.95
+
+
+def test_int8_io_has_exact_input_quantization(tiny_run, tmp_path):
+    manifest = export_run(tiny_run, ExportSpec(quant="int8", io="int8", calib_size=30, out=str(tmp_path / "i")))
+    assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": -128}
+
+
+def test_embedded_metadata_and_labels(tiny_run, tmp_path):
+    export_run(tiny_run, ExportSpec(quant="fp32", out=str(tmp_path / "fp32")))
+    data = (tmp_path / "fp32" / "model.tflite").read_bytes()
+    meta = read_metadata(data)
+    assert meta["inputs"][0]["mean"] == [0.0, 0.0, 0.0] and meta["inputs"][0]["std"] == [1.0, 1.0, 1.0]
+    assert read_associated_files(data)["labels.txt"].decode().split() == ["blue", "green", "red"]
+    if not (READER_DIR / "tflite_support").is_dir():
+        pytest.skip(f"independent reader not installed in {READER_DIR} (run tests/install_metadata_reader.sh)")
+    script = (
+        "import sys, json; sys.modules['tensorflow'] = None\n"
+        "from tflite_support import metadata\n"
+        "d = metadata.MetadataDisplayer.with_model_file(sys.argv[1])\n"
+        "print(json.dumps({'meta': json.loads(d.get_metadata_json()), 'labels': d.get_associated_file_buffer('labels.txt').decode()}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "fp32" / "model.tflite")],
+                          env=dict(os.environ, PYTHONPATH=str(READER_DIR)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    google = json.loads(proc.stdout)
+    tensor = google["meta"]["subgraph_metadata"][0]["input_tensor_metadata"][0]
+    assert tensor["content"]["content_properties"]["default_size"] == {"width": 32, "height": 32}
+    assert tensor["process_units"][0]["options"] == {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    assert google["labels"].split() == ["blue", "green", "red"]
+
+
+def test_interrupted_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    import edgeclf.export as export_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "predict_file", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(tiny_run, ExportSpec(quant="fp32", out=str(tmp_path / "x")))
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_conversion_names_the_op_and_writes_nothing(tiny_run, tmp_path):
+    keras = tfenv.keras()
+    tf = tfenv.tf()
+    from edgeclf.exporters import tflite
+    from edgeclf.exporters.base import ExportJob
+    from edgeclf.exporters.spec import ExportSpec as Spec
+
+    pixels = keras.Input((8, 8, 3))
+    sorted_values = keras.layers.Lambda(lambda x: tf.sort(tf.reshape(x, (-1, 192)), axis=-1))(pixels)
+    model = keras.Model(pixels, keras.layers.Dense(3, activation="softmax")(sorted_values))
+    run = Run.open(tiny_run)
+    calib = calibration.CalibrationSet(np.zeros((4, 8, 8, 3), np.uint8), "test", 0, {}, "x")
+    with pytest.raises(ExportError, match="(?i)sort|topk|top_k"):
+        tflite.export(ExportJob(run, model, Spec(quant="int8"), calib, tmp_path))
+    assert not (tmp_path / "model.tflite").exists()
+
+
+def test_clear_errors(tiny_run, tmp_path):
+    with pytest.raises(ModelError, match="not a finished edgeclf run \\(no model.keras\\)"):
+        (tmp_path / "empty").mkdir()
+        export_run(tmp_path / "empty", ExportSpec())
+    with pytest.raises(UsageError, match="--io uint8 needs --quant int8"):
+        ExportSpec(quant="fp16", io="uint8")
+    other = make_image_folder(tmp_path / "calib", {"red": 2, "purple": 2})
+    with pytest.raises(DatasetError, match="classes the model does not know: purple"):
+        calibration.build(Run.open(tiny_run), 10, str(other))
+
+
+def test_calibration_is_stratified_deterministic_and_cached(tiny_run):
+    run = Run.open(tiny_run)
+    first = calibration.build(run, 30)
+    second = calibration.build(run, 30)
+    assert first.sample_hash == second.sample_hash and np.array_equal(first.images, second.images)
+    assert first.per_class == {"blue": 10, "green": 10, "red": 10}  # 15 train images per class
+    assert list((tiny_run / "cache").glob("calib-*.npz"))
+    assert calibration.build(run, 30, seed=99).sample_hash != first.sample_hash
+    everything = calibration.build(run, 1000)
+    assert len(everything) == 45
+
+
+def test_inspect_a_model_edgeclf_did_not_make(tmp_path):
+    keras = tfenv.keras()
+    tf = tfenv.tf()
+    from edgeclf.inspect import inspect_model
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs))
+    (tmp_path / "foreign.tflite").write_bytes(converter.convert())
+    info = inspect_model(tmp_path / "foreign.tflite")
+    assert info["metadata"] is None and info["labels"] is None
+    assert info["inputs"][0]["shape"] == [1, 16, 16, 3] and info["inputs"][0]["dtype"] == "float32"
+    assert info["ops"]["CONV_2D"] == 1 and info["ops"]["FULLY_CONNECTED"] == 1
+    assert info["quantization"]["ops_integer_fraction"] == 0.0
+    assert info["bytes"] == (tmp_path / "foreign.tflite").stat().st_size
