@@ -70,4 +70,28 @@ def tiny_config(data_dir: Path, out: Path, **overrides):
     )
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny trained run shared by the export and device tests: 3 classes, MobileNetV2 0.35 at 32 px."""
+    from edgeclf.pipeline.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_image_folder(root / "data", {"red": 20, "green": 20, "blue": 20})
+    train(tiny_config(data, root / "run", fine_tune_epochs=4, val_split=0.25, seed=3))
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run exported to int8 TFLite (uint8 IO)."""
+    from edgeclf.export import export_run
+    from edgeclf.exporters.spec import ExportSpec
+
+    out = tmp_path_factory.mktemp("tiny-int8") / "tflite-int8"
+    export_run(tiny_run, ExportSpec(quant="int8", calib_size=30, out=str(out)))
+    return out
+
+
 from devices_infra.fixtures import *  # noqa: E402,F401,F403

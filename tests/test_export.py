@@ -25,17 +25,6 @@ READER_DIR = Path(os.environ.get("EDGECLF_TFLITE_SUPPORT_DIR", REPO / ".venv" / 
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A tiny trained run: 3 synthetic classes, MobileNetV2 alpha 0.35 at 32 px."""
-    from edgeclf.pipeline.train import train
-
-    root = tmp_path_factory.mktemp("export")
-    data = make_image_folder(root / "data", {"red": 20, "green": 20, "blue": 20})
-    train(tiny_config(data, root / "run", fine_tune_epochs=4, val_split=0.25, seed=3))
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
 def val_set(tiny_run):
     run = Run.open(tiny_run)
     split = run.plan.decode("val", run.img_size)

@@ -54,9 +54,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 
 def _register() -> None:
-    from edgeclf.cli import demo, evaluate, export, inspect, predict, train
+    from edgeclf.cli import demo, evaluate, export, inspect, predict, train, validate
 
-    for module in (train, evaluate, predict, export, inspect, demo):
+    for module in (train, evaluate, predict, export, inspect, validate, demo):
         cli.add_command(module.command)
 
 

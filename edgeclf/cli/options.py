@@ -7,3 +7,33 @@ json_output = click.option("--json", "as_json", is_flag=True, help="Print a mach
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing output directory (only once the new one is complete).")
 # Paths are checked by the config records, which give one clear line instead of click's usage dump.
 folder = click.Path(path_type=str)
+
+
+def device_options(command):
+    """--device and the options that say how to reach and run on it."""
+    for option in reversed([
+        click.option("--device", default="local", show_default=True, help="local, ssh://[user@]host[:port], adb[://SERIAL], or a name from edgeclf.yaml."),
+        click.option("--runs", default=100, show_default=True, type=int, help="Timed invocations."),
+        click.option("--warmup", default=10, show_default=True, type=int, help="Untimed invocations first."),
+        click.option("--threads", type=int, help="Inference threads [default: the runtime's choice]."),
+        click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds before a device command is abandoned."),
+        click.option("--remote-python", help="Python on an SSH device (e.g. a venv's bin/python on Raspberry Pi OS)."),
+        click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh_config file to use instead of ~/.ssh/config."),
+        click.option("--insecure-host-key", is_flag=True, help="Skip SSH host-key checking (only for throw-away test boards)."),
+        click.option("--benchmark-binary", help="Android: path to TFLite's benchmark_model [env: EDGECLF_BENCHMARK_MODEL]."),
+        click.option("--delegate", default="xnnpack", show_default=True, type=click.Choice(["xnnpack", "gpu", "nnapi", "none"]), help="Android: benchmark_model delegate."),
+        click.option("--emulated/--not-emulated", default=None, help="Label the device's latency as measured under emulation [default: detect]."),
+    ]):
+        command = option(command)
+    return command
+
+
+def pop_device_options(settings: dict):
+    """Split the device options out of a command's keyword arguments."""
+    from edgeclf.devices import DeviceOptions
+
+    return DeviceOptions(
+        remote_python=settings.pop("remote_python"), ssh_config=settings.pop("ssh_config"),
+        insecure_host_key=settings.pop("insecure_host_key"), benchmark_binary=settings.pop("benchmark_binary"),
+        delegate=settings.pop("delegate"), emulated=settings.pop("emulated"), timeout=settings.pop("timeout"),
+    )

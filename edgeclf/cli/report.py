@@ -45,3 +45,32 @@ def export_summary(manifest: dict) -> None:
             ["agreement with float", pct(acc["agreement"])],
         ]
     console.table(None, ["", ""], rows)
+
+
+def ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def validation_summary(result: dict) -> None:
+    device = result["device"]
+    where = f"{device['kind']} {device.get('name', '')}".strip()
+    hardware = ", ".join(str(device[k]) for k in ("model", "soc", "cpu", "arch", "os") if device.get(k))
+    lat = result.get("latency_ms") or {}
+    acc = result.get("accuracy") or {}
+    rows = [
+        ["model", f"{result['model_file']} ({size_mb(result['model_bytes'])} MB)"],
+        ["device", where + (" [EMULATED]" if result["emulated"] else "")],
+        ["hardware", hardware or "-"],
+        ["runtime", f"{result['runtime']['name']} {result['runtime'].get('version') or ''}".strip() + (f", {result['threads']} thread(s)" if result.get("threads") else "")],
+        ["init", f"{ms(result.get('init_ms'))} ms"],
+        ["latency p50 / p90 / p99", f"{ms(lat.get('p50'))} / {ms(lat.get('p90'))} / {ms(lat.get('p99'))} ms"],
+        ["latency mean ± std (min)", f"{ms(lat.get('mean'))} ± {ms(lat.get('std'))} ({ms(lat.get('min'))}) ms"],
+        ["peak RSS", f"{result['peak_rss_mb']} MB" if result.get("peak_rss_mb") else "-"],
+    ]
+    if acc:
+        rows += [
+            [f"top-1 ({acc['n_images']} images, on {acc['where']})", pct(acc["top1"])],
+            ["top-5", pct(acc.get("top5"))],
+            ["agreement with float", pct(acc.get("agreement"))],
+        ]
+    console.table(None, ["", ""], rows)

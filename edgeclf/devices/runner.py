@@ -94,7 +94,9 @@ class OpenVINOModel:
             raise RuntimeMissing("openvino") from exc
         self.runtime, self.runtime_version = "openvino", ov.get_version()
         core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        # CPUs with AMX/AVX512-BF16 (and ARM) otherwise run float parts in bf16/f16 by default,
+        # which would make an fp32 artefact score differently from what it is.
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         started = time.perf_counter()

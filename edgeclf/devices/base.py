@@ -1,0 +1,41 @@
+"""What every device transport provides, and the results they return."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Transport(Protocol):
+    """Moves files to a device and runs argv lists there. Paths on the device are strings."""
+
+    kind: str  # "local", "ssh" or "adb"
+    name: str  # what the user called it, for messages
+
+    def make_temp_dir(self) -> str: ...
+    def push(self, local: Path, remote: str) -> None: ...
+    def pull(self, remote: str, local: Path) -> None: ...
+    def run(self, argv: list[str], timeout: float) -> CommandResult: ...
+    def remove(self, remote: str) -> None: ...
+
+
+@dataclass
+class DeviceRun:
+    """What one on-device run produced, whichever runner produced it."""
+
+    runtime: dict  # name, version
+    device: dict  # kind, name, arch, cpu, cores, os, ... (android: model, soc, abi, sdk)
+    latency_ms: dict | None
+    init_ms: float | None
+    predictions: object | None = None  # np.ndarray (N, classes) or None
+    peak_rss_mb: float | None = None
+    threads: int | None = None
+    model_bytes: int | None = None
+    extra: dict = field(default_factory=dict)
