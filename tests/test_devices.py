@@ -197,3 +197,37 @@ def test_adb_disconnect_mid_run(android_device_factory, tiny_int8):
     flaky = android_device_factory(drop_on="benchmark_model", drop_after=0.5)
     with pytest.raises(DeviceError, match="lost the connection|offline|not connected"):
         validate(tiny_int8, f"adb://{flaky.serial}", None, runs=2000, warmup=1, options=_adb_options(flaky))
+
+
+def test_bench_table_files_and_unavailable_formats(tiny_run, tmp_path):
+    from edgeclf.bench import bench, parse_formats
+
+    summary = bench(tiny_run, parse_formats("tflite:fp32,tflite:int8,coreml:fp32"), "local",
+                    _data(tiny_run), runs=10, warmup=1, threads=1, out=str(tmp_path / "bench"))
+    rows = {f"{r['format']}:{r['quant']}": r for r in summary["rows"]}
+    assert rows["tflite:fp32"]["status"] == "ok" and rows["tflite:fp32"]["speedup"] == 1.0
+    assert rows["tflite:int8"]["status"] == "ok" and rows["tflite:int8"]["size_mb"] < rows["tflite:fp32"]["size_mb"]
+    assert rows["tflite:int8"]["agreement"] >= 0.95
+    assert "unknown export target 'coreml'" in rows["coreml:fp32"]["status"]
+    assert sorted(p.name for p in (tmp_path / "bench").iterdir()) == ["bench.csv", "bench.json", "bench.png"]
+    csv_lines = (tmp_path / "bench" / "bench.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("format,quant,size_mb,top1") and len(csv_lines) == 4
+    assert (tiny_run / "exports" / "tflite-fp32" / "manifest.json").is_file()
+
+
+def test_devices_lists_named_ssh_targets(ssh_device, pi_device, tmp_path, monkeypatch):
+    from edgeclf.devices.inventory import inventory
+
+    devices_file = tmp_path / "edgeclf.yaml"
+    devices_file.write_text(
+        "targets:\n"
+        f"  loop:\n    ssh: {ssh_device.alias}\n    python: {sys.executable}\n    ssh_config: {ssh_device.ssh_config}\n"
+        f"  pi:\n    ssh: {pi_device.alias}\n    python: {pi_device.python}\n    ssh_config: {pi_device.ssh_config}\n    emulated: true\n"
+        f"  gone:\n    ssh: 127.0.0.1:1\n"
+    )
+    monkeypatch.setenv("EDGECLF_DEVICES_FILE", str(devices_file))
+    found = {d["name"]: d for d in inventory(timeout=20)["devices"]}
+    assert found["loop"]["reachable"] and "ai_edge_litert" in found["loop"]["runtimes"]
+    assert found["pi"]["reachable"] and found["pi"]["arch"] == "aarch64" and "tflite_runtime" in found["pi"]["runtimes"]
+    assert found["pi"]["python"].startswith("3.11")
+    assert not found["gone"]["reachable"] and "unreachable" in found["gone"]["status"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -51,13 +52,16 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     tfenv.set_verbose(verbose)
+    if not verbose:  # TensorFlow and tfmot warn about their own internals; users cannot act on it
+        warnings.filterwarnings("ignore")
 
 
 def _register() -> None:
-    from edgeclf.cli import demo, evaluate, export, inspect, predict, train, validate
+    from edgeclf.cli import bench, demo, devices, evaluate, export, inspect, predict, train, validate
 
-    for module in (train, evaluate, predict, export, inspect, validate, demo):
+    for module in (train, evaluate, predict, export, inspect, validate, bench, devices, demo):
         cli.add_command(module.command)
+    cli.add_command(__import__("edgeclf.cli.optimize", fromlist=["command"]).command)  # edgeclf optimize
 
 
 _register()

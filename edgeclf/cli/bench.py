@@ -1,0 +1,35 @@
+"""`edgeclf bench`: every format of a run, measured on one device, in one table."""
+from __future__ import annotations
+
+import click
+
+from edgeclf import console
+from edgeclf.cli import options
+from edgeclf.cli.report import ms, pct
+
+
+@click.command("bench")
+@click.argument("run_dir", type=options.folder)
+@click.option("--formats", default="tflite:fp32,tflite:int8", show_default=True, help="Comma-separated target:quant pairs.")
+@click.option("--data", "data_dir", type=options.folder, help="Image folder to score [default: the run's test dir].")
+@click.option("--out", type=click.Path(file_okay=False), help="Bench directory [default: RUN_DIR/bench/<device>-<time>].")
+@options.device_options
+@options.json_output
+def command(run_dir, formats, data_dir, out, device, runs, warmup, threads, as_json, **settings):
+    """Export missing formats of RUN_DIR, validate each on --device, and compare them."""
+    from edgeclf.bench import bench, parse_formats
+
+    summary = bench(run_dir, parse_formats(formats), device, data_dir, runs, warmup, threads,
+                    options.pop_device_options(settings), out)
+    if as_json:
+        console.print_json({**summary, "rows": [{k: v for k, v in r.items() if k != "result"} for r in summary["rows"]]})
+        return
+    dev = summary["device"]
+    title = f"{dev.get('name', '')} {dev.get('arch', '')}" + (" [EMULATED]" if summary["emulated"] else "")
+    rows = [
+        [r["format"], r["quant"], r.get("size_mb"), pct(r.get("top1")), pct(r.get("agreement")), ms(r.get("p50_ms")),
+         f"{r['speedup']:.2f}x" if r.get("speedup") else "-", r["status"]]
+        for r in summary["rows"]
+    ]
+    console.table(f"bench on {title}", ["format", "quant", "size MB", "top-1", "agreement", "p50 ms", "speedup", "status"], rows)
+    console.out.print(f"bench directory: {summary['path']}")
