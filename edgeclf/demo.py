@@ -48,3 +48,23 @@ def demo_train_config(train_dir: Path, test_dir: Path, out: Path, epochs: int, s
         augment=False,  # digits are not mirror-symmetric
         seed=seed,
     )
+
+
+def export_and_validate(run_dir: Path, test_dir: Path) -> dict:
+    """Export fp32 and int8 TFLite, then measure both on the local device over the test images."""
+    from edgeclf.export import export_run
+    from edgeclf.exporters.spec import ExportSpec
+    from edgeclf.validate import validate
+
+    shipped = {}
+    for quant in ("fp32", "int8"):
+        manifest = export_run(run_dir, ExportSpec(quant=quant))
+        measured = validate(manifest["path"], "local", str(test_dir), runs=50, warmup=5, threads=1)
+        shipped[quant] = {
+            "path": manifest["path"],
+            "bytes": manifest["files"][manifest["model_file"]]["bytes"],
+            "val": manifest["accuracy"],
+            "test": measured["accuracy"],
+            "latency_ms": measured["latency_ms"],
+        }
+    return shipped

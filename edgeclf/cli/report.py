@@ -74,3 +74,12 @@ def validation_summary(result: dict) -> None:
             ["agreement with float", pct(acc.get("agreement"))],
         ]
     console.table(None, ["", ""], rows)
+
+
+def demo_table(shipped: dict) -> None:
+    rows = []
+    for quant, r in shipped.items():
+        rows.append([quant, pct(r["test"]["top1"]), pct(r["test"]["agreement"]), pct(r["val"]["agreement"]),
+                     size_mb(r["bytes"]), ms(r["latency_ms"]["p50"])])
+    console.table("TFLite artefacts, measured on this machine (LiteRT, 1 thread)",
+                  ["quant", "test top-1", "test agreement", "val agreement", "size MB", "p50 ms"], rows)

@@ -1,0 +1,3 @@
+from edgeclf.cli.main import main
+
+main()
