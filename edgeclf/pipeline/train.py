@@ -143,33 +143,14 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------
     def _augmenter(self):
-        layers = self.keras.layers
-        seed = self.config.seed
-        return self.keras.Sequential(
-            [
-                layers.RandomFlip("horizontal", seed=seed),
-                layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
-                layers.RandomZoom(0.15, fill_mode="reflect", seed=seed + 2),
-                layers.RandomContrast(0.2, seed=seed + 3),
-            ],
-            name="augment",
-        )
+        return augmenter(self.keras, self.config.seed)
 
     def _class_weights(self) -> dict[int, float]:
-        counts = np.bincount(self.splits["train"].labels, minlength=len(self.plan.classes))
-        return {i: float(len(self.splits["train"]) / (len(counts) * c)) for i, c in enumerate(counts)}
+        return class_weights(self.splits["train"].labels, len(self.plan.classes))
 
     def _epoch_dataset(self, global_epoch: int):
-        """This epoch's shuffled batches; the order depends only on the seed and the epoch number."""
-        tf = self.tf
-        order = np.random.default_rng([self.config.seed, global_epoch]).permutation(len(self.splits["train"]))
-        ds = tf.data.Dataset.from_tensor_slices(order).batch(self.config.batch_size)
-        depth = len(self.plan.classes)
-        ds = ds.map(lambda idx: (tf.cast(tf.gather(self.images, idx), tf.float32), tf.one_hot(tf.gather(self.labels, idx), depth)))
-        if self.augment is not None:
-            augment = self.augment
-            ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return epoch_dataset(self.images, self.labels, len(self.plan.classes), self.config.batch_size,
+                             self.config.seed, global_epoch, self.augment)
 
     # -- training -------------------------------------------------------------
     def run(self) -> None:
@@ -310,6 +291,40 @@ def summary(info: dict) -> dict:
         "timing": info["timing"],
         "metrics": info["metrics"],
     }
+
+
+def augmenter(keras, seed: int):
+    """The training-time augmentation: random flip, rotation, zoom and contrast, seeded."""
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom(0.15, fill_mode="reflect", seed=seed + 2),
+            layers.RandomContrast(0.2, seed=seed + 3),
+        ],
+        name="augment",
+    )
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Inverse-frequency class weights (--class-weight auto)."""
+    counts = np.bincount(labels, minlength=n_classes)
+    return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts)}
+
+
+def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, global_epoch: int, augment=None):
+    """One epoch's shuffled (pixels, one-hot) batches; the order depends only on the seed and the epoch number.
+
+    `images` and `labels` are tensors (uint8 pixels, int labels) so that every epoch reuses them.
+    """
+    tf = tfenv.tf()
+    order = np.random.default_rng([seed, global_epoch]).permutation(int(labels.shape[0]))
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    ds = ds.map(lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.one_hot(tf.gather(labels, idx), n_classes)))
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def batch_progress(keras, bar, task):
