@@ -61,6 +61,7 @@ def _register() -> None:
 
     for module in (train, evaluate, predict, export, inspect, validate, bench, devices, demo):
         cli.add_command(module.command)
+    cli.add_command(__import__("edgeclf.cli.optimize", fromlist=["command"]).command)  # edgeclf optimize
 
 
 _register()
