@@ -57,6 +57,9 @@ def export(job: ExportJob) -> ExportOutput:
     (job.staging / MODEL_FILE).write_bytes(model_bytes)
     io = tflite_flatbuffer.io_tensors(model_bytes)
     details["metadata"] = {"embedded": True, "associated_files": ["labels.txt"]}
+    if spec.quant in ("fp32", "fp16") and xnnpack_sparse(job):
+        details["xnnpack_sparse"] = {"converter": "EXPERIMENTAL_SPARSITY",
+                                     "densify_ops": tflite_flatbuffer.op_counts(model_bytes).get("DENSIFY", 0)}
     details["ops"] = tflite_flatbuffer.op_counts(model_bytes)
     details["quantization_coverage"] = tflite_flatbuffer.quantization_coverage(model_bytes)
     return ExportOutput(MODEL_FILE, io["inputs"][0], io["outputs"][0], details, {"tensorflow-lite-converter": tf.__version__})
@@ -66,8 +69,12 @@ def _converter(job: ExportJob, io: str | None = None):
     tf = tfenv.tf()
     spec = job.spec
     converter = tf.lite.TFLiteConverter.from_keras_model(job.model)
-    if spec.quant == "fp16":
+    if spec.quant == "fp32" and xnnpack_sparse(job):
+        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    elif spec.quant == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if xnnpack_sparse(job):
+            converter.optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
         converter.target_spec.supported_types = [tf.float16]
     elif spec.quant == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -79,6 +86,13 @@ def _converter(job: ExportJob, io: str | None = None):
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
     return converter
+
+
+def xnnpack_sparse(job: ExportJob) -> bool:
+    """Runs pruned with `edgeclf optimize --prune-for xnnpack` store their float weights sparse
+    (DENSIFY ops), which is what lets XNNPACK choose its sparse inference path."""
+    prune = (job.run.info.get("optimization") or {}).get("prune") or {}
+    return prune.get("for") == "xnnpack"
 
 
 def _convert(converter) -> bytes:
