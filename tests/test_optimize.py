@@ -1,0 +1,201 @@
+"""`edgeclf optimize`: pruning, QAT and PQAT on tiny runs, the quantizability pre-flight, and export."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import make_image_folder, tiny_config
+from edgeclf import tfenv
+from edgeclf.errors import ModelError, UsageError
+from edgeclf.evaluation import predict_file
+from edgeclf.export import export_run
+from edgeclf.exporters.spec import ExportSpec
+from edgeclf.pipeline import optimize as optimizing
+from edgeclf.pipeline import quantizability
+from edgeclf.pipeline.evaluate import predict_probs
+from edgeclf.pipeline.optimize import OptimizeConfig, optimize
+from edgeclf.pipeline.runs import Run
+
+RUN_FILES = ["confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from edgeclf.pipeline.train import train
+
+    root = tmp_path_factory.mktemp("optimize")
+    data = make_image_folder(root / "data", {"red": 16, "green": 16, "blue": 16})
+    train(tiny_config(data, root / "run", fine_tune_epochs=2, val_split=0.25, seed=3))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def pqat_run(tiny_run):
+    out = tiny_run.parent / "pqat"
+    result = optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), prune=0.5, qat=True, epochs=1))
+    return out, result
+
+
+def _int8_weights(path):
+    """Constant int8 4-D tensors (conv and depthwise kernels) of a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    found = []
+    for detail in interpreter.get_tensor_details():
+        if detail["dtype"] == np.int8 and len(detail["shape"]) == 4:
+            try:
+                found.append((detail["name"], interpreter.get_tensor(detail["index"])))
+            except ValueError:  # activations have no data before invoke
+                continue
+    return found
+
+
+# -- options -----------------------------------------------------------------------------
+@pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.2, 1.5])
+def test_sparsity_outside_zero_one_is_a_usage_error(sparsity, tmp_path):
+    with pytest.raises(UsageError, match="not a sparsity in"):
+        OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"), prune=sparsity)
+
+
+def test_other_bad_options(tmp_path):
+    with pytest.raises(UsageError, match="nothing to do"):
+        OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"))
+    with pytest.raises(UsageError, match="--prune-for needs --prune"):
+        OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"), qat=True, prune_for="xnnpack")
+    with pytest.raises(UsageError, match="--out is missing"):
+        OptimizeConfig(run_dir=str(tmp_path), qat=True)
+    OptimizeConfig(run_dir=str(tmp_path), check=True)  # the pre-flight alone needs no --out
+
+
+def test_cli_reports_a_bad_sparsity_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeclf.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["optimize", str(tmp_path), "--prune", "1.2", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "not a sparsity in (0, 1)" in result.output
+
+
+# -- pre-flight ----------------------------------------------------------------------------
+def test_preflight_names_the_problem_layers_of_a_nested_model():
+    from edgeclf.pipeline.backbones import build_classifier, get_backbone
+
+    keras = tfenv.keras()
+    inner = build_classifier(get_backbone("mobilenetv2"), 3, 32, "none", alpha=0.35).model
+    pixels = keras.Input((32, 32, 3), name="pixels")
+    scaled = keras.layers.Rescaling(1.0, name="outer_scale")(pixels)
+    nested = keras.Model(pixels, inner(scaled), name="wrapper")
+
+    findings = {f.layer: f for f in quantizability.preflight(nested)}
+    assert findings[inner.name].handling == quantizability.FLATTEN
+    assert findings["outer_scale"].handling == quantizability.OUTPUT_CONFIG
+    assert findings["preprocess"].kind == "Rescaling" and findings["preprocess"].handling == quantizability.OUTPUT_CONFIG
+    assert not [f for f in findings.values() if f.handling == quantizability.IMPOSSIBLE]
+
+    flat = quantizability.flatten(nested)
+    assert not quantizability.nested_models(flat)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(flat(images), nested(images), atol=1e-6)
+    # The whole model quantizes once the pre-flight's fixes are applied.
+    qat = quantizability.quantize(nested, list(findings.values()))
+    assert any(type(layer).__name__ == "QuantizeWrapperV2" for layer in qat.layers)
+
+
+def test_preflight_fails_clearly_where_qat_is_impossible():
+    keras = tfenv.keras()
+    pixels = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(pixels)
+    x = keras.layers.LayerNormalization(name="layer_norm")(x)
+    model = keras.Model(pixels, keras.layers.GlobalAveragePooling2D()(x))
+    findings = quantizability.preflight(model)
+    assert [(f.layer, f.handling) for f in findings] == [("layer_norm", quantizability.IMPOSSIBLE)]
+    with pytest.raises(ModelError, match=r"layer_norm \(LayerNormalization\).*--quant int8"):
+        quantizability.require_quantizable(findings)
+
+
+def test_check_reports_without_writing(tiny_run, tmp_path):
+    report = optimizing.check(OptimizeConfig(run_dir=str(tiny_run), check=True))
+    assert report["qat_possible"] and [f["layer"] for f in report["findings"]] == ["preprocess"]
+
+
+# -- pruning, QAT, PQAT ----------------------------------------------------------------------
+def test_pruning_reaches_the_target_and_strips_the_wrappers(tiny_run, tmp_path):
+    out = tmp_path / "pruned"
+    result = optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), prune=0.6, epochs=2))
+    assert sorted(os.listdir(out)) == RUN_FILES
+    info = json.loads((out / "run.json").read_text())
+    prune = info["optimization"]["prune"]
+    assert abs(prune["sparsity"]["overall"] - 0.6) <= 0.01
+    assert prune["schedule"] == "polynomial" and info["optimization"]["qat"] is False
+    assert info["optimization"]["source_run"] == str(tiny_run)
+    assert set(info["metrics"]) == {"val"} and result["metrics"]["val"]["n_images"] == 12
+    assert all(abs(s - 0.6) <= 0.02 for s in prune["sparsity"]["per_layer"].values())
+    model = Run.open(out).load_model()
+    assert not [layer for layer in model.layers if "prune" in type(layer).__name__.lower()]
+    # The saved weights hold the zeros.
+    kernels = [layer.kernel.numpy() for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    zeros = sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)
+    assert abs(zeros - 0.6) <= 0.01
+
+
+def test_constant_schedule_and_xnnpack_policy_prune_only_1x1_convolutions(tiny_run, tmp_path):
+    out = tmp_path / "xnnpack"
+    optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), prune=0.7, prune_schedule="constant",
+                            prune_for="xnnpack", epochs=1))
+    prune = json.loads((out / "run.json").read_text())["optimization"]["prune"]
+    model = Run.open(out).load_model()
+    one_by_one = {layer.name for layer in model.layers if type(layer).__name__ == "Conv2D" and layer.kernel_size == (1, 1)}
+    assert set(prune["sparsity"]["per_layer"]) == one_by_one
+    assert abs(prune["sparsity"]["overall"] - 0.7) <= 0.01
+    # Keras MobileNetV2 starts with a SAME-padded stem, which the policy's own check rejects: recorded, not hidden.
+    assert prune["xnnpack_policy"]["model_supported"] is False and "Conv2D 3x3" in prune["xnnpack_policy"]["reason"]
+    manifest = export_run(out, ExportSpec(quant="fp32", out=str(tmp_path / "fp32")))
+    assert manifest["details"]["xnnpack_sparse"]["converter"] == "EXPERIMENTAL_SPARSITY"
+
+
+def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path):
+    out = tmp_path / "qat"
+    optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), qat=True, epochs=1))
+    info = json.loads((out / "run.json").read_text())["optimization"]
+    assert info["qat"] is True and info["scheme"] == "Default8BitQuantizeScheme" and info["prune"] is None
+    assert [f["layer"] for f in info["preflight"]] == ["preprocess"]
+    run = Run.open(out)
+    split = run.plan.decode("val", run.img_size)
+    keras_probs = predict_probs(run.load_model(), split.images)
+    manifest = export_run(out, ExportSpec(quant="int8", calib_size=12, out=str(tmp_path / "int8")))
+    assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
+    assert manifest["source_run"]["optimization"]["qat"] is True
+    probs = predict_file(tmp_path / "int8" / "model.tflite", split.images)
+    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.9
+    # QAT twice is refused.
+    with pytest.raises(UsageError, match="already had quantization-aware training"):
+        optimize(OptimizeConfig(run_dir=str(out), out=str(tmp_path / "again"), qat=True))
+
+
+def test_pqat_keeps_its_sparsity_through_int8_export(pqat_run, tmp_path):
+    out, result = pqat_run
+    record = json.loads((out / "run.json").read_text())["optimization"]
+    assert record["scheme"] == "Default8BitPrunePreserveQuantizeScheme"
+    assert abs(record["prune"]["sparsity_after_qat"] - 0.5) <= 0.01
+    assert result["optimization"]["prune"]["after_qat"] == record["prune"]["sparsity_after_qat"]
+    export_run(out, ExportSpec(quant="int8", calib_size=12, out=str(tmp_path / "int8")))
+    kernels = _int8_weights(tmp_path / "int8" / "model.tflite")
+    pointwise = [w for name, w in kernels if w.shape[1:3] == (1, 1) and w.shape[0] > 1]
+    assert pointwise, "no 1x1 convolution kernels found in the int8 model"
+    zeros = sum((w == 0).sum() for w in pointwise) / sum(w.size for w in pointwise)
+    assert zeros >= 0.49, f"only {zeros:.3f} of the int8 1x1 kernels are zero"
+
+
+def test_interrupted_optimize_leaves_no_run_directory(tiny_run, tmp_path, monkeypatch):
+    def explode(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optimizing.FineTuner, "fit", explode)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(tmp_path / "opt"), prune=0.5))
+    assert os.listdir(tmp_path) == []
