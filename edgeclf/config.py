@@ -21,15 +21,15 @@ class TrainConfig:
     test_dir: str | None = None
     batch_size: int = 32
     head_epochs: int = 5
-    fine_tune_epochs: int = 10
+    fine_tune_epochs: int = 15
     lr: float = 1e-3
-    fine_tune_lr: float | None = None  # None: lr / 10
+    fine_tune_lr: float | None = None  # None: lr / 20
     fine_tune_at: int | None = None  # None: the backbone's default
-    dropout: float = 0.2
+    dropout: float = 0.4
     label_smoothing: float = 0.1
     augment: bool = True
     class_weight: str = "none"  # "none" or "auto"
-    patience: int = 3
+    patience: int = 5
     seed: int = 42
 
     def __post_init__(self):
@@ -52,7 +52,7 @@ class TrainConfig:
         if self.lr <= 0 or (self.fine_tune_lr is not None and self.fine_tune_lr <= 0):
             raise UsageError("learning rates must be positive", "e.g. --lr 1e-3")
         if self.fine_tune_lr is None:
-            self.fine_tune_lr = self.lr / 10
+            self.fine_tune_lr = self.lr / 20
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout {self.dropout} must be in [0, 1)", "e.g. --dropout 0.2")
         if not 0 <= self.label_smoothing < 1:

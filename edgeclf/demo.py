@@ -45,6 +45,7 @@ def demo_train_config(train_dir: Path, test_dir: Path, out: Path, epochs: int, s
         head_epochs=0,
         fine_tune_epochs=epochs,
         batch_size=32,
+        dropout=0.2,
         augment=False,  # digits are not mirror-symmetric
         seed=seed,
     )

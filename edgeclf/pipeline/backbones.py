@@ -40,7 +40,7 @@ BACKBONES = {
     for b in (
         Backbone(
             "mobilenetv2", "MobileNetV2", "mobilenet_v2", "[-1, 1]", "x / 127.5 - 1",
-            default_size=224, min_size=32, fine_tune_at=100, has_alpha=True,
+            default_size=224, min_size=32, fine_tune_at=60, has_alpha=True,
         ),
         Backbone(
             "efficientnetb0", "EfficientNetB0", "efficientnet", "[0, 255]",
@@ -74,7 +74,7 @@ def build_classifier(
     img_size: int,
     weights: str,
     alpha: float = 1.0,
-    dropout: float = 0.2,
+    dropout: float = 0.4,
 ) -> Classifier:
     keras = tfenv.keras()
     pixels = keras.Input((img_size, img_size, 3), name=INPUT_NAME)
