@@ -1,0 +1,246 @@
+"""OpenVINO exporter: IR (model.xml + model.bin) with openvino.convert_model and save_model;
+fp16 as compressed weights; int8 with nncf.quantize over the shared calibration set.
+
+The tf_keras model is converted directly (no ONNX step, so the [openvino] extra needs no
+tf2onnx). The input is named "image" with the static shape [1, H, W, 3] of raw 0..255 float
+pixels; preprocessing is inside the graph, as for TFLite and ONNX.
+
+Only numpy and edgeclf are imported at module level, so `edgeclf inspect` can use the
+readers below without loading TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import sys
+import warnings
+from collections import Counter
+
+import numpy as np
+
+from edgeclf import __version__, tfenv
+from edgeclf.calibration import CalibrationSet
+from edgeclf.errors import ExportError, UsageError
+from edgeclf.exporters.base import ExportJob, ExportOutput
+
+TARGET = "openvino"
+MODEL_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"
+INPUT_NAME = "image"
+RT_INFO_KEY = "edgeclf"
+# Small constants (quantization ranges, scales, shapes) are not weights.
+MIN_WEIGHT_VALUES = 16
+
+
+def export(job: ExportJob) -> ExportOutput:
+    import openvino as ov
+
+    spec = job.spec
+    if spec.dynamic_batch:
+        raise UsageError("--dynamic-batch applies only to --target onnx", "drop --dynamic-batch; OpenVINO IR is exported with batch 1")
+    model = convert(job.model, job.run.img_size)
+    details: dict = {"batch": 1}
+    versions = tool_versions()
+    if spec.quant == "int8":
+        model = quantize(model, job.calibration, details)
+    elif spec.quant == "fp16":
+        details["weights"] = "float16 (save_model compress_to_fp16), float32 input and output"
+    _name_io(model, job.model.output_names[0])
+    _set_rt_info(model, job)
+    try:
+        with quiet_tools():
+            ov.save_model(model, str(job.staging / MODEL_FILE), compress_to_fp16=spec.quant == "fp16")
+    except Exception as exc:  # RuntimeError from the C++ serializer, with the reason in the text
+        raise ExportError(f"OpenVINO could not save the IR: {_first_line(exc)}", "check free disk space, or see --verbose") from exc
+    saved = ov.Core().read_model(str(job.staging / MODEL_FILE))
+    tensors = io_tensors(saved)
+    details["ops"] = op_counts(saved)
+    details["weight_precision"] = weight_precision(saved)
+    details["weights_file"] = WEIGHTS_FILE
+    return ExportOutput(MODEL_FILE, tensors["inputs"][0], tensors["outputs"][0], details, versions)
+
+
+def tool_versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for dist in ("openvino", "nncf"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+@contextlib.contextmanager
+def quiet_tools():
+    """Keep NNCF's log and progress bars (stdout) and OpenVINO's C++ output off the terminal.
+
+    stdout must stay clean for --json. With --verbose everything goes to stderr instead.
+    """
+    if tfenv.is_verbose():
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), tfenv.native_stderr_silenced():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+# --------------------------------------------------------------------------------------
+# Keras -> OpenVINO
+# --------------------------------------------------------------------------------------
+def convert(keras_model, img_size: int):
+    tfenv.tf()
+    import openvino as ov
+
+    try:
+        with quiet_tools():
+            return ov.convert_model(keras_model, input=[([1, img_size, img_size, 3], ov.Type.f32)])
+    except Exception as exc:  # OpConversionFailure, RuntimeError... with the op type in the text
+        text = str(exc)
+        match = re.search(r"No conversion rule found for operations?:\s*([^\n]+)", text)
+        if match:
+            ops = [op.strip() for op in match.group(1).split(",") if op.strip()]
+            found = [f"{op} (layer {layer})" if layer else op for op, layer in _layers_with_ops(keras_model, img_size, ops)]
+            raise ExportError(
+                f"OpenVINO cannot convert TensorFlow op(s): {', '.join(found)}",
+                "replace those layers with standard ones, or use --target onnx or tflite",
+            ) from exc
+        raise ExportError(f"OpenVINO conversion failed: {_first_line(exc)}", "see --verbose, or use --target tflite") from exc
+
+
+def _layers_with_ops(keras_model, img_size: int, op_types: list[str]) -> list[tuple[str, str | None]]:
+    """The Keras layer holding each named TF op type, found in the traced graph."""
+    tf = tfenv.tf()
+    try:
+        graph = tf.function(keras_model).get_concrete_function(tf.TensorSpec((1, img_size, img_size, 3), tf.float32)).graph
+        layer_names = {layer.name for layer in keras_model.layers}
+        located = {}
+        for op in graph.get_operations():
+            if op.type in op_types and op.type not in located:
+                located[op.type] = next((part for part in op.name.split("/") if part in layer_names), None)
+    except Exception:  # naming the layer is a courtesy; the op type alone still helps
+        located = {}
+    return [(op, located.get(op)) for op in op_types]
+
+
+def _name_io(model, output_name: str) -> None:
+    """Input "image" and the Keras output layer's name, as in the ONNX export."""
+    model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    model.outputs[0].get_tensor().set_names({output_name})
+
+
+def _set_rt_info(model, job: ExportJob) -> None:
+    size = job.run.img_size
+    model.set_friendly_name(job.model.name)
+    model.set_rt_info(__version__, [RT_INFO_KEY, "version"])
+    model.set_rt_info(json.dumps(job.run.labels), [RT_INFO_KEY, "labels"])
+    model.set_rt_info(
+        f"{INPUT_NAME}: raw RGB pixels 0-255, float32, NHWC {size}x{size}; normalisation is inside the model",
+        [RT_INFO_KEY, "input"],
+    )
+    model.set_rt_info(job.spec.quant, [RT_INFO_KEY, "quant"])
+
+
+# --------------------------------------------------------------------------------------
+# int8 with NNCF
+# --------------------------------------------------------------------------------------
+class CalibrationBatches:
+    """A CalibrationSet as a re-iterable data source for nncf.Dataset: (1, H, W, 3) float32 batches."""
+
+    def __init__(self, calibration: CalibrationSet):
+        self.calibration = calibration
+
+    def __iter__(self):
+        return self.calibration.float_batches()
+
+    def __len__(self) -> int:
+        return len(self.calibration)
+
+
+def quantize(model, calibration: CalibrationSet, details: dict):
+    import nncf
+
+    subset_size = len(calibration)
+    try:
+        with quiet_tools():
+            quantized = nncf.quantize(model, nncf.Dataset(CalibrationBatches(calibration)), subset_size=subset_size)
+    except Exception as exc:
+        raise ExportError(f"NNCF post-training quantization failed: {_first_line(exc)}", "see --verbose, or use --quant fp16") from exc
+    details["quantization"] = {
+        "tool": "nncf.quantize",
+        "preset": "performance (symmetric weights and activations)",
+        "weights": "int8, per-channel",
+        "subset_size": subset_size,
+        "fast_bias_correction": True,
+        "calib_method": "NNCF's own range estimators (--calib-method applies to ONNX only)",
+    }
+    return quantized
+
+
+# --------------------------------------------------------------------------------------
+# Readers shared with `edgeclf inspect`
+# --------------------------------------------------------------------------------------
+def _port_info(port) -> dict:
+    shape = port.get_partial_shape()
+    return {
+        "name": port.get_any_name() if port.get_names() else port.get_node().get_friendly_name(),
+        "shape": [d.get_length() if d.is_static else -1 for d in shape],
+        "dtype": port.get_element_type().to_dtype().name,
+        "quantization": None,
+    }
+
+
+def io_tensors(model) -> dict:
+    return {"inputs": [_port_info(p) for p in model.inputs], "outputs": [_port_info(p) for p in model.outputs]}
+
+
+def op_counts(model) -> dict[str, int]:
+    return dict(Counter(op.get_type_name() for op in model.get_ordered_ops()).most_common())
+
+
+def weight_precision(model) -> dict:
+    """Values of weight constants by element type, and how the graph quantizes.
+
+    Constants of fewer than MIN_WEIGHT_VALUES values (ranges, scales, shapes) are left out.
+    """
+    by_dtype: Counter = Counter()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        count = int(np.prod(list(op.get_output_shape(0)))) if len(op.get_output_shape(0)) else 1
+        if count >= MIN_WEIGHT_VALUES:
+            by_dtype[op.get_output_element_type(0).get_type_name()] += count
+    total = sum(by_dtype.values())
+    ops = Counter(op.get_type_name() for op in model.get_ordered_ops())
+    return {
+        "weight_values_by_dtype": dict(by_dtype.most_common()),
+        "dominant": by_dtype.most_common(1)[0][0] if by_dtype else None,
+        "weights_int8_fraction": round((by_dtype.get("i8", 0) + by_dtype.get("u8", 0)) / total, 4) if total else None,
+        "fake_quantize_ops": ops.get("FakeQuantize", 0),
+    }
+
+
+def metadata(model) -> dict | None:
+    if not model.has_rt_info([RT_INFO_KEY, "labels"]):
+        return None
+    found = {}
+    for key in ("version", "labels", "input", "quant"):
+        if model.has_rt_info([RT_INFO_KEY, key]):
+            found[key] = model.get_rt_info([RT_INFO_KEY, key]).astype(str)
+    return found
