@@ -74,8 +74,8 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
     split = load_images(data_dir, labels, size) if data_dir else None
     target = open_device(device, options or DeviceOptions())
     console.info(f"running {artefact.model_path.name} on {target.transport.name}")
-    result = target.run(model_files(artefact.model_path), model_io(artefact.model_path),
-                        split.images if split is not None else None, runs, warmup, threads)
+    files = model_files(artefact.model_path)
+    result = target.run(files, model_io(artefact.model_path), split.images if split is not None else None, runs, warmup, threads)
     accuracy = None
     if split is not None:
         reference = float_reference(artefact, split.images)
@@ -95,7 +95,7 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
         "model_file": str(artefact.model_path),
         "format": manifest.get("target") or artefact.model_path.suffix.lstrip("."),
         "quant": manifest.get("quant"),
-        "model_bytes": result.model_bytes or artefact.model_path.stat().st_size,
+        "model_bytes": sum(f.stat().st_size for f in files),  # OpenVINO: model.xml + model.bin
         "device": result.device,
         "emulated": result.extra["emulated"],
         "runtime": result.runtime,

@@ -37,5 +37,4 @@ class DeviceRun:
     predictions: object | None = None  # np.ndarray (N, classes) or None
     peak_rss_mb: float | None = None
     threads: int | None = None
-    model_bytes: int | None = None
     extra: dict = field(default_factory=dict)

@@ -109,7 +109,6 @@ def run_on_android(transport, binary: Path, model_file: Path, io: dict, inputs: 
         predictions=predictions,
         peak_rss_mb=stats.get("peak_mb") or stats.get("overall_mb"),
         threads=stats.get("num_threads") or threads,
-        model_bytes=model_file.stat().st_size,
         extra={"benchmark_model": {k: v for k, v in stats.items() if k not in ("warnings", "params")},
                "emulator": props.get("qemu") == "1"},
     )

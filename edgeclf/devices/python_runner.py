@@ -52,7 +52,6 @@ def run_on_device(transport: Transport, python: str, model_files: list[Path], in
         predictions=predictions,
         peak_rss_mb=report.get("peak_rss_mb"),
         threads=report.get("threads"),
-        model_bytes=report.get("model_bytes"),
     )
 
 
