@@ -31,6 +31,10 @@ MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
 INPUT_NAME = "image"
 RT_INFO_KEY = "edgeclf"
+# NNCF's full bias correction costs ~10% more quantization time than the fast one. On the
+# flowers128 MobileNetV2 (160 px) it raised val agreement with fp32 from 95.0% to 95.8%
+# and val top-1 from 78.3% to 78.8% (fp32: 80.0%).
+FAST_BIAS_CORRECTION = False
 # Small constants (quantization ranges, scales, shapes) are not weights.
 MIN_WEIGHT_VALUES = 16
 
@@ -179,7 +183,12 @@ def quantize(model, calibration: CalibrationSet, details: dict):
     subset_size = len(calibration)
     try:
         with quiet_tools():
-            quantized = nncf.quantize(model, nncf.Dataset(CalibrationBatches(calibration)), subset_size=subset_size)
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(CalibrationBatches(calibration)),
+                subset_size=subset_size,
+                fast_bias_correction=FAST_BIAS_CORRECTION,
+            )
     except Exception as exc:
         raise ExportError(f"NNCF post-training quantization failed: {_first_line(exc)}", "see --verbose, or use --quant fp16") from exc
     details["quantization"] = {
@@ -187,7 +196,7 @@ def quantize(model, calibration: CalibrationSet, details: dict):
         "preset": "performance (symmetric weights and activations)",
         "weights": "int8, per-channel",
         "subset_size": subset_size,
-        "fast_bias_correction": True,
+        "bias_correction": "fast" if FAST_BIAS_CORRECTION else "full (fast_bias_correction=False)",
         "calib_method": "NNCF's own range estimators (--calib-method applies to ONNX only)",
     }
     return quantized
