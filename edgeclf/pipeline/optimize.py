@@ -157,7 +157,8 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         if config.qat:
             t0 = time.perf_counter()
             preserve = config.prune is not None or bool(previous.get("prune"))
-            model = quantizability.quantize(model, findings, preserve_sparsity=preserve)
+            model = quantizability.quantize(model, findings, preserve_sparsity=preserve,
+                                            calibration_images=tuner.calibration_images())
             tuner.fit(model, "qat", config.epochs, config.lr or base_lr / 10)
             record["qat"] = True
             record["scheme"] = PQAT_SCHEME if preserve else QAT_SCHEME

@@ -234,6 +234,10 @@ def initialize_ranges(quantized, float_model, images, batch_size: int = 32) -> i
     the input QuantizeLayer gets the pixels' own range. Returns the number of ranges set.
     """
     keras = tfenv.keras()
+    # A fresh copy: layers shared with earlier graphs (the pruned and stripped models reuse the
+    # same layer objects) would hand back `.output` tensors of those other graphs.
+    original, float_model = float_model, keras.models.clone_model(float_model)
+    float_model.set_weights(original.get_weights())
     targets = []  # (float tensor, pairs)
     for layer in quantized.layers:
         pairs = _output_ranges(layer)
@@ -262,4 +266,8 @@ def initialize_ranges(quantized, float_model, images, batch_size: int = 32) -> i
         for min_var, max_var in pairs:
             min_var.assign(min(low, 0.0))
             max_var.assign(max(high, 0.0))
+    # Weight ranges (LastValueQuantizer) are set from the weights only in a training step;
+    # until then they hold tfmot's [-6, 6]. One forward pass in training mode sets them (and
+    # moves the activation ranges by only 0.1% of the way, their moving-average decay).
+    quantized(np.asarray(images[:batch_size], np.float32), training=True)
     return sum(len(p) for _, p in targets)
