@@ -74,13 +74,32 @@ def tiny_config(data_dir: Path, out: Path, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A tiny trained run shared by the export and device tests: 3 classes, MobileNetV2 0.35 at 32 px."""
+    """A tiny trained run (3 synthetic classes, MobileNetV2 alpha 0.35 at 32 px) with real predictions.
+
+    Shared by the export and device tests, whose parity and agreement checks only mean
+    something if the model is input-dependent: 12 epochs at a high rate, then BatchNorm's
+    moving statistics re-estimated on the training images (in so few steps they lag the
+    weights, and the model would predict one class for everything).
+    """
+    from edgeclf import tfenv
+    from edgeclf.pipeline.runs import MODEL_FILE, Run
     from edgeclf.pipeline.train import train
 
+    keras = tfenv.keras()
     root = tmp_path_factory.mktemp("tiny")
     data = make_image_folder(root / "data", {"red": 20, "green": 20, "blue": 20})
-    train(tiny_config(data, root / "run", fine_tune_epochs=4, val_split=0.25, seed=3))
-    return root / "run"
+    train(tiny_config(data, root / "run", fine_tune_epochs=12, lr=3e-3, patience=100, dropout=0.2, val_split=0.25, seed=3))
+    run = Run.open(root / "run")
+    model = run.load_model()
+    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in batch_norms]
+    for layer in batch_norms:
+        layer.momentum = 0.0
+    model(run.plan.decode("train", run.img_size).images.astype(np.float32), training=True)
+    for layer, momentum in zip(batch_norms, momenta):
+        layer.momentum = momentum
+    model.save(run.path / MODEL_FILE)
+    return run.path
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,9 @@ READER_DIR = Path(os.environ.get("EDGECLF_TFLITE_SUPPORT_DIR", REPO / ".venv" / 
 def val_set(tiny_run):
     run = Run.open(tiny_run)
     split = run.plan.decode("val", run.img_size)
-    return run, split, predict_probs(run.load_model(), split.images)
+    probs = predict_probs(run.load_model(), split.images)
+    assert len(set(probs.argmax(1))) == 3, "the fixture model must not predict a constant class"
+    return run, split, probs
 
 
 @pytest.mark.parametrize("quant", ["fp32", "fp16", "dynamic", "int8"])

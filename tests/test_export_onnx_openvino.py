@@ -30,35 +30,6 @@ CALIB_SIZE = 30
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A tiny trained run (3 synthetic classes, MobileNetV2 alpha 0.35 at 32 px) with real predictions.
-
-    test_export.py's 4-epoch run predicts one class for every image (Keras MobileNetV2's
-    batch-norm moving statistics, momentum 0.999, barely move in 24 steps), so any two
-    runtimes "agree" on it. Here: 12 epochs at a higher rate, then the moving statistics
-    re-estimated on the training images, giving a model that is right on ~97% of the images
-    with input-dependent probabilities, which parity and int8 agreement need to mean something.
-    """
-    from edgeclf.pipeline.train import train
-
-    keras = tfenv.keras()
-    root = tmp_path_factory.mktemp("export_onnx_openvino")
-    data = make_image_folder(root / "data", {"red": 20, "green": 20, "blue": 20})
-    train(tiny_config(data, root / "run", fine_tune_epochs=12, lr=3e-3, patience=100, dropout=0.2, val_split=0.25, seed=3))
-    run = Run.open(root / "run")
-    model = run.load_model()
-    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in batch_norms]
-    for layer in batch_norms:
-        layer.momentum = 0.0
-    model(run.plan.decode("train", run.img_size).images.astype(np.float32), training=True)
-    for layer, momentum in zip(batch_norms, momenta):
-        layer.momentum = momentum
-    model.save(run.path / MODEL_FILE)
-    return run.path
-
-
-@pytest.fixture(scope="module")
 def images(tiny_run):
     """Every image of the run (train + val: 60) and the Keras model's probabilities for them."""
     run = Run.open(tiny_run)

@@ -29,13 +29,13 @@ def size_mb(n_bytes) -> str:
 
 def export_summary(manifest: dict) -> None:
     acc = manifest.get("accuracy") or {}
-    model_file = manifest["files"][manifest["model_file"]]
+    model_bytes = sum(f["bytes"] for name, f in manifest["files"].items() if name != "labels.txt")
     quant = manifest["input"].get("quantization")
     rows = [
         ["artefact", manifest["path"]],
         ["format", f"{manifest['target']} {manifest['quant']} (io {manifest['io']})"],
         ["input", f"{manifest['input']['shape']} {manifest['input']['dtype']}" + (f" scale {quant['scale']:g} zp {quant['zero_point']}" if quant and "scale" in quant else "")],
-        ["size", f"{size_mb(model_file['bytes'])} MB"],
+        ["size", f"{size_mb(model_bytes)} MB"],
         ["conversion", f"{manifest['conversion_s']:.1f} s"],
     ]
     if acc:

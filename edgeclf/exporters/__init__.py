@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from edgeclf import tfenv
 from edgeclf.errors import MissingDependency, UsageError
 
 
@@ -41,6 +42,7 @@ def get_info(target: str) -> ExporterInfo:
 def load(target: str):
     """The exporter module, after checking its optional dependencies are installed."""
     info = get_info(target)
+    tfenv.tf()  # tf2onnx imports TensorFlow itself, without our silencing
     for name in info.requires:
         try:
             importlib.import_module(name)
