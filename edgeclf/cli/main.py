@@ -57,11 +57,10 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 
 def _register() -> None:
-    from edgeclf.cli import bench, demo, devices, evaluate, export, inspect, predict, train, validate
+    from edgeclf.cli import bench, demo, devices, evaluate, export, inspect, optimize, predict, train, validate
 
-    for module in (train, evaluate, predict, export, inspect, validate, bench, devices, demo):
+    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, devices, demo):
         cli.add_command(module.command)
-    cli.add_command(__import__("edgeclf.cli.optimize", fromlist=["command"]).command)  # edgeclf optimize
 
 
 _register()
