@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_image_folder, tiny_config
+from conftest import REPO, make_image_folder
 from edgeclf import calibration, tfenv
 from edgeclf.artefacts import sha256_file
 from edgeclf.errors import DatasetError, ExportError, ModelError, UsageError

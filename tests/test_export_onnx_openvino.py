@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, tiny_config
 from edgeclf import exporters, tfenv
 from edgeclf.artefacts import sha256_file
 from edgeclf.calibration import CalibrationSet
@@ -20,7 +19,7 @@ from edgeclf.export import export_run
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.inspect import inspect_model
 from edgeclf.pipeline.evaluate import predict_probs
-from edgeclf.pipeline.runs import MODEL_FILE, Run
+from edgeclf.pipeline.runs import Run
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")

@@ -33,7 +33,7 @@ _LEGACY_TIMINGS = re.compile(
 )
 _STAT_LINE = re.compile(r"^count=\d+")
 _STAT_FIELD = re.compile(rf"(count|first|curr|min|max|avg|std|p5|median|p95)=({_NUM})")
-_RUNNING = re.compile(rf"Running benchmark for at least (?P<runs>\d+) iterations")
+_RUNNING = re.compile(r"Running benchmark for at least (?P<runs>\d+) iterations")
 _SESSION = re.compile(rf"Initialized session in (?P<ms>{_NUM})\s*ms")
 _MEMORY = re.compile(rf"Memory footprint delta from the start of the tool \(MB\):\s*init=(?P<init>{_NUM})\s+overall=(?P<overall>{_NUM})")
 _PEAK = re.compile(rf"Overall peak memory footprint \(MB\) via periodic monitoring:\s*(?P<peak>{_NUM})")

@@ -5,7 +5,6 @@ import csv
 import re
 from pathlib import Path
 
-import numpy as np
 
 from edgeclf import __version__, console, tfenv
 from edgeclf.errors import ExportError, UsageError
