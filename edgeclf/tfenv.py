@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import sys
+import warnings
 
 _verbose = False
 
@@ -38,6 +41,28 @@ def native_stderr_silenced():
         os.close(devnull)
 
 
+@contextlib.contextmanager
+def quiet_tools(*loggers: str, level: int = logging.CRITICAL):
+    """Keep conversion tools' chatter (stdout prints, logging, warnings, C++ on fd 2) out of the way.
+
+    stdout must stay clean for --json. With --verbose everything goes to stderr instead.
+    """
+    if _verbose:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(level)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, previous in saved:
+            logger.setLevel(previous)
+
+
 def tf():
     """Import TensorFlow with the start-up log noise hidden."""
     if "tensorflow" not in sys.modules:
@@ -47,8 +72,6 @@ def tf():
 
             # Device discovery logs CUDA probing errors on CPU-only machines; do it now, silenced.
             tensorflow.config.list_physical_devices()
-        import logging
-
         logging.getLogger("tensorflow").setLevel(logging.DEBUG if _verbose else logging.ERROR)
         try:
             import absl.logging

@@ -13,13 +13,8 @@ readers below without loading TensorFlow.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import sys
 import tempfile
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -86,28 +81,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def quiet_tools(*loggers: str):
-    """Keep the tools' chatter (print to stdout, logging, warnings, C++ on fd 2) out of the way.
-
-    stdout must stay clean for --json. With --verbose everything goes to stderr instead.
-    """
-    if tfenv.is_verbose():
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-        return
-    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
-    for logger, _ in saved:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), tfenv.native_stderr_silenced():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in saved:
-            logger.setLevel(level)
-
-
 # --------------------------------------------------------------------------------------
 # Keras -> ONNX
 # --------------------------------------------------------------------------------------
@@ -119,7 +92,7 @@ def convert(model, img_size: int, dynamic_batch: bool = False):
     batch = None if dynamic_batch else 1
     signature = (tf.TensorSpec((batch, img_size, img_size, 3), tf.float32, name=INPUT_NAME),)
     try:
-        with quiet_tools("tf2onnx"):
+        with tfenv.quiet_tools("tf2onnx"):
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
     except Exception as exc:  # tf2onnx raises ValueError, RuntimeError, KeyError... with the TF op in the text
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -193,7 +166,7 @@ def _to_fp16(model, details: dict):
     from onnxconverter_common import float16
 
     try:
-        with quiet_tools("onnxconverter_common"):
+        with tfenv.quiet_tools("onnxconverter_common"):
             converted = float16.convert_float_to_float16(model, keep_io_types=True)
     except Exception as exc:
         raise ExportError(f"float16 conversion failed: {str(exc).strip()[:300]}", "use --quant fp32 or --quant dynamic") from exc
@@ -209,7 +182,7 @@ def _dynamic_int8(model, per_channel: bool | None, work: Path, details: dict):
     out = work / "dynamic.onnx"
     per_channel = bool(per_channel)
     try:
-        with quiet_tools("", "onnxruntime"):
+        with tfenv.quiet_tools("", "onnxruntime"):
             quantize_dynamic(str(pre), str(out), per_channel=per_channel, weight_type=QuantType.QInt8)
     except Exception as exc:
         raise ExportError(f"ONNX Runtime dynamic quantization failed: {str(exc).strip()[:300]}", "use --quant fp16") from exc
@@ -225,7 +198,7 @@ def _pre_processed(model, work: Path) -> Path:
     src, pre = work / "float.onnx", work / "preprocessed.onnx"
     onnx.save(model, src)
     try:
-        with quiet_tools("", "onnxruntime"):
+        with tfenv.quiet_tools("", "onnxruntime"):
             quant_pre_process(str(src), str(pre))
     except Exception as exc:
         raise ExportError(f"ONNX Runtime quantization pre-processing failed: {str(exc).strip()[:300]}", "see --verbose") from exc
@@ -345,7 +318,7 @@ def _quantize_static(pre: Path, out: Path, calibration: CalibrationSet, per_chan
     if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.32
         kwargs["calibration_cache_path"] = str(cache)
     try:
-        with quiet_tools("", "onnxruntime"):
+        with tfenv.quiet_tools("", "onnxruntime"):
             quantize_static(
                 str(pre),
                 str(out),

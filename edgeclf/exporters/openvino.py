@@ -10,13 +10,9 @@ readers below without loading TensorFlow.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import re
-import sys
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -55,7 +51,7 @@ def export(job: ExportJob) -> ExportOutput:
     _name_io(model, job.model.output_names[0])
     _set_rt_info(model, job)
     try:
-        with quiet_tools():
+        with tfenv.quiet_tools("nncf", level=logging.ERROR):
             ov.save_model(model, str(job.staging / MODEL_FILE), compress_to_fp16=spec.quant == "fp16")
     except Exception as exc:  # RuntimeError from the C++ serializer, with the reason in the text
         raise ExportError(f"OpenVINO could not save the IR: {_first_line(exc)}", "check free disk space, or see --verbose") from exc
@@ -79,27 +75,6 @@ def tool_versions() -> dict:
     return found
 
 
-@contextlib.contextmanager
-def quiet_tools():
-    """Keep NNCF's log and progress bars (stdout) and OpenVINO's C++ output off the terminal.
-
-    stdout must stay clean for --json. With --verbose everything goes to stderr instead.
-    """
-    if tfenv.is_verbose():
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-        return
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), tfenv.native_stderr_silenced():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]
@@ -113,7 +88,7 @@ def convert(keras_model, img_size: int):
     import openvino as ov
 
     try:
-        with quiet_tools():
+        with tfenv.quiet_tools("nncf", level=logging.ERROR):
             return ov.convert_model(keras_model, input=[([1, img_size, img_size, 3], ov.Type.f32)])
     except Exception as exc:  # OpConversionFailure, RuntimeError... with the op type in the text
         text = str(exc)
@@ -182,7 +157,7 @@ def quantize(model, calibration: CalibrationSet, details: dict):
 
     subset_size = len(calibration)
     try:
-        with quiet_tools():
+        with tfenv.quiet_tools("nncf", level=logging.ERROR):
             quantized = nncf.quantize(
                 model,
                 nncf.Dataset(CalibrationBatches(calibration)),
