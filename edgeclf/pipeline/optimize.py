@@ -119,6 +119,10 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         source = previous.get("source_run") or "its source run"
         raise UsageError(f"{run.path} already had quantization-aware training",
                          f"run --qat on {source} instead, or export this run as it is")
+    if config.prune is not None and previous.get("qat"):
+        source = previous.get("source_run") or "its source run"
+        raise UsageError(f"{run.path} already had quantization-aware training; pruning it now would throw away "
+                         "the ranges QAT learned", f"prune {source} with --prune {config.prune} --qat (PQAT) instead")
     if run.plan is None:
         raise ModelError(f"{run.path} has no {SPLIT_FILE}, so its training data is unknown", "re-train it with `edgeclf train`")
     out = Path(config.out)
@@ -148,8 +152,9 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     if previous:
         record["previous"] = previous
 
+    record["batchnorm_folded"] = len(quantizability.fold_batchnorm(model))
+    freeze_batchnorm(model)
     with staged_dir(out, overwrite) as staging:
-        prepare_trainable(model, train_config.pretrained)
         if config.prune is not None:
             t0 = time.perf_counter()
             model, record["prune"] = prune(model, tuner, config, base_lr)
@@ -186,11 +191,18 @@ def _summary_of(record: dict) -> dict:
     }
 
 
-def prepare_trainable(model, pretrained: bool) -> None:
-    """Fine-tune every layer; BatchNorm stays frozen (inference mode) on pretrained runs, as in training."""
+def freeze_batchnorm(model) -> None:
+    """BatchNorm runs in inference mode from here on: folded ones are exact biases now (see
+    quantizability.fold_batchnorm), and a short fine-tune must not re-estimate statistics.
+
+    Every other layer keeps the trainable flag saved with the run, which is the source run's
+    last stage: a pretrained backbone stays frozen below its fine-tune point, where retraining
+    on a small dataset costs more accuracy than it wins back.
+    """
     keras = tfenv.keras()
     for layer in model.layers:
-        layer.trainable = not (pretrained and isinstance(layer, keras.layers.BatchNormalization))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 # --------------------------------------------------------------------------------------
@@ -300,7 +312,8 @@ def prune(model, tuner: FineTuner, config: OptimizeConfig, lr: float):
 
 
 def wrap_for_pruning(model, schedule, policy=None):
-    """`prune_low_magnitude` on each layer that has kernels to prune (and that the policy allows).
+    """`prune_low_magnitude` on each trainable layer that has kernels to prune (and that the policy
+    allows). Frozen layers are left dense: they could not recover from losing weights.
 
     Wrapping the whole model would fail on layers tfmot's PruneRegistry does not know, such as
     the in-graph Rescaling and Normalization, although they have nothing to prune.
@@ -312,7 +325,7 @@ def wrap_for_pruning(model, schedule, policy=None):
     def wrap(layer):
         if isinstance(layer, keras.Model):
             raise ModelError(f"cannot prune the nested model {layer.name}", "flatten it first")
-        prunable = any(hasattr(layer, attr) for attr in PRUNED_KERNELS) and PruneRegistry.supports(layer)
+        prunable = layer.trainable and any(hasattr(layer, attr) for attr in PRUNED_KERNELS) and PruneRegistry.supports(layer)
         if prunable and (policy is None or policy.allow_pruning(layer)):
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
@@ -401,7 +414,6 @@ def save_model(model, path: Path) -> None:
     rebuilt twin is saved.
     """
     keras = tfenv.keras()
-    q = quantizability.tfmot().quantization.keras
     if not any(type(layer).__module__.startswith("tensorflow_model_optimization") for layer in model.layers):
         with tfenv.native_stderr_silenced():
             model.save(path)
@@ -414,7 +426,7 @@ def save_model(model, path: Path) -> None:
                 layer._build_input_shape = None  # no recorded shape: built once, by the graph
 
     build_once(model)
-    with q.quantize_scope(), tfenv.native_stderr_silenced():
+    with quantizability.quantize_scope(), tfenv.native_stderr_silenced():
         twin = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     live_layers = {layer.name: layer for layer in model.layers}
     for layer in twin.layers:

@@ -84,11 +84,12 @@ class Run:
 
 
 def _load_keras_model(keras, path: Path):
-    # QAT runs need tfmot's custom objects in scope; importing tfmot is cheap next to TF itself.
+    # QAT runs need tfmot's custom objects (and ours) in scope.
     try:
-        import tensorflow_model_optimization as tfmot
+        from edgeclf.pipeline.quantizability import quantize_scope
 
-        with tfmot.quantization.keras.quantize_scope():
-            return keras.models.load_model(path, compile=False)
+        scope = quantize_scope()
     except ImportError:
+        return keras.models.load_model(path, compile=False)
+    with scope:
         return keras.models.load_model(path, compile=False)
