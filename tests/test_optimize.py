@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, tiny_config
 from edgeclf import tfenv
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.evaluation import predict_file
@@ -20,16 +19,6 @@ from edgeclf.pipeline.optimize import OptimizeConfig, optimize
 from edgeclf.pipeline.runs import Run
 
 RUN_FILES = ["confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from edgeclf.pipeline.train import train
-
-    root = tmp_path_factory.mktemp("optimize")
-    data = make_image_folder(root / "data", {"red": 16, "green": 16, "blue": 16})
-    train(tiny_config(data, root / "run", fine_tune_epochs=2, val_split=0.25, seed=3))
-    return root / "run"
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +107,23 @@ def test_preflight_fails_clearly_where_qat_is_impossible():
         quantizability.require_quantizable(findings)
 
 
+def test_batchnorm_folding_keeps_the_outputs_and_leaves_exact_biases(tiny_run):
+    keras = tfenv.keras()
+    run = Run.open(tiny_run)
+    model = run.load_model()
+    images = run.plan.decode("val", run.img_size).images.astype(np.float32)
+    before = model(images, training=False).numpy()
+    folded = quantizability.fold_batchnorm(model)
+    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert folded and len(folded) == len(batch_norms)  # every MobileNetV2 BatchNorm follows a conv
+    np.testing.assert_allclose(model(images, training=False).numpy(), before, atol=1e-5)
+    for layer in batch_norms:
+        assert not layer.trainable
+        np.testing.assert_array_equal(layer.gamma.numpy(), 1.0)
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), 0.0)
+        np.testing.assert_array_equal(layer.moving_variance.numpy() + np.float32(layer.epsilon), 1.0)
+
+
 def test_check_reports_without_writing(tiny_run, tmp_path):
     report = optimizing.check(OptimizeConfig(run_dir=str(tiny_run), check=True))
     assert report["qat_possible"] and [f["layer"] for f in report["findings"]] == ["preprocess"]
@@ -133,7 +139,7 @@ def test_pruning_reaches_the_target_and_strips_the_wrappers(tiny_run, tmp_path):
     assert abs(prune["sparsity"]["overall"] - 0.6) <= 0.01
     assert prune["schedule"] == "polynomial" and info["optimization"]["qat"] is False
     assert info["optimization"]["source_run"] == str(tiny_run)
-    assert set(info["metrics"]) == {"val"} and result["metrics"]["val"]["n_images"] == 12
+    assert set(info["metrics"]) == {"val"} and result["metrics"]["val"]["n_images"] == 15
     assert all(abs(s - 0.6) <= 0.02 for s in prune["sparsity"]["per_layer"].values())
     model = Run.open(out).load_model()
     assert not [layer for layer in model.layers if "prune" in type(layer).__name__.lower()]
@@ -158,23 +164,40 @@ def test_constant_schedule_and_xnnpack_policy_prune_only_1x1_convolutions(tiny_r
     assert manifest["details"]["xnnpack_sparse"]["converter"] == "EXPERIMENTAL_SPARSITY"
 
 
+def _agreement_of_int8_export(run_dir, out):
+    """Top-1 agreement on the val split between a run's Keras model and its int8 TFLite export."""
+    run = Run.open(run_dir)
+    split = run.plan.decode("val", run.img_size)
+    keras_top1 = predict_probs(run.load_model(), split.images).argmax(1)
+    manifest = export_run(run_dir, ExportSpec(quant="int8", calib_size=12, out=str(out)))
+    tflite_top1 = predict_file(out / "model.tflite", split.images).argmax(1)
+    assert len(set(keras_top1)) > 1, "the model predicts one class: agreement would prove nothing"
+    return float((tflite_top1 == keras_top1).mean()), manifest
+
+
 def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path):
     out = tmp_path / "qat"
     optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), qat=True, epochs=1))
     info = json.loads((out / "run.json").read_text())["optimization"]
     assert info["qat"] is True and info["scheme"] == "Default8BitQuantizeScheme" and info["prune"] is None
+    assert info["batchnorm_folded"] > 0 and info["depthwise_weights"] == "per_channel"
     assert [f["layer"] for f in info["preflight"]] == ["preprocess"]
-    run = Run.open(out)
-    split = run.plan.decode("val", run.img_size)
-    keras_probs = predict_probs(run.load_model(), split.images)
-    manifest = export_run(out, ExportSpec(quant="int8", calib_size=12, out=str(tmp_path / "int8")))
+    # Depthwise kernels carry one range per channel, as the TFLite export quantizes them.
+    model = Run.open(out).load_model()
+    depthwise = [layer for layer in model.layers if type(getattr(layer, "layer", None)).__name__ == "DepthwiseConv2D"]
+    assert depthwise
+    for layer in depthwise:
+        ranges = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+        assert ranges["depthwise_kernel_max"].shape == (layer.layer.depthwise_kernel.shape[2],)
+    agreement, manifest = _agreement_of_int8_export(out, tmp_path / "int8")
+    assert agreement >= 0.9
     assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
     assert manifest["source_run"]["optimization"]["qat"] is True
-    probs = predict_file(tmp_path / "int8" / "model.tflite", split.images)
-    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.9
-    # QAT twice is refused.
+    # QAT twice is refused, and so is pruning what QAT trained.
     with pytest.raises(UsageError, match="already had quantization-aware training"):
         optimize(OptimizeConfig(run_dir=str(out), out=str(tmp_path / "again"), qat=True))
+    with pytest.raises(UsageError, match="already had quantization-aware training; pruning"):
+        optimize(OptimizeConfig(run_dir=str(out), out=str(tmp_path / "again"), prune=0.5))
 
 
 def test_pqat_keeps_its_sparsity_through_int8_export(pqat_run, tmp_path):
@@ -183,7 +206,8 @@ def test_pqat_keeps_its_sparsity_through_int8_export(pqat_run, tmp_path):
     assert record["scheme"] == "Default8BitPrunePreserveQuantizeScheme"
     assert abs(record["prune"]["sparsity_after_qat"] - 0.5) <= 0.01
     assert result["optimization"]["prune"]["after_qat"] == record["prune"]["sparsity_after_qat"]
-    export_run(out, ExportSpec(quant="int8", calib_size=12, out=str(tmp_path / "int8")))
+    agreement, _ = _agreement_of_int8_export(out, tmp_path / "int8")
+    assert agreement >= 0.9
     kernels = _int8_weights(tmp_path / "int8" / "model.tflite")
     pointwise = [w for name, w in kernels if w.shape[1:3] == (1, 1) and w.shape[0] > 1]
     assert pointwise, "no 1x1 convolution kernels found in the int8 model"

@@ -148,6 +148,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         "qat": False,
         "scheme": None,
         "preflight": [f.to_dict() for f in findings],
+        "depthwise_weights": "per_channel" if config.qat else None,
     }
     if previous:
         record["previous"] = previous
