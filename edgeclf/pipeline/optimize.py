@@ -210,20 +210,14 @@ def freeze_batchnorm(model) -> None:
 # Fine-tuning: the training pipeline's data path, for a model we already have
 # --------------------------------------------------------------------------------------
 class FineTuner:
-    """Runs fine-tune epochs on a run's own training split, recording history like `edgeclf train`."""
+    """Fine-tune epochs on a run's own training split, recorded like `edgeclf train`'s."""
 
     def __init__(self, config: TrainConfig, classes: list[str], splits: dict, batch_size: int):
-        tf = tfenv.tf()
-        self.keras = tfenv.keras()
-        self.keras.utils.set_random_seed(config.seed)
+        tfenv.keras().utils.set_random_seed(config.seed)
         self.config = config
-        self.classes = classes
         self.splits = splits
-        self.batch_size = batch_size
-        self.images = tf.constant(splits["train"].images)
-        self.labels = tf.constant(splits["train"].labels)
-        self.augment = training.augmenter(self.keras, config.seed) if config.augment else None
-        self.class_weight = training.class_weights(splits["train"].labels, len(classes)) if config.class_weight == "auto" else None
+        # Shuffle orders other than the source run's epochs'.
+        self.epochs = training.Epochs(config, splits, len(classes), batch_size, order_offset=1000)
         self.history: list[dict] = []
 
     def calibration_images(self, count: int = CALIBRATION_IMAGES) -> np.ndarray:
@@ -234,35 +228,16 @@ class FineTuner:
 
     @property
     def steps_per_epoch(self) -> int:
-        return int(np.ceil(len(self.splits["train"]) / self.batch_size))
+        return self.epochs.steps
 
     def fit(self, model, stage: str, epochs: int, lr: float, callbacks=()) -> None:
-        keras = self.keras
+        keras = tfenv.keras()
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
-        val = self.splits["val"]
-        val_x = val.images.astype(np.float32)
-        val_y = np.eye(len(self.classes), dtype=np.float32)[val.labels]
         with console.progress(transient=False) as bar:
             for epoch in range(epochs):
-                global_epoch = len(self.history)
-                task = bar.add_task(f"{stage} {epoch + 1}/{epochs}", total=self.steps_per_epoch, status="")
-                dataset = training.epoch_dataset(self.images, self.labels, len(self.classes), self.batch_size,
-                                                 self.config.seed, 1000 + global_epoch, self.augment)
-                fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
-                                callbacks=[*callbacks, training.batch_progress(keras, bar, task)])
-                val_loss, val_acc = model.evaluate(val_x, val_y, batch_size=64, verbose=0)
-                entry = {
-                    "stage": stage,
-                    "epoch": global_epoch + 1,
-                    "loss": float(fit.history["loss"][-1]),
-                    "accuracy": float(fit.history["accuracy"][-1]),
-                    "val_loss": float(val_loss),
-                    "val_accuracy": float(val_acc),
-                    "lr": lr,
-                }
-                bar.update(task, status=f"loss {entry['loss']:.3f} acc {entry['accuracy']:.3f} | val {val_loss:.3f} {val_acc:.3f}")
-                self.history.append(entry)
+                self.history.append(self.epochs.run(model, bar, stage, f"{epoch + 1}/{epochs}",
+                                                    len(self.history), lr, callbacks))
 
 
 # --------------------------------------------------------------------------------------

@@ -134,23 +134,9 @@ class Trainer:
             get_backbone(config.arch), len(plan.classes), config.img_size, weights, config.alpha, config.dropout
         )
         self.model = self.classifier.model
-        self.augment = self._augmenter() if config.augment else None
-        self.class_weight = self._class_weights() if config.class_weight == "auto" else None
+        self.epochs = Epochs(config, splits, len(plan.classes), config.batch_size)
         self.checkpoints = work / CHECKPOINT_DIR
         self.checkpoints.mkdir(exist_ok=True)
-        self.images = self.tf.constant(splits["train"].images)
-        self.labels = self.tf.constant(splits["train"].labels)
-
-    # -- data ---------------------------------------------------------------
-    def _augmenter(self):
-        return augmenter(self.keras, self.config.seed)
-
-    def _class_weights(self) -> dict[int, float]:
-        return class_weights(self.splits["train"].labels, len(self.plan.classes))
-
-    def _epoch_dataset(self, global_epoch: int):
-        return epoch_dataset(self.images, self.labels, len(self.plan.classes), self.config.batch_size,
-                             self.config.seed, global_epoch, self.augment)
 
     # -- training -------------------------------------------------------------
     def run(self) -> None:
@@ -178,32 +164,10 @@ class Trainer:
             self.model.load_weights(str(self.checkpoints / "stage_end.weights.h5"))
 
         started = time.perf_counter() - self.state["timing"].get(f"{stage.name}_s", 0.0)
-        val = self.splits["val"]
-        val_x = val.images.astype(np.float32)
-        val_y = np.eye(len(self.plan.classes), dtype=np.float32)[val.labels]
         with console.progress(transient=False) as bar:
             for epoch in range(self.state["epoch"], stage.epochs):
-                global_epoch = len(self.state["history"])
-                steps = int(np.ceil(len(self.splits["train"]) / self.config.batch_size))
-                task = bar.add_task(f"{stage.name} {epoch + 1}/{stage.epochs}", total=steps, status="")
-                fit = self.model.fit(
-                    self._epoch_dataset(global_epoch),
-                    epochs=1,
-                    verbose=0,
-                    class_weight=self.class_weight,
-                    callbacks=[batch_progress(keras, bar, task)],
-                )
-                val_loss, val_acc = self.model.evaluate(val_x, val_y, batch_size=64, verbose=0)
-                record = {
-                    "stage": stage.name,
-                    "epoch": global_epoch + 1,
-                    "loss": float(fit.history["loss"][-1]),
-                    "accuracy": float(fit.history["accuracy"][-1]),
-                    "val_loss": float(val_loss),
-                    "val_accuracy": float(val_acc),
-                    "lr": stage.lr,
-                }
-                bar.update(task, status=f"loss {record['loss']:.3f} acc {record['accuracy']:.3f} | val {val_loss:.3f} {val_acc:.3f}")
+                record = self.epochs.run(self.model, bar, stage.name, f"{epoch + 1}/{stage.epochs}",
+                                         len(self.state["history"]), stage.lr)
                 self.state["history"].append(record)
                 self.state["epoch"] = epoch + 1
                 stop = self._track_best(record)
@@ -311,6 +275,53 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     """Inverse-frequency class weights (--class-weight auto)."""
     counts = np.bincount(labels, minlength=n_classes)
     return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts)}
+
+
+class Epochs:
+    """Runs training epochs on a run's train split and scores each on its val split.
+
+    Shared by `edgeclf train` and `edgeclf optimize`, so both shuffle (by seed and epoch
+    number), augment, weight classes and record history the same way.
+    """
+
+    def __init__(self, config: TrainConfig, splits: dict, n_classes: int, batch_size: int, order_offset: int = 0):
+        tf = tfenv.tf()
+        self.order_offset = order_offset  # added to the epoch number that seeds the shuffle order
+        self.keras = tfenv.keras()
+        self.config = config
+        self.n_classes = n_classes
+        self.batch_size = batch_size
+        self.images = tf.constant(splits["train"].images)
+        self.labels = tf.constant(splits["train"].labels)
+        self.augment = augmenter(self.keras, config.seed) if config.augment else None
+        self.class_weight = class_weights(splits["train"].labels, n_classes) if config.class_weight == "auto" else None
+        val = splits["val"]
+        self.val_x = val.images.astype(np.float32)
+        self.val_y = np.eye(n_classes, dtype=np.float32)[val.labels]
+
+    @property
+    def steps(self) -> int:
+        return int(np.ceil(int(self.labels.shape[0]) / self.batch_size))
+
+    def run(self, model, bar, stage: str, label: str, global_epoch: int, lr: float, callbacks=()) -> dict:
+        """One epoch of `model.fit` (already compiled) plus validation; returns its history record."""
+        task = bar.add_task(f"{stage} {label}", total=self.steps, status="")
+        dataset = epoch_dataset(self.images, self.labels, self.n_classes, self.batch_size,
+                                self.config.seed, self.order_offset + global_epoch, self.augment)
+        fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
+                        callbacks=[*callbacks, batch_progress(self.keras, bar, task)])
+        val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
+        record = {
+            "stage": stage,
+            "epoch": global_epoch + 1,
+            "loss": float(fit.history["loss"][-1]),
+            "accuracy": float(fit.history["accuracy"][-1]),
+            "val_loss": float(val_loss),
+            "val_accuracy": float(val_acc),
+            "lr": lr,
+        }
+        bar.update(task, status=f"loss {record['loss']:.3f} acc {record['accuracy']:.3f} | val {val_loss:.3f} {val_acc:.3f}")
+        return record
 
 
 def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, global_epoch: int, augment=None):
