@@ -177,3 +177,17 @@ def test_inspect_a_model_edgeclf_did_not_make(tmp_path):
     assert info["ops"]["CONV_2D"] == 1 and info["ops"]["FULLY_CONNECTED"] == 1
     assert info["quantization"]["ops_integer_fraction"] == 0.0
     assert info["bytes"] == (tmp_path / "foreign.tflite").stat().st_size
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(target="tflite", quant="int8", calib_method="entropy"), "--calib-method entropy applies only to --target onnx --quant int8"),
+    (dict(target="onnx", quant="fp32", calib_method="percentile"), "--calib-method percentile applies only"),
+    (dict(target="openvino", quant="int8", per_channel=True), "--per-channel/--per-tensor apply only to --target onnx"),
+    (dict(target="tflite", quant="dynamic", per_channel=False), "--per-channel/--per-tensor apply only"),
+    (dict(target="tflite", dynamic_batch=True), "--dynamic-batch applies only to --target onnx"),
+    (dict(target="tflite", quant="fp16", calib_dir="."), "--calib-dir is only used by --quant int8"),
+])
+def test_options_another_target_would_ignore_are_refused(options, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ExportSpec(**options)
+    ExportSpec(target="onnx", quant="int8", calib_method="entropy", per_channel=False)  # where they apply

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeclf import __version__, tfenv
 from edgeclf.calibration import CalibrationSet
-from edgeclf.errors import ExportError, UsageError
+from edgeclf.errors import ExportError
 from edgeclf.exporters.base import ExportJob, ExportOutput
 
 TARGET = "openvino"
@@ -39,8 +39,6 @@ def export(job: ExportJob) -> ExportOutput:
     import openvino as ov
 
     spec = job.spec
-    if spec.dynamic_batch:
-        raise UsageError("--dynamic-batch applies only to --target onnx", "drop --dynamic-batch; OpenVINO IR is exported with batch 1")
     model = convert(job.model, job.run.img_size)
     details: dict = {"batch": 1}
     versions = tool_versions()

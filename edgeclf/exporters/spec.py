@@ -49,6 +49,17 @@ class ExportSpec:
             raise UsageError(f"--calib-size {self.calib_size} must be at least 1", "e.g. --calib-size 300")
         if self.calib_method not in CALIB_METHODS:
             raise UsageError(f"--calib-method {self.calib_method} is not supported", f"choose one of {', '.join(CALIB_METHODS)}")
+        # Options one exporter reads and the others would silently ignore.
+        if self.dynamic_batch and self.target != "onnx":
+            raise UsageError("--dynamic-batch applies only to --target onnx", f"drop --dynamic-batch; {self.target} is exported with batch 1")
+        if self.calib_method != "minmax" and (self.target, self.quant) != ("onnx", "int8"):
+            raise UsageError(f"--calib-method {self.calib_method} applies only to --target onnx --quant int8",
+                             f"drop --calib-method; {self.target} {self.quant} calibrates with min/max ranges")
+        if self.per_channel is not None and (self.target != "onnx" or self.quant not in ("dynamic", "int8")):
+            raise UsageError("--per-channel/--per-tensor apply only to --target onnx with --quant int8 or dynamic",
+                             "drop the option; TFLite and OpenVINO int8 always quantize conv weights per channel")
+        if self.calib_dir is not None and not self.needs_calibration:
+            raise UsageError(f"--calib-dir is only used by --quant int8, not {self.quant}", "drop --calib-dir or pass --quant int8")
         if self.debug_quant and (self.quant != "int8" or self.target != "tflite"):
             raise UsageError("--debug-quant needs --target tflite --quant int8", "drop --debug-quant")
         if self.calib_dir is not None:
