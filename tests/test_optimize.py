@@ -57,7 +57,23 @@ def test_other_bad_options(tmp_path):
         OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"), qat=True, prune_for="xnnpack")
     with pytest.raises(UsageError, match="--out is missing"):
         OptimizeConfig(run_dir=str(tmp_path), qat=True)
+    with pytest.raises(UsageError, match="--distill 1.0 is not a weight in"):
+        OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"), qat=True, distill=1.0)
     OptimizeConfig(run_dir=str(tmp_path), check=True)  # the pre-flight alone needs no --out
+
+
+def test_distillation_mixes_the_teachers_probabilities_into_the_targets():
+    from edgeclf.pipeline.train import epoch_dataset
+
+    keras, tf = tfenv.keras(), tfenv.tf()
+    uniform = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros")])
+    images = tf.constant(np.random.default_rng(0).integers(0, 255, (6, 4, 4, 3), dtype=np.uint8))
+    labels = tf.constant([0, 1, 2, 0, 1, 2])
+    _, targets = next(iter(epoch_dataset(images, labels, 3, 6, seed=0, global_epoch=0, teacher=uniform, teacher_weight=0.25)))
+    targets = targets.numpy()
+    np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.sort(targets, 1), [[0.25 / 3, 0.25 / 3, 0.75 + 0.25 / 3]] * 6, rtol=1e-6)
 
 
 def test_cli_reports_a_bad_sparsity_in_one_line(tmp_path):

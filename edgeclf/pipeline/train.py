@@ -284,9 +284,12 @@ class Epochs:
     number), augment, weight classes and record history the same way.
     """
 
-    def __init__(self, config: TrainConfig, splits: dict, n_classes: int, batch_size: int, order_offset: int = 0):
+    def __init__(self, config: TrainConfig, splits: dict, n_classes: int, batch_size: int, order_offset: int = 0,
+                 teacher=None, teacher_weight: float = 0.0):
         tf = tfenv.tf()
         self.order_offset = order_offset  # added to the epoch number that seeds the shuffle order
+        self.teacher = teacher  # a model whose probabilities are mixed into the targets (distillation)
+        self.teacher_weight = teacher_weight
         self.keras = tfenv.keras()
         self.config = config
         self.n_classes = n_classes
@@ -307,7 +310,8 @@ class Epochs:
         """One epoch of `model.fit` (already compiled) plus validation; returns its history record."""
         task = bar.add_task(f"{stage} {label}", total=self.steps, status="")
         dataset = epoch_dataset(self.images, self.labels, self.n_classes, self.batch_size,
-                                self.config.seed, self.order_offset + global_epoch, self.augment)
+                                self.config.seed, self.order_offset + global_epoch, self.augment,
+                                self.teacher, self.teacher_weight)
         fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
                         callbacks=[*callbacks, batch_progress(self.keras, bar, task)])
         val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
@@ -324,10 +328,13 @@ class Epochs:
         return record
 
 
-def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, global_epoch: int, augment=None):
+def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, global_epoch: int, augment=None,
+                  teacher=None, teacher_weight: float = 0.0):
     """One epoch's shuffled (pixels, one-hot) batches; the order depends only on the seed and the epoch number.
 
     `images` and `labels` are tensors (uint8 pixels, int labels) so that every epoch reuses them.
+    With a `teacher`, each target becomes (1 - teacher_weight) * one-hot + teacher_weight *
+    the teacher's probabilities on the same augmented batch: distillation at temperature 1.
     """
     tf = tfenv.tf()
     order = np.random.default_rng([seed, global_epoch]).permutation(int(labels.shape[0]))
@@ -335,6 +342,8 @@ def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, gl
     ds = ds.map(lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.one_hot(tf.gather(labels, idx), n_classes)))
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if teacher is not None and teacher_weight > 0:
+        ds = ds.map(lambda x, y: (x, (1.0 - teacher_weight) * y + teacher_weight * teacher(x, training=False)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
