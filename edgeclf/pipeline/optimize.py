@@ -174,6 +174,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
             model = quantizability.quantize(model, findings, preserve_sparsity=preserve,
                                             calibration_images=tuner.calibration_images())
             tuner.fit(model, "qat", config.epochs, config.lr or base_lr / 10)
+            record["zero_channels_given_a_range"] = quantizability.widen_collapsed_weight_ranges(model)
             record["qat"] = True
             record["scheme"] = PQAT_SCHEME if preserve else QAT_SCHEME
             if record["prune"] is not None:

@@ -328,3 +328,34 @@ def _fold(conv, bn) -> None:
     bn.moving_mean.assign(np.zeros_like(scale))
     bn.moving_variance.assign(np.full_like(scale, np.float32(1.0) - epsilon))
     bn.trainable = False
+
+
+# Weight-range variables of tfmot's weight quantizers, by the weight they bound.
+_WEIGHT_RANGES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def widen_collapsed_weight_ranges(quantized) -> int:
+    """Give every all-zero output channel of a QAT kernel a nonzero range; returns how many.
+
+    A channel whose weights are all zero (pruned away, or folded from a BatchNorm with gamma 0)
+    gets the range [0, 0] from tfmot. TensorFlow's fake-quant copes, but the TFLite converter
+    turns it into weight scale 0 and so bias scale 0, and the channel's folded bias becomes
+    garbage in the int8 model. Zero stays exactly zero under any symmetric range, so the
+    channel gets the median range of its layer's other channels: Keras outputs do not change.
+    """
+    widened = 0
+    for layer in quantized.layers:
+        named = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+        for weight in _WEIGHT_RANGES:
+            low, high = named.get(weight + "_min"), named.get(weight + "_max")
+            if low is None or high is None or len(high.shape) != 1:
+                continue
+            lows, highs = low.numpy(), high.numpy()
+            collapsed = (highs - lows) <= 0
+            if not collapsed.any() or collapsed.all():
+                continue
+            half_width = float(np.median(np.maximum(np.abs(lows), np.abs(highs))[~collapsed]))
+            low.assign(np.where(collapsed, -half_width, lows).astype(np.float32))
+            high.assign(np.where(collapsed, half_width, highs).astype(np.float32))
+            widened += int(collapsed.sum())
+    return widened
