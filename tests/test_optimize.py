@@ -140,6 +140,28 @@ def test_batchnorm_folding_keeps_the_outputs_and_leaves_exact_biases(tiny_run):
         np.testing.assert_array_equal(layer.moving_variance.numpy() + np.float32(layer.epsilon), 1.0)
 
 
+def test_all_zero_kernel_channels_get_a_range_the_converter_can_use():
+    from edgeclf.pipeline.backbones import build_classifier, get_backbone
+
+    model = build_classifier(get_backbone("mobilenetv2"), 3, 32, "none", alpha=0.35).model
+    quantizability.fold_batchnorm(model)
+    conv = model.get_layer("block_1_expand")
+    kernel = conv.kernel.numpy()
+    kernel[..., :2] = 0.0  # two output channels pruned away entirely
+    conv.kernel.assign(kernel)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    qat = quantizability.quantize(model, quantizability.preflight(model), calibration_images=images)
+    wrapper = next(layer for layer in qat.layers if getattr(layer, "layer", None) is not None and layer.layer.name == "block_1_expand")
+    ranges = {w.name.split("/")[-1].split(":")[0]: w for w in wrapper.weights}
+    assert (ranges["kernel_max"].numpy()[:2] == 0).all()  # what tfmot learns from all-zero channels
+    before = qat(images, training=False).numpy()
+
+    assert quantizability.widen_collapsed_weight_ranges(qat) >= 2
+    highs = ranges["kernel_max"].numpy()
+    assert (highs > 0).all() and highs[0] == np.median(highs[2:])
+    np.testing.assert_array_equal(qat(images, training=False).numpy(), before)  # zero stays zero
+
+
 def test_check_reports_without_writing(tiny_run, tmp_path):
     report = optimizing.check(OptimizeConfig(run_dir=str(tiny_run), check=True))
     assert report["qat_possible"] and [f["layer"] for f in report["findings"]] == ["preprocess"]
@@ -197,6 +219,7 @@ def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path):
     info = json.loads((out / "run.json").read_text())["optimization"]
     assert info["qat"] is True and info["scheme"] == "Default8BitQuantizeScheme" and info["prune"] is None
     assert info["batchnorm_folded"] > 0 and info["depthwise_weights"] == "per_channel"
+    assert info["zero_channels_given_a_range"] >= 0
     assert [f["layer"] for f in info["preflight"]] == ["preprocess"]
     # Depthwise kernels carry one range per channel, as the TFLite export quantizes them.
     model = Run.open(out).load_model()
