@@ -1,6 +1,7 @@
 """Artefact directories and their manifest.json: what was made, from what, and how well it does."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -22,10 +23,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def gzip_size(path: Path) -> int:
+    """Size after `gzip -9`: what an over-the-air update or an app download actually carries
+    (and where the zeros of a pruned model pay off)."""
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
 def file_entries(directory: Path) -> dict[str, dict]:
-    """sha256 and size of every file in an artefact directory except the manifest itself."""
+    """sha256, size and gzip size of every file in an artefact directory except the manifest itself."""
     return {
-        str(p.relative_to(directory)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        str(p.relative_to(directory)): {"sha256": sha256_file(p), "bytes": p.stat().st_size, "gzip_bytes": gzip_size(p)}
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST_FILE
     }

@@ -1,6 +1,7 @@
 """`edgeclf export --target tflite`: round trips, manifest truth, metadata, calibration, atomicity."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -62,7 +63,8 @@ def test_manifest_hashes_sizes_and_provenance(tiny_run, tmp_path):
     assert sorted(os.listdir(out)) == ["labels.txt", "manifest.json", "model.tflite"]
     assert set(on_disk["files"]) == {"labels.txt", "model.tflite"}
     for name, entry in on_disk["files"].items():
-        assert entry == {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+        assert entry == {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size,
+                         "gzip_bytes": len(gzip.compress((out / name).read_bytes(), compresslevel=9, mtime=0))}
     assert on_disk["labels"] == ["blue", "green", "red"] == (out / "labels.txt").read_text().split()
     assert on_disk["calibration"]["count"] == 30 and sum(on_disk["calibration"]["per_class"].values()) == 30
     assert on_disk["source_run"]["path"] == str(tiny_run) and "val" in on_disk["source_run"]["metrics"]

@@ -2,6 +2,7 @@
 manifests, inspect, missing extras and atomicity."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import sys
@@ -67,7 +68,8 @@ def test_fp32_parity_and_manifest(tiny_run, images, tmp_path, target):
     assert np.abs(probs - keras_probs).max() < 1e-4
     assert sorted(os.listdir(out)) == sorted(["labels.txt", "manifest.json", *MODEL_FILES[target]])
     for name, entry in manifest["files"].items():
-        assert entry == {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+        assert entry == {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size,
+                         "gzip_bytes": len(gzip.compress((out / name).read_bytes(), compresslevel=9, mtime=0))}
     assert manifest["input"] == {"name": "image", "shape": [1, 32, 32, 3], "dtype": "float32", "quantization": None}
     assert manifest["output"]["shape"] == [1, 3] and manifest["output"]["dtype"] == "float32"
     assert manifest["labels"] == ["blue", "green", "red"] and manifest["calibration"] is None

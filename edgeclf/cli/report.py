@@ -29,13 +29,15 @@ def size_mb(n_bytes) -> str:
 
 def export_summary(manifest: dict) -> None:
     acc = manifest.get("accuracy") or {}
-    model_bytes = sum(f["bytes"] for name, f in manifest["files"].items() if name != "labels.txt")
+    model_files = [f for name, f in manifest["files"].items() if name != "labels.txt"]
+    model_bytes = sum(f["bytes"] for f in model_files)
+    gzip_bytes = sum(f.get("gzip_bytes", 0) for f in model_files)
     quant = manifest["input"].get("quantization")
     rows = [
         ["artefact", manifest["path"]],
         ["format", f"{manifest['target']} {manifest['quant']} (io {manifest['io']})"],
         ["input", f"{manifest['input']['shape']} {manifest['input']['dtype']}" + (f" scale {quant['scale']:g} zp {quant['zero_point']}" if quant and "scale" in quant else "")],
-        ["size", f"{size_mb(model_bytes)} MB"],
+        ["size", f"{size_mb(model_bytes)} MB ({size_mb(gzip_bytes)} MB gzipped)"],
         ["conversion", f"{manifest['conversion_s']:.1f} s"],
     ]
     if acc:
