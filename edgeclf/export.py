@@ -33,7 +33,7 @@ def export_run(run_dir, spec: ExportSpec) -> dict:
     if out == run.path or out in run.path.parents:
         raise ModelError(f"--out {out} would replace the run directory itself", "use a folder under exports/ or outside the run")
     model = run.load_model()
-    calib = calibration.build(run, spec.calib_size, spec.calib_dir) if spec.needs_calibration else None
+    calib = _calibration(run, spec)
     val = _validation_split(run)
     float_probs = predict_probs(model, val.images) if val is not None else None
 
@@ -86,6 +86,19 @@ def export_run(run_dir, spec: ExportSpec) -> dict:
         write_manifest(staging, manifest)
     manifest["path"] = str(out)
     return manifest
+
+
+def _calibration(run: Run, spec: ExportSpec):
+    """The calibration set, which a QAT run exported to TFLite does without if its images are gone."""
+    if not spec.needs_calibration:
+        return None
+    qat = bool((run.info.get("optimization") or {}).get("qat"))
+    if qat and spec.target == "tflite" and spec.calib_dir is None and not spec.debug_quant \
+            and not calibration.training_images_available(run):
+        console.info("the run's training images are gone: int8 uses the ranges QAT learned "
+                     "(a pixel-range probe covers the in-graph preprocessing)")
+        return calibration.pixel_range_probe(run)
+    return calibration.build(run, spec.calib_size, spec.calib_dir)
 
 
 def _validation_split(run: Run):

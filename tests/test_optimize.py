@@ -213,7 +213,7 @@ def _agreement_of_int8_export(run_dir, out):
     return float((tflite_top1 == keras_top1).mean()), manifest
 
 
-def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path):
+def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "qat"
     optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), qat=True, epochs=1))
     info = json.loads((out / "run.json").read_text())["optimization"]
@@ -228,8 +228,15 @@ def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path):
     for layer in depthwise:
         ranges = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
         assert ranges["depthwise_kernel_max"].shape == (layer.layer.depthwise_kernel.shape[2],)
+    # A QAT run needs no calibration images: with its training images gone, the export uses
+    # the ranges QAT learned (the PQAT test below exports with real calibration images).
+    from edgeclf import calibration
+
+    monkeypatch.setattr(calibration, "training_images_available", lambda run: False)
     agreement, manifest = _agreement_of_int8_export(out, tmp_path / "int8")
+    assert manifest["calibration"]["source"].startswith("pixel-range probe")
     assert agreement >= 0.9
+    assert manifest["details"]["quantization_coverage"]["ops_integer_fraction"] == 1.0
     assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
     assert manifest["source_run"]["optimization"]["qat"] is True
     # QAT twice is refused, and so is pruning what QAT trained.

@@ -79,6 +79,28 @@ def build(run: Run, size: int = 300, calib_dir: str | None = None, seed: int | N
     return CalibrationSet(images, source, seed, per_class, samples_digest(kept, root))
 
 
+def training_images_available(run: Run) -> bool:
+    return run.plan is not None and all(s.path.exists() for s in run.plan.samples["train"][:1])
+
+
+def pixel_range_probe(run: Run) -> CalibrationSet:
+    """Synthetic inputs spanning raw pixels 0..255, for a QAT run whose images are gone.
+
+    QAT learned every range inside the model. The converter still wants a representative
+    dataset for full-integer output, and uses it only where no learned range exists: the
+    in-graph preprocessing (Rescaling is a MUL then an ADD, with no range between them),
+    which depends only on the pixel range. Black, white, ramps and seeded noise cover it.
+    """
+    size = run.img_size
+    ramp = np.broadcast_to(np.linspace(0, 255, size, dtype=np.float32)[None, :, None], (size, size, 3))
+    noise = np.random.default_rng(run.seed).integers(0, 256, (12, size, size, 3))
+    images = np.concatenate([
+        np.zeros((1, size, size, 3)), np.full((1, size, size, 3), 255.0), ramp[None], ramp.transpose(1, 0, 2)[None], noise,
+    ]).round().astype(np.uint8)
+    digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
+    return CalibrationSet(images, "pixel-range probe (no images; QAT's learned ranges)", run.seed, {}, digest)
+
+
 def _candidates(run: Run, calib_dir: str | None) -> tuple[list[Sample], Path, str]:
     if calib_dir:
         folder = map_to_labels(scan_folder(Path(calib_dir), "calibration data"), run.labels, "calibration")
