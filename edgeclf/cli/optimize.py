@@ -46,6 +46,8 @@ def command(run_dir, overwrite, as_json, **settings):
         p = opt["prune"]
         after = f", {report.pct(p['after_qat'])} after QAT" if p.get("after_qat") is not None else ""
         console.info(f"sparsity: {report.pct(p['overall'])} of the pruned weights (target {report.pct(p['target'])}){after}")
+    elif opt.get("sparsity_after_qat") is not None:
+        console.info(f"sparsity kept through QAT: {report.pct(opt['sparsity_after_qat'])} of the weights pruned before")
     if opt["qat"]:
         console.info(f"quantization-aware training: {opt['scheme']}; export with `edgeclf export {result['run_dir']} --quant int8`")
     console.out.print(f"run directory: {result['run_dir']}")

@@ -177,8 +177,10 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
             record["zero_channels_given_a_range"] = quantizability.widen_collapsed_weight_ranges(model)
             record["qat"] = True
             record["scheme"] = PQAT_SCHEME if preserve else QAT_SCHEME
-            if record["prune"] is not None:
-                record["prune"]["sparsity_after_qat"] = kernel_sparsity(model, record["prune"]["layers"])["overall"]
+            if preserve:
+                record["sparsity_after_qat"] = kernel_sparsity(model, pruned_layers(record["prune"], previous))["overall"]
+                if record["prune"] is not None:
+                    record["prune"]["sparsity_after_qat"] = record["sparsity_after_qat"]
             timing["qat_s"] = round(time.perf_counter() - t0, 2)
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s")), 2)
         if record["prune"] is not None:
@@ -186,6 +188,13 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         info = write_run(staging, model, run, train_config, splits, tuner.history, timing, record)
     result = training.summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
     return result
+
+
+def pruned_layers(prune_record: dict | None, previous: dict) -> dict[str, list[str]]:
+    """Layer name -> pruned kernel names, from this optimization or the run it started from."""
+    if prune_record is not None:
+        return prune_record["layers"]
+    return {name: list(PRUNED_KERNELS) for name in previous["prune"]["sparsity"]["per_layer"]}
 
 
 def _summary_of(record: dict) -> dict:
@@ -196,6 +205,7 @@ def _summary_of(record: dict) -> dict:
         "prune": None if prune_record is None else {
             k: prune_record[k] for k in ("target", "schedule", "for", "xnnpack_policy")
         } | {"overall": prune_record["sparsity"]["overall"], "after_qat": prune_record.get("sparsity_after_qat")},
+        "sparsity_after_qat": record.get("sparsity_after_qat"),
         "preflight": len(record["preflight"]),
         "source_run": record["source_run"],
     }
