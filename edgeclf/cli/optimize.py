@@ -16,8 +16,8 @@ from edgeclf.pipeline.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
 @click.option("--prune-for", type=click.Choice(PRUNE_FOR), help="Prune for XNNPACK sparse inference: only 1x1 convolutions.")
 @click.option("--qat", is_flag=True, help="Quantization-aware training (sparsity-preserving after --prune).")
 @click.option("--epochs", default=2, show_default=True, type=int, help="Fine-tune epochs for each phase (pruning, then QAT).")
-@click.option("--distill", default=0.5, show_default=True, type=float,
-              help="Weight of the source model's own predictions in the training targets (distillation); 0 for labels only.")
+@click.option("--distill", default=0.0, show_default=True, type=float,
+              help="Weight of the source model's own predictions in the training targets (distillation), e.g. 0.5; 0: labels only.")
 @click.option("--lr", type=float, help="Learning rate [default: the run's fine-tune rate; a tenth of it for QAT].")
 @click.option("--batch-size", type=int, help="[default: the run's]")
 @click.option("--check", is_flag=True, help="Only run the quantizability pre-flight and report; write nothing.")
