@@ -299,7 +299,8 @@ def fold_batchnorm(model) -> list[str]:
         if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
             continue
         source = layer._inbound_nodes[0].inbound_layers
-        if not isinstance(source, convs) or len(source._outbound_nodes) != 1 or source.activation is not keras.activations.linear:
+        # Exact types: Conv2DTranspose subclasses Conv2D but keeps its output channels elsewhere.
+        if type(source) not in convs or len(source._outbound_nodes) != 1 or source.activation is not keras.activations.linear:
             continue
         if tuple(layer.axis) not in ((3,), (-1,)) or not layer.center:
             continue
