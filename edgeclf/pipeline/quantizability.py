@@ -251,7 +251,7 @@ def initialize_ranges(quantized, float_model, images, batch_size: int = 32) -> i
             targets.append((float_model.inputs[0], pairs))
             continue
         inner = getattr(layer, "layer", None)
-        if inner is None or inner.name not in {l.name for l in float_model.layers}:
+        if inner is None or inner.name not in {known.name for known in float_model.layers}:
             continue
         targets.append((float_model.get_layer(inner.name).output, pairs))
     if not targets:
