@@ -1,7 +1,7 @@
 """Benchmark `edgeclf optimize` on flowers128: float, PTQ, QAT, PQAT and XNNPACK-pruned MobileNetV2,
 plus EfficientNetB0 PTQ vs QAT.
 
-    .venv/bin/python benchmarks/optimize.py [--runs RUN_DIR ...] [--work /work/bench/optimize] [--epochs 2]
+    .venv/bin/python benchmarks/optimize.py [--runs RUN_DIR ...] [--work /work/bench/optimize] [--prune-epochs 10] [--qat-epochs 2]
 
 For every recipe it reports test top-1 of the exported TFLite model (on the run's test split),
 the gzip-compressed size of the int8 .tflite, and 1-thread p50 latency on this machine.
@@ -32,7 +32,7 @@ from edgeclf.pipeline.metrics import classification_metrics  # noqa: E402
 from edgeclf.pipeline.optimize import OptimizeConfig, optimize  # noqa: E402
 from edgeclf.pipeline.runs import Run  # noqa: E402
 
-DEFAULT_RUNS = ["/work/bench/flowers-mnv2-160", "/work/bench/flowers-mnv2-160-ls"]
+DEFAULT_RUNS = ["/work/bench/flowers-mnv2-160-ft60", "/work/bench/flowers-mnv2-160", "/work/bench/flowers-mnv2-160-ls"]
 FLOWERS = Path("/work/shared/datasets/flowers128")
 
 
@@ -139,8 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS)
     parser.add_argument("--work", default="/work/bench/optimize")
-    parser.add_argument("--prune-epochs", type=int, default=2)
-    parser.add_argument("--qat-epochs", type=int, default=1)
+    parser.add_argument("--prune-epochs", type=int, default=10)
+    parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--calib-size", type=int, default=300)
     parser.add_argument("--effnet-size", type=int, default=64)

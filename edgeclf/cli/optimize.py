@@ -15,7 +15,7 @@ from edgeclf.pipeline.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
               help="Ramp the sparsity up from 0 (polynomial) or apply it from the first step (constant).")
 @click.option("--prune-for", type=click.Choice(PRUNE_FOR), help="Prune for XNNPACK sparse inference: only 1x1 convolutions.")
 @click.option("--qat", is_flag=True, help="Quantization-aware training (sparsity-preserving after --prune).")
-@click.option("--epochs", default=2, show_default=True, type=int, help="Fine-tune epochs for each phase (pruning, then QAT).")
+@click.option("--epochs", type=int, help="Fine-tune epochs for each phase [default: 10 for pruning, 2 for QAT].")
 @click.option("--distill", default=0.0, show_default=True, type=float,
               help="Weight of the source model's own predictions in the training targets (distillation), e.g. 0.5; 0: labels only.")
 @click.option("--lr", type=float, help="Learning rate [default: the run's fine-tune rate; a tenth of it for QAT].")
