@@ -11,7 +11,6 @@ WORK/results.json and a markdown table on stdout. Finished steps are reused on a
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgeclf import tfenv  # noqa: E402
+from edgeclf.artefacts import gzip_size  # noqa: E402
 from edgeclf.config import TrainConfig  # noqa: E402
 from edgeclf.devices import runner  # noqa: E402
 from edgeclf.evaluation import predict_file  # noqa: E402
@@ -49,10 +49,6 @@ def best_run(candidates: list[str]) -> Path:
     if not scored:
         sys.exit(f"no finished run with a test split among {candidates}")
     return max(scored)[1]
-
-
-def gzip_size(path: Path) -> int:
-    return len(gzip.compress(path.read_bytes(), compresslevel=9))
 
 
 def latency_p50(path: Path, img_size: int, runs: int) -> float:

@@ -154,7 +154,7 @@ def test_all_zero_kernel_channels_get_a_range_the_converter_can_use():
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
     qat = quantizability.quantize(model, quantizability.preflight(model), calibration_images=images)
     wrapper = next(layer for layer in qat.layers if getattr(layer, "layer", None) is not None and layer.layer.name == "block_1_expand")
-    ranges = {w.name.split("/")[-1].split(":")[0]: w for w in wrapper.weights}
+    ranges = quantizability.weights_by_name(wrapper)
     assert (ranges["kernel_max"].numpy()[:2] == 0).all()  # what tfmot learns from all-zero channels
     before = qat(images, training=False).numpy()
 
@@ -228,7 +228,7 @@ def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path, monke
     depthwise = [layer for layer in model.layers if type(getattr(layer, "layer", None)).__name__ == "DepthwiseConv2D"]
     assert depthwise
     for layer in depthwise:
-        ranges = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+        ranges = quantizability.weights_by_name(layer)
         assert ranges["depthwise_kernel_max"].shape == (layer.layer.depthwise_kernel.shape[2],)
     # A QAT run needs no calibration images: with its training images gone, the export uses
     # the ranges QAT learned (the PQAT test below exports with real calibration images).

@@ -107,12 +107,11 @@ def _candidates(run: Run, calib_dir: str | None) -> tuple[list[Sample], Path, st
         return folder.samples, folder.root, str(folder.root)
     if run.plan is None:
         raise ModelError(f"{run.path} records no training split", "pass --calib-dir with images of the run's classes")
-    for sample in run.plan.samples["train"][:1]:
-        if not sample.path.exists():
-            raise DatasetError(
-                f"the run's training images are no longer at {run.plan.roots['train']}",
-                "pass --calib-dir with images of the run's classes",
-            )
+    if not training_images_available(run):
+        raise DatasetError(
+            f"the run's training images are no longer at {run.plan.roots['train']}",
+            "pass --calib-dir with images of the run's classes",
+        )
     return run.plan.samples["train"], run.plan.roots["train"], f"training split of {run.plan.roots['train']}"
 
 

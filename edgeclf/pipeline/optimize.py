@@ -53,8 +53,7 @@ PRUNE_EPOCHS = 10
 QAT_EPOCHS = 2
 # Training images whose float activations set QAT's starting ranges.
 CALIBRATION_IMAGES = 256
-# Kernels that magnitude pruning zeroes, per layer type.
-PRUNED_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+PRUNED_KERNELS = quantizability.KERNELS
 
 
 @dataclass
@@ -138,12 +137,11 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     """Prune and/or QAT the run at config.run_dir into a new run directory at config.out."""
     run = Run.open(config.run_dir)
     previous = run.info.get("optimization") or {}
+    source = previous.get("source_run") or "its source run"
     if config.qat and previous.get("qat"):
-        source = previous.get("source_run") or "its source run"
         raise UsageError(f"{run.path} already had quantization-aware training",
                          f"run --qat on {source} instead, or export this run as it is")
     if config.prune is not None and previous.get("qat"):
-        source = previous.get("source_run") or "its source run"
         raise UsageError(f"{run.path} already had quantization-aware training; pruning it now would throw away "
                          "the ranges QAT learned", f"prune {source} with --prune {config.prune} --qat (PQAT) instead")
     if run.plan is None:
@@ -161,7 +159,8 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     started = time.perf_counter()
     splits = {name: run.plan.decode(name, run.img_size) for name in run.plan.samples}
     timing = {"decode_s": round(time.perf_counter() - started, 2)}
-    teacher = float_copy(model) if config.distill > 0 else None  # pruning and QAT train `model`'s own layers
+    # The distillation teacher must not share variables: pruning and QAT train `model`'s own layers.
+    teacher = quantizability.independent_copy(model) if config.distill > 0 else None
     tuner = FineTuner(train_config, run.labels, splits, config.batch_size or train_config.batch_size, teacher, config.distill)
     base_lr = config.lr or train_config.fine_tune_lr
     record: dict = {
@@ -225,16 +224,6 @@ def _summary_of(record: dict) -> dict:
         "preflight": len(record["preflight"]),
         "source_run": record["source_run"],
     }
-
-
-def float_copy(model):
-    """An independent copy of `model` with its current weights (the distillation teacher)."""
-    keras = tfenv.keras()
-    with tfenv.native_stderr_silenced():
-        copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    copy.trainable = False
-    return copy
 
 
 def freeze_batchnorm(model) -> None:
@@ -386,7 +375,7 @@ def _inner(layer):
 
 
 def _short_names(weights) -> list[str]:
-    return [weight.name.split("/")[-1].split(":")[0] for weight in weights]
+    return [quantizability.short_name(weight) for weight in weights]
 
 
 def _kernels(layer, attrs: list[str]) -> list[np.ndarray]:

@@ -30,6 +30,10 @@ FLATTEN = "flatten"
 OUTPUT_CONFIG = "quantize_config"
 IMPOSSIBLE = "impossible"
 
+# The weight variables that convolution and dense layers multiply with: what magnitude
+# pruning zeroes and what tfmot's weight quantizers keep a (min, max) range for.
+KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -215,12 +219,30 @@ def quantize(model, findings: list[Finding], preserve_sparsity: bool = False, ca
 
 # Quantizer variables that hold a weight's range (set from the weights at every step anyway)
 # or a pre-activation range (not the layer's output): left to tfmot.
-_NOT_OUTPUT_RANGES = ("kernel", "depthwise_kernel", "pointwise_kernel", "bias", "pre_activation")
+_NOT_OUTPUT_RANGES = (*KERNELS, "bias", "pre_activation")
+
+
+def independent_copy(model):
+    """The same graph with new layers holding the same weight values (no shared variables)."""
+    keras = tfenv.keras()
+    with tfenv.native_stderr_silenced():
+        copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def short_name(weight) -> str:
+    """A variable's own name without its layer path or device suffix: 'kernel', 'kernel_min'..."""
+    return weight.name.split("/")[-1].split(":")[0]
+
+
+def weights_by_name(layer) -> dict:
+    return {short_name(w): w for w in layer.weights}
 
 
 def _output_ranges(layer) -> list[tuple]:
     """(min, max) variable pairs of a QuantizeWrapper/QuantizeLayer that bound its output tensor."""
-    named = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+    named = weights_by_name(layer)
     pairs = []
     for name, variable in named.items():
         if name.endswith("_min") and name[: -len("_min")] not in _NOT_OUTPUT_RANGES and name[: -len("_min")] + "_max" in named:
@@ -240,8 +262,7 @@ def initialize_ranges(quantized, float_model, images, batch_size: int = 32) -> i
     keras = tfenv.keras()
     # A fresh copy: layers shared with earlier graphs (the pruned and stripped models reuse the
     # same layer objects) would hand back `.output` tensors of those other graphs.
-    original, float_model = float_model, keras.models.clone_model(float_model)
-    float_model.set_weights(original.get_weights())
+    float_model = independent_copy(float_model)
     targets = []  # (float tensor, pairs)
     for layer in quantized.layers:
         pairs = _output_ranges(layer)
@@ -331,10 +352,6 @@ def _fold(conv, bn) -> None:
     bn.trainable = False
 
 
-# Weight-range variables of tfmot's weight quantizers, by the weight they bound.
-_WEIGHT_RANGES = ("kernel", "depthwise_kernel", "pointwise_kernel")
-
-
 def widen_collapsed_weight_ranges(quantized) -> int:
     """Give every all-zero output channel of a QAT kernel a nonzero range; returns how many.
 
@@ -346,8 +363,8 @@ def widen_collapsed_weight_ranges(quantized) -> int:
     """
     widened = 0
     for layer in quantized.layers:
-        named = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
-        for weight in _WEIGHT_RANGES:
+        named = weights_by_name(layer)
+        for weight in KERNELS:
             low, high = named.get(weight + "_min"), named.get(weight + "_max")
             if low is None or high is None or len(high.shape) != 1:
                 continue
