@@ -18,7 +18,7 @@ from edgeclf.pipeline.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
 @click.option("--epochs", type=int, help="Fine-tune epochs for each phase [default: 10 for pruning, 2 for QAT].")
 @click.option("--distill", default=0.0, show_default=True, type=float,
               help="Weight of the source model's own predictions in the training targets (distillation), e.g. 0.5; 0: labels only.")
-@click.option("--lr", type=float, help="Learning rate [default: the run's fine-tune rate; a tenth of it for QAT].")
+@click.option("--lr", type=float, help="Learning rate [default: the rate of the run's last training stage; a tenth of it for QAT].")
 @click.option("--batch-size", type=int, help="[default: the run's]")
 @click.option("--check", is_flag=True, help="Only run the quantizability pre-flight and report; write nothing.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to create.")

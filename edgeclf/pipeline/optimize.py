@@ -66,7 +66,7 @@ class OptimizeConfig:
     qat: bool = False
     epochs: int | None = None  # per phase; None: PRUNE_EPOCHS for pruning, QAT_EPOCHS for QAT
     distill: float = 0.0  # weight of the source model's probabilities in the targets; 0: labels only
-    lr: float | None = None  # None: the run's fine-tune rate (pruning) and a tenth of it (QAT)
+    lr: float | None = None  # None: the rate of the run's last training stage (pruning) and a tenth of it (QAT)
     batch_size: int | None = None  # None: the run's
     check: bool = False  # pre-flight only: report, write nothing
 
@@ -162,7 +162,9 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     # The distillation teacher must not share variables: pruning and QAT train `model`'s own layers.
     teacher = quantizability.independent_copy(model) if config.distill > 0 else None
     tuner = FineTuner(train_config, run.labels, splits, config.batch_size or train_config.batch_size, teacher, config.distill)
-    base_lr = config.lr or train_config.fine_tune_lr
+    # The rate the run last trained at: fine_tune_lr for a pretrained backbone, the full rate
+    # for one trained from scratch (at fine_tune_lr such a model does not recover from pruning).
+    base_lr = config.lr or training.stages(train_config)[-1].lr
     record: dict = {
         "recipe": config.recipe(),
         "source_run": str(run.path),
