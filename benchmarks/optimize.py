@@ -25,7 +25,7 @@ from edgeclf import tfenv  # noqa: E402
 from edgeclf.artefacts import gzip_size  # noqa: E402
 from edgeclf.config import TrainConfig  # noqa: E402
 from edgeclf.devices import runner  # noqa: E402
-from edgeclf.evaluation import predict_file  # noqa: E402
+from edgeclf.evaluation import open_model, predict_file  # noqa: E402
 from edgeclf.export import export_run  # noqa: E402
 from edgeclf.exporters.spec import ExportSpec  # noqa: E402
 from edgeclf.pipeline.metrics import classification_metrics  # noqa: E402
@@ -52,7 +52,7 @@ def best_run(candidates: list[str]) -> Path:
 
 
 def latency_p50(path: Path, img_size: int, runs: int) -> float:
-    model = runner.open_model(str(path), threads=1)
+    model = open_model(path, threads=1)
     sample = np.random.default_rng(0).integers(0, 256, (1, img_size, img_size, 3), dtype=np.uint8)
     return runner.benchmark(model, sample, warmup=5, runs=runs)["p50"]
 

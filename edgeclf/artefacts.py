@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from edgeclf import exporters
 from edgeclf.errors import ModelError
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
-MODEL_SUFFIXES = (".tflite", ".onnx", ".xml")
 
 
 def sha256_file(path: Path) -> str:
@@ -65,10 +65,13 @@ class Artefact:
                 raise ModelError(f"{model} is missing from the export directory", "re-run `edgeclf export`")
             return cls(model, manifest)
         if not path.is_file():
-            raise ModelError(f"{path} does not exist", "pass an export directory or a .tflite/.onnx/.xml file")
-        if path.suffix.lower() not in MODEL_SUFFIXES:
-            raise ModelError(f"{path} is not a .tflite, .onnx or .xml model", "pass an export directory or a model file")
+            raise ModelError(f"{path} does not exist", f"pass an export directory or a {'/'.join(exporters.suffixes())} file")
+        exporters.for_path(path)  # refuses a file no format reads
         return cls(path, None)
+
+    @property
+    def format(self) -> exporters.Format:
+        return exporters.for_path(self.model_path)
 
     @cached_property
     def labels(self) -> list[str] | None:

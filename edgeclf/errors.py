@@ -1,6 +1,15 @@
 """The EdgeclfError family. Every message says what went wrong and what to change."""
 
 
+def first_line(exc_or_text, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message (tools put the reason there), shortened."""
+    text = str(exc_or_text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines:
+        return lines[0][:limit]
+    return type(exc_or_text).__name__ if isinstance(exc_or_text, BaseException) else "failed"
+
+
 class EdgeclfError(Exception):
     """An expected failure: printed as one line by the CLI, never with a traceback."""
 

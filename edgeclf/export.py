@@ -28,7 +28,7 @@ def default_out(run: Run, spec: ExportSpec) -> Path:
 
 def export_run(run_dir, spec: ExportSpec) -> dict:
     run = Run.open(run_dir)
-    exporter = exporters.load(spec.target)
+    fmt = exporters.load(spec.target)
     out = Path(spec.out).expanduser().resolve() if spec.out else default_out(run, spec)
     if out == run.path or out in run.path.parents:
         raise ModelError(f"--out {out} would replace the run directory itself", "use a folder under exports/ or outside the run")
@@ -38,11 +38,11 @@ def export_run(run_dir, spec: ExportSpec) -> dict:
     float_probs = predict_probs(model, val.images) if val is not None else None
 
     with staged_dir(out, overwrite=True) as staging:
-        job = ExportJob(run, model, spec, calib, staging)
+        job = ExportJob(run, model, spec, calib, staging, prune_policy=run.prune_policy)
         started = time.perf_counter()
         with console.progress() as bar:
             bar.add_task(f"converting to {spec.target} {spec.quant}", total=None, status="")
-            result = exporter.export(job)
+            result = fmt.export(job)
         conversion_s = time.perf_counter() - started
         write_labels(staging / LABELS_FILE, run.labels)
         accuracy = None
@@ -71,7 +71,7 @@ def export_run(run_dir, spec: ExportSpec) -> dict:
             "preprocessing": run.info["input"]["preprocessing"],
             "source_run": {
                 "path": str(run.path),
-                "arch": run.info["config"]["arch"],
+                "arch": run.arch,
                 "metrics": {split: {k: m.get(k) for k in ("top1", "top5", "n_images")} for split, m in run.metrics.items()},
                 "optimization": run.info.get("optimization"),
             },

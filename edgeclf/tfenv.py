@@ -93,16 +93,21 @@ def keras():
     return tf_keras
 
 
-def versions() -> dict[str, str]:
-    """Versions of the tools that shape a model, for run.json and manifests."""
+def installed_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
     from importlib import metadata
 
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions(*dists: str) -> dict[str, str | None]:
+    """Versions of the tools that shape a model, for run.json and manifests; `dists` for just those."""
+    if dists:
+        return {dist: installed_version(dist) for dist in dists}
     import edgeclf
 
     found = {"edgeclf": edgeclf.__version__, "python": sys.version.split()[0]}
-    for dist in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy", "pillow"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
+    return found | versions("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy", "pillow")

@@ -8,37 +8,15 @@ import numpy as np
 from edgeclf import console
 from edgeclf.artefacts import Artefact
 from edgeclf.devices import DeviceOptions, open_device
-from edgeclf.errors import ModelError, UsageError
+from edgeclf.errors import UsageError
 from edgeclf.evaluation import score
 from edgeclf.pipeline.datasets import DecodedSplit, decode, map_to_labels, scan_folder
 from edgeclf.pipeline.runs import read_labels
 
 
-def model_io(model_path: Path) -> dict | None:
-    if model_path.suffix == ".tflite":
-        from edgeclf.exporters import tflite_flatbuffer
-
-        return tflite_flatbuffer.io_tensors(model_path.read_bytes())
-    return None
-
-
-def model_files(model_path: Path) -> list[Path]:
-    """The model file plus what it needs beside it (OpenVINO's .bin)."""
-    files = [model_path]
-    if model_path.suffix == ".xml":
-        weights = model_path.with_suffix(".bin")
-        if not weights.is_file():
-            raise ModelError(f"{weights} is missing beside {model_path.name}", "keep model.xml and model.bin together")
-        files.append(weights)
-    return files
-
-
 def input_size(artefact: Artefact) -> int:
     if artefact.img_size:
         return artefact.img_size
-    io = model_io(artefact.model_path)
-    if io is not None:
-        return int(io["inputs"][0]["shape"][1])
     from edgeclf.evaluation import open_model
 
     return int(open_model(artefact.model_path).input_shape[1])
@@ -74,8 +52,8 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
     split = load_images(data_dir, labels, size) if data_dir else None
     target = open_device(device, options or DeviceOptions())
     console.info(f"running {artefact.model_path.name} on {target.transport.name}")
-    files = model_files(artefact.model_path)
-    result = target.run(files, model_io(artefact.model_path), split.images if split is not None else None, runs, warmup, threads)
+    files = artefact.format.model_files(artefact.model_path)
+    result = target.run(artefact.format, files, split.images if split is not None else None, runs, warmup, threads)
     accuracy = None
     if split is not None:
         reference = float_reference(artefact, split.images)
@@ -93,7 +71,7 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
     return {
         "artefact": str(artefact_path),
         "model_file": str(artefact.model_path),
-        "format": manifest.get("target") or artefact.model_path.suffix.lstrip("."),
+        "format": manifest.get("target") or artefact.format.name,
         "quant": manifest.get("quant"),
         "model_bytes": sum(f.stat().st_size for f in files),  # OpenVINO: model.xml + model.bin
         "device": result.device,

@@ -109,7 +109,7 @@ def test_int8_agrees_with_keras(int8_exports, images, target):
         assert details["ops"]["QuantizeLinear"] > 0
     else:
         assert details["quantization"]["subset_size"] == CALIB_SIZE
-        assert details["weight_precision"]["dominant"] == "i8" and details["weight_precision"]["fake_quantize_ops"] > 0
+        assert details["quantization_coverage"]["dominant"] == "i8" and details["quantization_coverage"]["fake_quantize_ops"] > 0
 
 
 def test_one_calibration_set_feeds_all_three_formats(int8_exports, tiny_run):
@@ -211,7 +211,7 @@ def test_inspect_a_foreign_onnx_model(tmp_path):
 @pytest.mark.parametrize("target,module", [("onnx", "tf2onnx"), ("onnx", "onnxruntime"), ("openvino", "nncf"), ("openvino", "openvino")])
 def test_missing_extra_names_it(tiny_run, tmp_path, monkeypatch, target, module):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
-    extra = exporters.REGISTRY[target].extra
+    extra = exporters.get(target).extra
     with pytest.raises(MissingDependency, match=f"{module} is not installed.*pip install 'edgeclf\\[{extra}\\]'"):
         export_run(tiny_run, ExportSpec(target=target, out=str(tmp_path / "x")))
     assert os.listdir(tmp_path) == []

@@ -5,14 +5,14 @@ import click
 
 from edgeclf import console
 from edgeclf.cli import options, report
-from edgeclf.exporters import REGISTRY
+from edgeclf import exporters
 from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 
 
 @click.command("export")
 @click.argument("run_dir", type=options.folder)
-@click.option("--target", default="tflite", show_default=True, type=click.Choice(list(REGISTRY)))
-@click.option("--quant", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "dynamic", "int8"]))
+@click.option("--target", default="tflite", show_default=True, type=options.LiveChoice(exporters.names))
+@click.option("--quant", default="fp32", show_default=True, type=options.LiveChoice(exporters.quant_modes))
 @click.option("--io", type=click.Choice(IO_TYPES), help="int8 only: tensor type of input and output [default: uint8 for TFLite].")
 @click.option("--calib-dir", type=options.folder, help="Calibration images [default: the run's training split].")
 @click.option("--calib-size", default=300, show_default=True, type=int, help="Calibration images, sampled stratified and seeded.")

@@ -3,6 +3,26 @@ from __future__ import annotations
 
 import click
 
+from edgeclf.devices.benchmark_tool import DELEGATES
+
+
+
+class LiveChoice(click.Choice):
+    """A Choice read from a registry when used, so a format registered after import is offered too."""
+
+    def __init__(self, source):
+        self._source = source
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return tuple(self._source())
+
+    @choices.setter
+    def choices(self, _value):
+        pass
+
+
 json_output = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing output directory (only once the new one is complete).")
 # Paths are checked by the config records, which give one clear line instead of click's usage dump.
@@ -21,7 +41,7 @@ def device_options(command):
         click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh_config file to use instead of ~/.ssh/config."),
         click.option("--insecure-host-key", is_flag=True, help="Skip SSH host-key checking (only for throw-away test boards)."),
         click.option("--benchmark-binary", help="Android: path to TFLite's benchmark_model [env: EDGECLF_BENCHMARK_MODEL]."),
-        click.option("--delegate", default="xnnpack", show_default=True, type=click.Choice(["xnnpack", "gpu", "nnapi", "none"]), help="Android: benchmark_model delegate."),
+        click.option("--delegate", default="xnnpack", show_default=True, type=click.Choice(DELEGATES), help="Android: benchmark_model delegate."),
         click.option("--emulated/--not-emulated", default=None, help="Label the device's latency as measured under emulation [default: detect]."),
     ]):
         command = option(command)

@@ -1,17 +1,23 @@
 """Devices: a transport (local, ssh, adb) plus an on-device runner plus a pure parser.
 
 `open_device` turns a --device string into a Device; `Device.run` measures one model there.
+Each transport is one module with `open_transport(target, options, connect_timeout)`; the
+transport says which runner measures models on it, and the format says which runners can.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeclf.devices.base import DeviceRun
+from edgeclf.devices.base import DeviceRun, Transport
 from edgeclf.devices.targets import Target, parse_target
 from edgeclf.errors import DeviceError
+
+TRANSPORTS = {"local": "edgeclf.devices.local", "ssh": "edgeclf.devices.ssh", "adb": "edgeclf.devices.adb"}
+RUNNERS = {"python": "edgeclf.devices.python_runner", "benchmark_model": "edgeclf.devices.benchmark_tool"}
 
 
 @dataclass
@@ -28,28 +34,21 @@ class DeviceOptions:
 @dataclass
 class Device:
     target: Target
-    transport: object
+    transport: Transport
     options: DeviceOptions
 
     @property
     def kind(self) -> str:
         return self.transport.kind
 
-    def run(self, model_files: list[Path], io: dict | None, inputs: np.ndarray | None,
+    def run(self, fmt, model_files: list[Path], inputs: np.ndarray | None,
             runs: int, warmup: int, threads: int | None) -> DeviceRun:
-        if self.kind == "adb":
-            from edgeclf.devices.benchmark_tool import find_binary, run_on_android
-
-            if model_files[0].suffix != ".tflite":
-                raise DeviceError(f"Android validation runs .tflite models, not {model_files[0].suffix}", "export with --target tflite")
-            binary = find_binary(self.options.benchmark_binary)
-            result = run_on_android(self.transport, binary, model_files[0], io, inputs, runs, warmup, threads,
-                                    self.options.delegate, self.options.timeout)
-        else:
-            from edgeclf.devices.python_runner import run_on_device
-
-            python = self.options.remote_python or self.target.python or getattr(self.transport, "python", "python3")
-            result = run_on_device(self.transport, python, model_files, inputs, runs, warmup, threads, self.options.timeout)
+        """Measure a model of format `fmt` (an exporters.Format) with this transport's runner."""
+        if self.transport.runner not in fmt.runners:
+            raise DeviceError(f"{self.transport.name} runs models with {self.transport.runner}, which cannot run {fmt.name} models",
+                              f"export with --target {_formats_for(self.transport.runner)}")
+        runner = importlib.import_module(RUNNERS[self.transport.runner])
+        result = runner.run(self, fmt, model_files, inputs, runs, warmup, threads)
         result.extra["emulated"] = self._emulated(result)
         return result
 
@@ -61,23 +60,14 @@ class Device:
         return bool(result.extra.get("emulator"))
 
 
+def _formats_for(runner: str) -> str:
+    from edgeclf import exporters
+
+    return " or ".join(fmt.name for fmt in exporters.registry().values() if runner in fmt.runners)
+
+
 def open_device(spec: str, options: DeviceOptions) -> Device:
     target = parse_target(spec)
-    connect_timeout = min(options.timeout, 20)
-    if target.kind == "local":
-        from edgeclf.devices.local import LocalTransport
-
-        transport = LocalTransport()
-    elif target.kind == "ssh":
-        from edgeclf.devices.ssh import SSHTransport
-
-        transport = SSHTransport(
-            target.host, target.user, target.port, ssh_config=options.ssh_config or target.ssh_config,
-            python=options.remote_python or target.python or "python3", connect_timeout=connect_timeout,
-            insecure_host_key=options.insecure_host_key,
-        )
-    else:
-        from edgeclf.devices.adb import AdbTransport
-
-        transport = AdbTransport(target.serial, connect_timeout=connect_timeout)
+    module = importlib.import_module(TRANSPORTS[target.kind])
+    transport = module.open_transport(target, options, connect_timeout=min(options.timeout, 20))
     return Device(target, transport, options)

@@ -95,8 +95,14 @@ def choose_device(serial: str | None, timeout: float) -> str:
     return chosen["serial"]
 
 
+def open_transport(target, options, connect_timeout: float) -> "AdbTransport":
+    return AdbTransport(target.serial, connect_timeout=connect_timeout)
+
+
 class AdbTransport:
     kind = "adb"
+    runner = "benchmark_model"  # Android has no Python: TFLite's own tool measures there
+    python = None
 
     def __init__(self, serial: str | None = None, connect_timeout: float = 20):
         self.serial = choose_device(serial, connect_timeout)

@@ -18,6 +18,8 @@ class Transport(Protocol):
 
     kind: str  # "local", "ssh" or "adb"
     name: str  # what the user called it, for messages
+    runner: str  # which device runner measures models here: "python" (runner.py) or "benchmark_model"
+    python: str | None  # the Python that runs runner.py there (None where the runner needs none)
 
     def make_temp_dir(self) -> str: ...
     def push(self, local: Path, remote: str) -> None: ...

@@ -15,6 +15,7 @@ import numpy as np
 from edgeclf.devices.base import DeviceRun
 from edgeclf.devices.parsers import ParseError, parse_benchmark_model
 from edgeclf.errors import DeviceError, UsageError
+from edgeclf.exporters.runtimes.tflite import dequantize_output, quantize_input
 
 BINARY_ENV = "EDGECLF_BENCHMARK_MODEL"
 DELEGATES = ("xnnpack", "gpu", "nnapi", "none")
@@ -42,27 +43,29 @@ def delegate_flags(delegate: str) -> list[str]:
     ]
 
 
+def _quantization(tensor: dict):
+    q = tensor.get("quantization")
+    return (q["scale"], q["zero_point"]) if q and "scale" in q else None
+
+
 def _input_bytes(images: np.ndarray, tensor: dict) -> bytes:
     """Raw pixels as the model's input tensor expects them (quantized with its own params)."""
-    dtype = np.dtype(tensor["dtype"])
-    q = tensor.get("quantization")
-    if dtype.kind in "iu" and q and "scale" in q:
-        info = np.iinfo(dtype)
-        values = np.round(images.astype(np.float32) / q["scale"] + q["zero_point"])
-        return np.clip(values, info.min, info.max).astype(dtype).tobytes()
-    return images.astype(dtype).tobytes()
+    return quantize_input(images, tensor["dtype"], _quantization(tensor)).tobytes()
 
 
 def _output_probs(raw: bytes, tensor: dict, n: int) -> np.ndarray:
-    dtype = np.dtype(tensor["dtype"])
-    values = np.frombuffer(raw, dtype=dtype)
+    values = np.frombuffer(raw, dtype=np.dtype(tensor["dtype"]))
     if values.size % n:
         raise DeviceError(f"benchmark_model wrote {values.size} output values for {n} images", "check the model has one output")
-    values = values.reshape(n, -1).astype(np.float32)
-    q = tensor.get("quantization")
-    if dtype.kind in "iu" and q and "scale" in q:
-        values = (values - q["zero_point"]) * q["scale"]
-    return values
+    return dequantize_output(values.reshape(n, -1), _quantization(tensor))
+
+
+def run(device, fmt, model_files: list[Path], inputs: np.ndarray | None, runs: int, warmup: int, threads: int | None) -> DeviceRun:
+    """benchmark_model on `device` (devices.Device): latency, and accuracy through its tensor files."""
+    options = device.options
+    binary = find_binary(options.benchmark_binary)
+    return run_on_android(device.transport, binary, model_files[0], fmt.io_tensors(model_files[0]), inputs,
+                          runs, warmup, threads, options.delegate, options.timeout)
 
 
 def run_on_android(transport, binary: Path, model_file: Path, io: dict, inputs: np.ndarray | None,

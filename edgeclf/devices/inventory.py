@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import json
 
+from edgeclf import exporters
 from edgeclf.devices.targets import devices_file, load_named_targets
 from edgeclf.errors import DeviceError
 
-# Runs on the device with its own Python: which runtimes import, and the Python version.
-PROBE = (
-    "import importlib.util as u, json, platform, sys\n"
-    "names = ['ai_edge_litert', 'tflite_runtime', 'onnxruntime', 'openvino', 'numpy']\n"
-    "print(json.dumps({'python': platform.python_version(), 'arch': platform.machine(),"
-    " 'runtimes': [n for n in names if u.find_spec(n)]}))"
-)
+
+
+def probe_script() -> str:
+    """Runs on the device with its own Python: which runtimes of the known formats import, and the Python version."""
+    names = [m for fmt in exporters.registry().values() for m in fmt.runtime_modules] + ["numpy"]
+    return (
+        "import importlib.util as u, json, platform, sys\n"
+        f"names = {names!r}\n"
+        "print(json.dumps({'python': platform.python_version(), 'arch': platform.machine(),"
+        " 'runtimes': [n for n in names if u.find_spec(n)]}))"
+    )
 
 
 def adb_inventory(timeout: float) -> list[dict]:
@@ -48,7 +53,7 @@ def ssh_inventory(timeout: float, ssh_config: str | None = None) -> list[dict]:
         transport = SSHTransport(target.host, target.user, target.port, ssh_config=ssh_config or target.ssh_config,
                                  python=python, connect_timeout=timeout)
         try:
-            result = transport.run([python, "-c", PROBE], timeout + 10)
+            result = transport.run([python, "-c", probe_script()], timeout + 10)
             if result.returncode != 0:
                 raise DeviceError(f"{python} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
             row.update(json.loads(result.stdout.strip().splitlines()[-1]), reachable=True, status="ok")

@@ -11,8 +11,13 @@ from edgeclf.devices.base import CommandResult
 from edgeclf.errors import DeviceError
 
 
+def open_transport(target, options, connect_timeout: float) -> "LocalTransport":
+    return LocalTransport()
+
+
 class LocalTransport:
     kind = "local"
+    runner = "python"
 
     def __init__(self):
         self.name = "local"

@@ -12,23 +12,27 @@ from edgeclf.devices.base import DeviceRun, Transport
 from edgeclf.errors import DeviceError
 
 RUNNER_FILE = Path(runner_module.__file__)
-INSTALL_HINTS = {
-    ".tflite": "ai-edge-litert (or tflite-runtime on Python <= 3.11)",
-    ".onnx": "onnxruntime",
-    ".xml": "openvino",
-}
 
 
-def run_on_device(transport: Transport, python: str, model_files: list[Path], inputs: np.ndarray | None,
+def run(device, fmt, model_files: list[Path], inputs: np.ndarray | None, runs: int, warmup: int, threads: int | None) -> DeviceRun:
+    """The python runner on `device` (devices.Device): runner.py and the format's runtime file."""
+    transport = device.transport
+    python = device.options.remote_python or device.target.python or transport.python
+    return run_on_device(transport, python, fmt, model_files, inputs, runs, warmup, threads, device.options.timeout)
+
+
+def run_on_device(transport: Transport, python: str, fmt, model_files: list[Path], inputs: np.ndarray | None,
                   runs: int, warmup: int, threads: int | None, timeout: float) -> DeviceRun:
-    """Push runner + model (+ packed images), run, read JSON and predictions back, clean up."""
+    """Push runner + runtime + model (+ packed images), run, read JSON and predictions back, clean up."""
     remote_dir = transport.make_temp_dir()
     try:
         with tempfile.TemporaryDirectory(prefix="edgeclf-push-") as local:
             transport.push(RUNNER_FILE, f"{remote_dir}/runner.py")
+            runtime = f"{remote_dir}/runtime_{fmt.runtime_file.name}"
+            transport.push(fmt.runtime_file, runtime)
             for path in model_files:
                 transport.push(path, f"{remote_dir}/{path.name}")
-            argv = [python, f"{remote_dir}/runner.py", f"{remote_dir}/{model_files[0].name}",
+            argv = [python, f"{remote_dir}/runner.py", f"{remote_dir}/{model_files[0].name}", "--runtime", runtime,
                     "--runs", str(runs), "--warmup", str(warmup)]
             if threads:
                 argv += ["--threads", str(threads)]
@@ -37,7 +41,7 @@ def run_on_device(transport: Transport, python: str, model_files: list[Path], in
                 transport.push(Path(local) / "inputs.npy", f"{remote_dir}/inputs.npy")
                 argv += ["--inputs", f"{remote_dir}/inputs.npy", "--predictions", f"{remote_dir}/predictions.npy"]
             result = transport.run(argv, timeout)
-            report = _report(transport, python, model_files[0].suffix, result)
+            report = _report(transport, python, fmt, result)
             predictions = None
             if inputs is not None:
                 transport.pull(f"{remote_dir}/predictions.npy", Path(local) / "predictions.npy")
@@ -55,7 +59,7 @@ def run_on_device(transport: Transport, python: str, model_files: list[Path], in
     )
 
 
-def _report(transport: Transport, python: str, suffix: str, result) -> dict:
+def _report(transport: Transport, python: str, fmt, result) -> dict:
     last_line = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     report = None
     if last_line.startswith("{"):
@@ -66,9 +70,9 @@ def _report(transport: Transport, python: str, suffix: str, result) -> dict:
     if report and report.get("error") == "runtime_missing":
         info = report.get("device", {})
         raise DeviceError(
-            f"{transport.name} has no runtime for {suffix} models (Python {info.get('python')}, {info.get('arch')})",
-            f"install {INSTALL_HINTS.get(suffix, report.get('missing'))} for that Python, e.g. "
-            f"`{python} -m pip install {INSTALL_HINTS.get(suffix, '').split(' ')[0]}` (in a venv on Raspberry Pi OS; then pass --remote-python)",
+            f"{transport.name} has no runtime for {fmt.name} models (Python {info.get('python')}, {info.get('arch')})",
+            f"install {fmt.runtime_hint} for that Python, e.g. "
+            f"`{python} -m pip install {fmt.runtime_hint.split(' ')[0]}` (in a venv on Raspberry Pi OS; then pass --remote-python)",
         )
     if result.returncode == 0 and report is not None:
         return report

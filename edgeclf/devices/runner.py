@@ -1,11 +1,12 @@
 """The on-device runner: runs one model over packed images and/or times it, and prints JSON.
 
 This file is self-contained on purpose. It is pushed as-is to a Raspberry Pi or any Linux
-board and needs only Python 3, numpy and one runtime there: ai_edge_litert or tflite_runtime
-(or full TensorFlow) for .tflite, onnxruntime for .onnx, openvino for .xml. The host imports
-the very same module for local evaluation, so quantized IO is handled identically everywhere.
+board, with the export format's runtime file (edgeclf/exporters/runtimes/<format>.py), and needs only Python 3,
+numpy and that runtime there: ai_edge_litert or tflite_runtime (or full TensorFlow) for
+.tflite, onnxruntime for .onnx, openvino for .xml. The host loads the very same files for
+local evaluation, so quantized IO is handled identically everywhere.
 
-    python3 runner.py MODEL [--inputs X.npy] [--predictions OUT.npy] [--runs N] [--warmup N] [--threads N]
+    python3 runner.py MODEL --runtime RUNTIME.py [--inputs X.npy] [--predictions OUT.npy] [--runs N] [--warmup N] [--threads N]
 """
 from __future__ import annotations
 
@@ -25,128 +26,31 @@ class RuntimeMissing(Exception):
     """No runtime for this model format is installed."""
 
 
-# --------------------------------------------------------------------------------------
-# Runtimes: each loads a model and maps raw uint8 pixels (N, H, W, 3) to float probabilities.
-# --------------------------------------------------------------------------------------
-class TFLiteModel:
-    def __init__(self, path: str, threads: int | None):
-        self.runtime, self.runtime_version, interpreter_cls = _tflite_interpreter()
-        kwargs = {"model_path": path}
-        if threads:
-            kwargs["num_threads"] = threads
-        started = time.perf_counter()
-        self.interpreter = interpreter_cls(**kwargs)
-        self.interpreter.allocate_tensors()
-        self.init_ms = (time.perf_counter() - started) * 1000
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.input_shape = [int(d) for d in self.input["shape"]]
+def open_model(path: str, runtime_file: str, threads=None):
+    """Load `path` with the Model class of a runtime file (see edgeclf/exporters/runtimes/__init__.py)."""
+    import importlib.util
 
-    def _quantize(self, pixels: np.ndarray) -> np.ndarray:
-        dtype = self.input["dtype"]
-        if dtype in (np.uint8, np.int8):
-            scale, zero_point = self.input["quantization"]
-            info = np.iinfo(dtype)
-            values = np.round(pixels.astype(np.float32) / scale + zero_point)
-            return np.clip(values, info.min, info.max).astype(dtype)
-        return pixels.astype(dtype)
-
-    def _dequantize(self, values: np.ndarray) -> np.ndarray:
-        if self.output["dtype"] in (np.uint8, np.int8):
-            scale, zero_point = self.output["quantization"]
-            return (values.astype(np.float32) - zero_point) * scale
-        return values.astype(np.float32)
-
-    def invoke(self, pixels: np.ndarray) -> np.ndarray:
-        """One image (1, H, W, 3) in, one probability vector out."""
-        self.interpreter.set_tensor(self.input["index"], self._quantize(pixels))
-        self.interpreter.invoke()
-        return self._dequantize(self.interpreter.get_tensor(self.output["index"]))[0]
-
-
-class ONNXModel:
-    def __init__(self, path: str, threads: int | None):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise RuntimeMissing("onnxruntime") from exc
-        self.runtime, self.runtime_version = "onnxruntime", ort.__version__
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        started = time.perf_counter()
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.init_ms = (time.perf_counter() - started) * 1000
-        self.input_name = self.session.get_inputs()[0].name
-        shape = self.session.get_inputs()[0].shape
-        self.input_shape = [d if isinstance(d, int) else 1 for d in shape]
-
-    def invoke(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: pixels.astype(np.float32)})[0], np.float32)[0]
-
-
-class OpenVINOModel:
-    def __init__(self, path: str, threads: int | None):
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise RuntimeMissing("openvino") from exc
-        self.runtime, self.runtime_version = "openvino", ov.get_version()
-        core = ov.Core()
-        # CPUs with AMX/AVX512-BF16 (and ARM) otherwise run float parts in bf16/f16 by default,
-        # which would make an fp32 artefact score differently from what it is.
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        started = time.perf_counter()
-        self.compiled = core.compile_model(path, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self.init_ms = (time.perf_counter() - started) * 1000
-        self.input_shape = [int(d) for d in self.compiled.input(0).get_shape()]
-
-    def invoke(self, pixels: np.ndarray) -> np.ndarray:
-        result = self.request.infer({0: pixels.astype(np.float32)})
-        return np.asarray(next(iter(result.values())), np.float32)[0]
-
-
-def _tflite_interpreter():
-    """The first TFLite interpreter available: LiteRT, then tflite_runtime, then TensorFlow."""
+    name = f"edgeclf_runtime_{os.path.basename(runtime_file)[:-3]}"
+    module = sys.modules.get(name)
+    if module is None or module.__file__ != runtime_file:
+        spec = importlib.util.spec_from_file_location(name, runtime_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module  # a module no one references loses its globals
     try:
-        from ai_edge_litert.interpreter import Interpreter
-        from importlib import metadata
-
-        return "ai_edge_litert", metadata.version("ai-edge-litert"), Interpreter
-    except ImportError:
-        pass
-    try:
-        import tflite_runtime
-        from tflite_runtime.interpreter import Interpreter
-
-        return "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown"), Interpreter
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
-
-        return "tensorflow", tf.__version__, tf.lite.Interpreter
+        return module.Model(path, threads)
     except ImportError as exc:
-        raise RuntimeMissing("ai-edge-litert or tflite-runtime") from exc
+        raise RuntimeMissing(str(exc.name or exc)) from exc
 
 
-RUNTIMES = {".tflite": TFLiteModel, ".onnx": ONNXModel, ".xml": OpenVINOModel}
-
-
-def open_model(path: str, threads: int | None = None):
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in RUNTIMES:
-        raise ValueError(f"unsupported model file {path}: expected .tflite, .onnx or .xml")
-    return RUNTIMES[extension](path, threads)
-
-
-def predict(model, images: np.ndarray) -> np.ndarray:
+def predict(model, images: np.ndarray, on_image=None) -> np.ndarray:
     """Probabilities for every image, one invocation per image (models have batch 1)."""
-    return np.stack([model.invoke(images[i : i + 1]) for i in range(len(images))]) if len(images) else np.zeros((0, 0))
+    outputs = []
+    for i in range(len(images)):
+        outputs.append(model.invoke(images[i : i + 1]))
+        if on_image is not None:
+            on_image()
+    return np.stack(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
 def benchmark(model, sample: np.ndarray, warmup: int, runs: int) -> dict:
@@ -216,7 +120,7 @@ def _cpu_model() -> str | None:
 
 
 def run(args) -> dict:
-    model = open_model(args.model, args.threads)
+    model = open_model(args.model, args.runtime, args.threads)
     result = {
         "protocol": PROTOCOL,
         "runtime": {"name": model.runtime, "version": model.runtime_version},
@@ -248,6 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--runtime", required=True, help="the format's runtime file (edgeclf/exporters/runtimes/<format>.py)")
     args = parser.parse_args(argv)
     if args.inputs and not args.predictions:
         parser.error("--inputs needs --predictions")

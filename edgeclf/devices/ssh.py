@@ -15,8 +15,17 @@ from edgeclf.errors import DeviceError
 SSH_FAILED = 255
 
 
+def open_transport(target, options, connect_timeout: float) -> "SSHTransport":
+    return SSHTransport(
+        target.host, target.user, target.port, ssh_config=options.ssh_config or target.ssh_config,
+        python=options.remote_python or target.python or "python3", connect_timeout=connect_timeout,
+        insecure_host_key=options.insecure_host_key,
+    )
+
+
 class SSHTransport:
     kind = "ssh"
+    runner = "python"
 
     def __init__(self, host: str, user: str | None = None, port: int | None = None,
                  ssh_config: str | None = None, python: str = "python3", connect_timeout: float = 10,

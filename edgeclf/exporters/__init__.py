@@ -1,56 +1,107 @@
-"""Exporters: one module per format behind this small registry.
+"""Export formats: one module per format, each declaring itself once in a `Format` record.
 
-Adding a format means adding a module with TARGET, MODEL_FILE, QUANT_MODES, REQUIRES and
-`export(job) -> ExportOutput`, and one line here. The CLI and `edgeclf bench` never branch
-on the format.
+A format module (tflite.py, onnx.py, openvino.py) defines `FORMAT = Format(...)` and imports
+nothing heavy at module level, so the CLI, `inspect` and the device code can ask the
+registry about any format without loading TensorFlow. Adding a format means adding one
+module and its name to BUILTIN; a test can `register()` a format of its own.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 from edgeclf import tfenv
-from edgeclf.errors import MissingDependency, UsageError
+from edgeclf.errors import MissingDependency, ModelError, UsageError
+
+BUILTIN = ("tflite", "onnx", "openvino")
+# Device runners: "python" is devices/runner.py on a board with Python (local, ssh);
+# "benchmark_model" is TFLite's own tool on Android.
+RUNNERS = ("python", "benchmark_model")
 
 
 @dataclass(frozen=True)
-class ExporterInfo:
-    target: str
-    module: str
+class Format:
+    name: str  # the --target value
+    suffixes: tuple[str, ...]  # model file suffixes; the first is the main model file's
     quant_modes: tuple[str, ...]
+    # export options this format reads, each with the quant modes it applies to
+    options: dict[str, tuple[str, ...]]
     extra: str  # the pip extra that brings its dependencies
-    requires: tuple[str, ...]  # importable modules it needs
+    requires: tuple[str, ...]  # importable modules the exporter needs
+    export: Callable  # (ExportJob) -> ExportOutput; the module imports its heavy tools inside
+    inspect: Callable  # (Path) -> dict; read-only, never imports write-side code
+    runtime_file: Path  # self-contained module the on-device runner loads (see devices/runtimes/)
+    runtime_hint: str  # what to pip install on a device that lacks the runtime
+    runtime_modules: tuple[str, ...]  # importable on a device that can run this format (`edgeclf devices` probes them)
+    runners: tuple[str, ...] = ("python",)
+    default_io: str = "float32"  # int8 models' IO tensor type unless --io says otherwise
+    io_tensors: Callable | None = None  # (Path) -> {"inputs", "outputs"}: when the runner needs the tensor details
+    companions: Callable[[Path], list[Path]] = field(default=lambda model_path: [])  # files the model needs beside it
+
+    def accepts(self, option: str, quant: str) -> bool:
+        return quant in self.options.get(option, ())
+
+    def model_files(self, model_path: Path) -> list[Path]:
+        """The model file plus what it needs beside it (e.g. OpenVINO's .bin), all checked to exist."""
+        files = [model_path, *self.companions(model_path)]
+        for path in files[1:]:
+            if not path.is_file():
+                raise ModelError(f"{path} is missing beside {model_path.name}", f"keep {path.name} next to {model_path.name}")
+        return files
 
 
-REGISTRY = {
-    info.target: info
-    for info in (
-        ExporterInfo("tflite", "edgeclf.exporters.tflite", ("fp32", "fp16", "dynamic", "int8"), "all", ("ai_edge_litert",)),
-        ExporterInfo("onnx", "edgeclf.exporters.onnx", ("fp32", "fp16", "dynamic", "int8"), "onnx", ("tf2onnx", "onnx", "onnxruntime")),
-        ExporterInfo("openvino", "edgeclf.exporters.openvino", ("fp32", "fp16", "int8"), "openvino", ("openvino", "nncf")),
-    )
-}
+_REGISTRY: dict[str, Format] = {}
 
 
-def get_info(target: str) -> ExporterInfo:
+def register(fmt: Format) -> None:
+    _REGISTRY[fmt.name] = fmt
+
+
+def registry() -> dict[str, Format]:
+    for name in BUILTIN:
+        if name not in _REGISTRY:
+            register(importlib.import_module(f"edgeclf.exporters.{name}").FORMAT)
+    return _REGISTRY
+
+
+def names() -> list[str]:
+    return list(registry())
+
+
+def get(name: str) -> Format:
     try:
-        return REGISTRY[target]
+        return registry()[name]
     except KeyError:
-        raise UsageError(f"unknown export target '{target}'", f"choose one of {', '.join(REGISTRY)}") from None
+        raise UsageError(f"unknown export target '{name}'", f"choose one of {', '.join(registry())}") from None
 
 
-def load(target: str):
-    """The exporter module, after checking its optional dependencies are installed."""
-    info = get_info(target)
+def quant_modes() -> list[str]:
+    """Every quantization mode some format offers, in a stable order."""
+    return list(dict.fromkeys(q for fmt in registry().values() for q in fmt.quant_modes))
+
+
+def suffixes() -> list[str]:
+    return [suffix for fmt in registry().values() for suffix in fmt.suffixes[:1]]
+
+
+def for_path(path: Path) -> Format:
+    """The format of a model file, by its suffix."""
+    suffix = Path(path).suffix.lower()
+    for fmt in registry().values():
+        if suffix == fmt.suffixes[0]:
+            return fmt
+    raise ModelError(f"{Path(path).name} is not a {', '.join(suffixes())} model", "pass an export directory or a model file")
+
+
+def load(name: str) -> Format:
+    """The format, after checking its exporter's optional dependencies are installed."""
+    fmt = get(name)
     tfenv.tf()  # tf2onnx imports TensorFlow itself, without our silencing
-    for name in info.requires:
+    for module in fmt.requires:
         try:
-            importlib.import_module(name)
+            importlib.import_module(module)
         except ImportError:
-            raise MissingDependency(name, info.extra) from None
-    try:
-        return importlib.import_module(info.module)
-    except ModuleNotFoundError as exc:
-        if exc.name == info.module:
-            raise UsageError(f"the {target} exporter is not available in this version", "use --target tflite") from None
-        raise
+            raise MissingDependency(module, fmt.extra) from None
+    return fmt

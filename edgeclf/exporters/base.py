@@ -1,12 +1,15 @@
-"""What every exporter receives and returns."""
+"""What every exporter receives and returns. Type-only imports keep this (and every format
+module's read side) free of the calibration and run code that exporting needs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeclf.calibration import CalibrationSet
-from edgeclf.exporters.spec import ExportSpec
-from edgeclf.pipeline.runs import Run
+if TYPE_CHECKING:
+    from edgeclf.calibration import CalibrationSet
+    from edgeclf.exporters.spec import ExportSpec
+    from edgeclf.pipeline.runs import Run
 
 
 @dataclass
@@ -16,6 +19,7 @@ class ExportJob:
     spec: ExportSpec
     calibration: CalibrationSet | None
     staging: Path  # write files here; the directory is published only if everything succeeds
+    prune_policy: str | None = None  # the run's pruning policy ("xnnpack" when pruned for XNNPACK's sparse kernels)
 
 
 @dataclass

@@ -21,20 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import __version__, tfenv
-from edgeclf.calibration import CalibrationSet
-from edgeclf.errors import ExportError
+from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
+from edgeclf.exporters import Format, runtimes
 from edgeclf.exporters.base import ExportJob, ExportOutput
 
-TARGET = "onnx"
 MODEL_FILE = "model.onnx"
 OPSET = 17
 INPUT_NAME = "image"
 BATCH_DIM = "batch"
-CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-# Per-channel vs per-tensor is judged on every HOLDOUT_EVERY-th calibration image, after
-# calibrating on the others; with fewer than MIN_HOLDOUT_SET images both roles use all of them.
-HOLDOUT_EVERY = 3
-MIN_HOLDOUT_SET = 12
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"}  # plus every QLinear* op
 # Ops that only move or reshape data; they carry no arithmetic worth counting in coverage.
@@ -44,21 +38,23 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identi
 def export(job: ExportJob) -> ExportOutput:
     import onnx
 
+    from edgeclf.exporters import onnx_quantize
+
     spec = job.spec
     details: dict = {"opset": OPSET, "batch": "dynamic" if spec.dynamic_batch else 1}
-    versions = tool_versions()
+    versions = tfenv.versions("tf2onnx", "onnx", "onnxruntime")
     float_model = convert(job.model, job.run.img_size, spec.dynamic_batch)
     with tempfile.TemporaryDirectory(prefix="edgeclf-onnx-") as work:
         work = Path(work)
         if spec.quant == "fp32":
             model = float_model
         elif spec.quant == "fp16":
-            model = _to_fp16(float_model, details)
-            versions["onnxconverter-common"] = _version("onnxconverter-common")
+            model = onnx_quantize.to_fp16(float_model, details)
+            versions |= tfenv.versions("onnxconverter-common")
         elif spec.quant == "dynamic":
-            model = _dynamic_int8(float_model, spec.per_channel, work, details)
+            model = onnx_quantize.dynamic_int8(float_model, spec.per_channel, work, details)
         else:
-            model = _static_int8(float_model, job.calibration, spec.per_channel, spec.calib_method, work, details)
+            model = onnx_quantize.static_int8(float_model, job.calibration, spec.per_channel, spec.calib_method, work, details)
     model = checked(_with_metadata(model, job))
     onnx.save(model, job.staging / MODEL_FILE)
     tensors = io_tensors(model)
@@ -66,19 +62,6 @@ def export(job: ExportJob) -> ExportOutput:
     details["quantization_coverage"] = quantization_coverage(model)
     details["shapes_inferred"] = shapes_inferred(model)
     return ExportOutput(MODEL_FILE, tensors["inputs"][0], tensors["outputs"][0], details, versions)
-
-
-def tool_versions() -> dict:
-    return {name: _version(name) for name in ("tf2onnx", "onnx", "onnxruntime")}
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -95,7 +78,7 @@ def convert(model, img_size: int, dynamic_batch: bool = False):
         with tfenv.quiet_tools("tf2onnx"):
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
     except Exception as exc:  # tf2onnx raises ValueError, RuntimeError, KeyError... with the TF op in the text
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # the TF op is on the last line
         raise ExportError(
             f"tf2onnx could not convert the model: {(lines[-1] if lines else type(exc).__name__)[:300]}",
             "see --verbose for tf2onnx's log, or use --target tflite",
@@ -155,196 +138,8 @@ def _with_metadata(model, job: ExportJob):
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    model.doc_string = f"edgeclf {job.run.info['config']['arch']} image classifier ({len(job.run.labels)} classes)"
+    model.doc_string = f"edgeclf {job.run.arch} image classifier ({len(job.run.labels)} classes)"
     return model
-
-
-# --------------------------------------------------------------------------------------
-# fp16 and dynamic-range int8
-# --------------------------------------------------------------------------------------
-def _to_fp16(model, details: dict):
-    from onnxconverter_common import float16
-
-    try:
-        with tfenv.quiet_tools("onnxconverter_common"):
-            converted = float16.convert_float_to_float16(model, keep_io_types=True)
-    except Exception as exc:
-        raise ExportError(f"float16 conversion failed: {str(exc).strip()[:300]}", "use --quant fp32 or --quant dynamic") from exc
-    details["weights"] = "float16 (onnxconverter-common), float32 input and output"
-    return converted
-
-
-def _dynamic_int8(model, per_channel: bool | None, work: Path, details: dict):
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    pre = _pre_processed(model, work)
-    out = work / "dynamic.onnx"
-    per_channel = bool(per_channel)
-    try:
-        with tfenv.quiet_tools("", "onnxruntime"):
-            quantize_dynamic(str(pre), str(out), per_channel=per_channel, weight_type=QuantType.QInt8)
-    except Exception as exc:
-        raise ExportError(f"ONNX Runtime dynamic quantization failed: {str(exc).strip()[:300]}", "use --quant fp16") from exc
-    details["quantization"] = {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8", "per_channel": per_channel}
-    return onnx.load(str(out))
-
-
-def _pre_processed(model, work: Path) -> Path:
-    """ONNX Runtime's quantization pre-processing: symbolic shape inference and graph optimisation."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    src, pre = work / "float.onnx", work / "preprocessed.onnx"
-    onnx.save(model, src)
-    try:
-        with tfenv.quiet_tools("", "onnxruntime"):
-            quant_pre_process(str(src), str(pre))
-    except Exception as exc:
-        raise ExportError(f"ONNX Runtime quantization pre-processing failed: {str(exc).strip()[:300]}", "see --verbose") from exc
-    return pre
-
-
-# --------------------------------------------------------------------------------------
-# Static int8 (QDQ) from the shared calibration set
-# --------------------------------------------------------------------------------------
-class CalibrationReader:
-    """A CalibrationSet as ONNX Runtime's CalibrationDataReader: get_next() until None."""
-
-    def __init__(self, calibration: CalibrationSet, input_name: str = INPUT_NAME):
-        self.calibration = calibration
-        self.input_name = input_name
-        self.rewind()
-
-    def get_next(self) -> dict | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self._batches = self.calibration.float_batches()
-
-    def __len__(self) -> int:
-        return len(self.calibration)
-
-
-def subset(calibration: CalibrationSet, indices) -> CalibrationSet:
-    """Some of a calibration set's images (the summary fields describe the whole set)."""
-    return CalibrationSet(calibration.images[indices], calibration.source, calibration.seed, calibration.per_class, calibration.sample_hash)
-
-
-def _static_int8(model, calibration: CalibrationSet, per_channel: bool | None, method: str, work: Path, details: dict):
-    import onnx
-
-    pre = _pre_processed(model, work)
-    info = {
-        "tool": "onnxruntime.quantization.quantize_static",
-        "pre_processing": "onnxruntime quant_pre_process (symbolic shape inference, graph optimisation)",
-        "format": "QDQ",
-        "activations": "uint8 (asymmetric)",
-        "weights": "int8 (symmetric)",
-        "calib_method": method,
-        "calibration_images": len(calibration),
-        "input_quantization": {"scale": 1.0, "zero_point": 0, "why": "raw 0-255 pixels are exact with scale 1"},
-    }
-    out = None
-    if per_channel is None:
-        per_channel, info["per_channel_choice"], out = choose_per_channel(pre, calibration, method, work)
-    else:
-        info["per_channel_choice"] = {"chosen": per_channel, "why": "set by --per-channel/--per-tensor"}
-    info["per_channel"] = per_channel
-    if out is None:
-        out = work / "int8.onnx"
-        _quantize_static(pre, out, calibration, per_channel, method, work / "calibration-all.json")
-    details["quantization"] = info
-    return onnx.load(str(out))
-
-
-def choose_per_channel(pre: Path, calibration: CalibrationSet, method: str, work: Path) -> tuple[bool, dict, Path | None]:
-    """Quantize both ways from the same activation ranges and compare each with the float model.
-
-    Ranges come from 2/3 of the calibration images; agreement (same top-1) and mean absolute
-    probability difference are measured on the other third. Per-channel is kept unless
-    per-tensor agrees more often, or as often with a smaller probability error.
-    Returns the choice, the record for the manifest, and the chosen candidate's file when it
-    was calibrated on the whole set (too few images to hold some out), else None.
-    """
-    n = len(calibration)
-    if n >= MIN_HOLDOUT_SET:
-        held = np.arange(n) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-        fit, judge = subset(calibration, np.flatnonzero(~held)), subset(calibration, np.flatnonzero(held))
-        judged_on = f"{len(judge)} held-out calibration images (ranges from the other {len(fit)})"
-    else:
-        fit = judge = calibration
-        judged_on = f"all {n} calibration images (too few to hold some out)"
-    reference = _run_onnx(pre, judge.images)
-    cache = work / "calibration-fit.json"
-    scores, paths = {}, {}
-    for candidate in (True, False):
-        paths[candidate] = work / f"candidate-{'per-channel' if candidate else 'per-tensor'}.onnx"
-        _quantize_static(pre, paths[candidate], fit, candidate, method, cache)
-        probs = _run_onnx(paths[candidate], judge.images)
-        scores[candidate] = {
-            "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
-            "mean_abs_diff": float(np.abs(probs - reference).mean()),
-            "max_abs_diff": float(np.abs(probs - reference).max()),
-        }
-    pc, pt = scores[True], scores[False]
-    per_tensor_better = pt["agreement"] > pc["agreement"] or (
-        pt["agreement"] == pc["agreement"] and pt["mean_abs_diff"] < pc["mean_abs_diff"]
-    )
-    chosen = not per_tensor_better
-    if per_tensor_better:
-        why = "per-tensor agreed with the float model more often" if pt["agreement"] > pc["agreement"] else "same agreement, smaller probability error with per-tensor"
-    else:
-        why = "per-channel (the default) agreed at least as often and its probability error was not larger"
-    choice = {
-        "chosen": chosen,
-        "why": why,
-        "judged_on": judged_on,
-        "reference": "the fp32 ONNX model",
-        "per_channel": pc,
-        "per_tensor": pt,
-    }
-    return chosen, choice, paths[chosen] if fit is calibration else None
-
-
-def _quantize_static(pre: Path, out: Path, calibration: CalibrationSet, per_channel: bool, method: str, cache: Path) -> None:
-    """quantize_static in QDQ format; the activation ranges are cached so both candidates share them."""
-    import inspect
-
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    kwargs = {}
-    if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.32
-        kwargs["calibration_cache_path"] = str(cache)
-    try:
-        with tfenv.quiet_tools("", "onnxruntime"):
-            quantize_static(
-                str(pre),
-                str(out),
-                CalibrationReader(calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[method]),
-                extra_options={"TensorQuantOverrides": {INPUT_NAME: [{"rmin": np.float32(0.0), "rmax": np.float32(255.0)}]}},
-                **kwargs,
-            )
-    except Exception as exc:  # ValueError, RuntimeError... the last line of the message names the tensor or op
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise ExportError(
-            f"ONNX Runtime static quantization failed: {(lines[-1] if lines else type(exc).__name__)[:300]}",
-            "try another --calib-method, or --quant dynamic",
-        ) from exc
-
-
-def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i : i + 1].astype(np.float32)})[0] for i in range(len(images))])
 
 
 # --------------------------------------------------------------------------------------
@@ -430,3 +225,52 @@ def shapes_inferred(model) -> dict:
 
 def metadata(model) -> dict:
     return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def inspect_file(path: Path) -> dict:
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependency("onnx", FORMAT.extra) from None
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path.name} is empty (0 bytes)", "pass a valid .onnx file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # DecodeError, or a missing external-data file
+        raise ModelError(f"cannot read {path.name} as ONNX: {first_line(exc, 200)}", "pass a valid .onnx file") from exc
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a foreign model may not infer; inspect what is there
+        pass
+    io = io_tensors(model)
+    props = metadata(model)
+    return {
+        "path": str(path),
+        "format": "onnx",
+        "bytes": path.stat().st_size,
+        "opset": opset(model),
+        "producer": f"{model.producer_name} {model.producer_version}".strip() or None,
+        "inputs": io["inputs"],
+        "outputs": io["outputs"],
+        "ops": op_counts(model),
+        "quantization": quantization_coverage(model),
+        "metadata": ({"name": model.doc_string or None, "description": props.get("edgeclf.input"),
+                      "version": props.get("edgeclf.version")} | props) if props else None,
+        "labels": json.loads(props["edgeclf.labels"]) if "edgeclf.labels" in props else None,
+    }
+
+
+FORMAT = Format(
+    name="onnx",
+    suffixes=(".onnx",),
+    quant_modes=("fp32", "fp16", "dynamic", "int8"),
+    options={"calib_method": ("int8",), "per_channel": ("dynamic", "int8"),
+             "dynamic_batch": ("fp32", "fp16", "dynamic", "int8")},
+    extra="onnx",
+    requires=("tf2onnx", "onnx", "onnxruntime"),
+    export=export,
+    inspect=inspect_file,
+    runtime_file=Path(runtimes.__file__).with_name("onnx.py"),
+    runtime_hint="onnxruntime",
+    runtime_modules=("onnxruntime",),
+)

@@ -14,15 +14,19 @@ import json
 import logging
 import re
 from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeclf import __version__, tfenv
-from edgeclf.calibration import CalibrationSet
-from edgeclf.errors import ExportError
+from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
+from edgeclf.exporters import Format, runtimes
 from edgeclf.exporters.base import ExportJob, ExportOutput
 
-TARGET = "openvino"
+if TYPE_CHECKING:
+    from edgeclf.calibration import CalibrationSet
+
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
 INPUT_NAME = "image"
@@ -41,7 +45,7 @@ def export(job: ExportJob) -> ExportOutput:
     spec = job.spec
     model = convert(job.model, job.run.img_size)
     details: dict = {"batch": 1}
-    versions = tool_versions()
+    versions = tfenv.versions("openvino", "nncf")
     if spec.quant == "int8":
         model = quantize(model, job.calibration, details)
     elif spec.quant == "fp16":
@@ -52,30 +56,13 @@ def export(job: ExportJob) -> ExportOutput:
         with tfenv.quiet_tools("nncf", level=logging.ERROR):
             ov.save_model(model, str(job.staging / MODEL_FILE), compress_to_fp16=spec.quant == "fp16")
     except Exception as exc:  # RuntimeError from the C++ serializer, with the reason in the text
-        raise ExportError(f"OpenVINO could not save the IR: {_first_line(exc)}", "check free disk space, or see --verbose") from exc
+        raise ExportError(f"OpenVINO could not save the IR: {first_line(exc)}", "check free disk space, or see --verbose") from exc
     saved = ov.Core().read_model(str(job.staging / MODEL_FILE))
     tensors = io_tensors(saved)
     details["ops"] = op_counts(saved)
-    details["weight_precision"] = weight_precision(saved)
+    details["quantization_coverage"] = quantization_coverage(saved)
     details["weights_file"] = WEIGHTS_FILE
     return ExportOutput(MODEL_FILE, tensors["inputs"][0], tensors["outputs"][0], details, versions)
-
-
-def tool_versions() -> dict:
-    from importlib import metadata
-
-    found = {}
-    for dist in ("openvino", "nncf"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 # --------------------------------------------------------------------------------------
@@ -98,7 +85,7 @@ def convert(keras_model, img_size: int):
                 f"OpenVINO cannot convert TensorFlow op(s): {', '.join(found)}",
                 "replace those layers with standard ones, or use --target onnx or tflite",
             ) from exc
-        raise ExportError(f"OpenVINO conversion failed: {_first_line(exc)}", "see --verbose, or use --target tflite") from exc
+        raise ExportError(f"OpenVINO conversion failed: {first_line(exc)}", "see --verbose, or use --target tflite") from exc
 
 
 def _layers_with_ops(keras_model, img_size: int, op_types: list[str]) -> list[tuple[str, str | None]]:
@@ -163,7 +150,7 @@ def quantize(model, calibration: CalibrationSet, details: dict):
                 fast_bias_correction=FAST_BIAS_CORRECTION,
             )
     except Exception as exc:
-        raise ExportError(f"NNCF post-training quantization failed: {_first_line(exc)}", "see --verbose, or use --quant fp16") from exc
+        raise ExportError(f"NNCF post-training quantization failed: {first_line(exc)}", "see --verbose, or use --quant fp16") from exc
     details["quantization"] = {
         "tool": "nncf.quantize",
         "preset": "performance (symmetric weights and activations)",
@@ -196,7 +183,7 @@ def op_counts(model) -> dict[str, int]:
     return dict(Counter(op.get_type_name() for op in model.get_ordered_ops()).most_common())
 
 
-def weight_precision(model) -> dict:
+def quantization_coverage(model) -> dict:
     """Values of weight constants by element type, and how the graph quantizes.
 
     Constants of fewer than MIN_WEIGHT_VALUES values (ranges, scales, shapes) are left out.
@@ -226,3 +213,47 @@ def metadata(model) -> dict | None:
         if model.has_rt_info([RT_INFO_KEY, key]):
             found[key] = model.get_rt_info([RT_INFO_KEY, key]).astype(str)
     return found
+
+
+def inspect_file(path: Path) -> dict:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise MissingDependency("openvino", FORMAT.extra) from None
+    weights = path.with_suffix(".bin")
+    try:
+        with tfenv.native_stderr_silenced():
+            model = ov.Core().read_model(str(path))
+    except RuntimeError as exc:
+        fix = f"keep {weights.name} next to {path.name}" if not weights.is_file() else "pass a valid OpenVINO IR (.xml with its .bin)"
+        raise ModelError(f"cannot read {path.name} as OpenVINO IR: {first_line(exc, 200)}", fix) from exc
+    io = io_tensors(model)
+    props = metadata(model)
+    return {
+        "path": str(path),
+        "format": "openvino",
+        "bytes": path.stat().st_size + (weights.stat().st_size if weights.is_file() else 0),
+        "files": {p.name: p.stat().st_size for p in (path, weights) if p.is_file()},
+        "inputs": io["inputs"],
+        "outputs": io["outputs"],
+        "ops": op_counts(model),
+        "quantization": quantization_coverage(model),
+        "metadata": ({"name": model.get_friendly_name(), "description": props.get("input")} | props) if props else None,
+        "labels": json.loads(props["labels"]) if props else None,
+    }
+
+
+FORMAT = Format(
+    name="openvino",
+    suffixes=(".xml", ".bin"),
+    quant_modes=("fp32", "fp16", "int8"),
+    options={},
+    extra="openvino",
+    requires=("openvino", "nncf"),
+    export=export,
+    inspect=inspect_file,
+    runtime_file=Path(runtimes.__file__).with_name("openvino.py"),
+    runtime_hint="openvino",
+    runtime_modules=("openvino",),
+    companions=lambda model_path: [model_path.with_suffix(".bin")],
+)

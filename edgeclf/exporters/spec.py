@@ -1,21 +1,31 @@
-"""ExportSpec: what to export and how, checked when built."""
+"""ExportSpec: what to export and how, checked when built against the format's own record."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgeclf import exporters
 from edgeclf.errors import UsageError
-from edgeclf.exporters import get_info
 
 IO_TYPES = ("uint8", "int8", "float32")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# Options that only some formats read, with the values that mean "not set" and how the
+# command line spells them. A set option the chosen format would ignore is refused.
+FORMAT_OPTIONS = {
+    "io": ((None, "float32"), "--io {value}"),  # every format takes float32
+    "calib_method": (("minmax",), "--calib-method {value}"),
+    "per_channel": ((None,), "--per-channel/--per-tensor"),
+    "dynamic_batch": ((False,), "--dynamic-batch"),
+    "debug_quant": ((False,), "--debug-quant"),
+    "float_layers": (((),), "--float-layers"),
+}
 
 
 @dataclass
 class ExportSpec:
     target: str = "tflite"
     quant: str = "fp32"
-    io: str | None = None  # int8 only; default uint8 (raw pixels in, quantized probabilities out)
+    io: str | None = None  # int8 only; default: the format's (uint8 for TFLite: raw pixels in, quantized probabilities out)
     calib_dir: str | None = None
     calib_size: int = 300
     calib_method: str = "minmax"
@@ -26,42 +36,33 @@ class ExportSpec:
     out: str | None = None
 
     def __post_init__(self):
-        info = get_info(self.target)
-        if self.quant not in info.quant_modes:
-            raise UsageError(f"--quant {self.quant} is not available for {self.target}", f"choose one of {', '.join(info.quant_modes)}")
+        fmt = exporters.get(self.target)
+        if self.quant not in fmt.quant_modes:
+            raise UsageError(f"--quant {self.quant} is not available for {self.target}", f"choose one of {', '.join(fmt.quant_modes)}")
         if self.io is not None and self.io not in IO_TYPES:
             raise UsageError(f"--io {self.io} is not supported", f"choose one of {', '.join(IO_TYPES)}")
-        if self.quant != "int8":
+        if self.calib_method not in CALIB_METHODS:
+            raise UsageError(f"--calib-method {self.calib_method} is not supported", f"choose one of {', '.join(CALIB_METHODS)}")
+        if not self.needs_calibration:
             if self.io not in (None, "float32"):
                 raise UsageError(f"--io {self.io} needs --quant int8", f"{self.quant} models take float32 input; drop --io")
+            if self.calib_dir is not None:
+                raise UsageError(f"--calib-dir is only used by --quant int8, not {self.quant}", "drop --calib-dir or pass --quant int8")
             self.io = "float32"
-        if self.target != "tflite" and self.io not in (None, "float32"):
-            raise UsageError(f"--io {self.io} applies only to --target tflite", "drop --io")
+        for option, (unset, flag) in FORMAT_OPTIONS.items():
+            value = getattr(self, option)
+            if value not in unset and not fmt.accepts(option, self.quant):
+                flag = flag.format(value=value)
+                verb = "apply" if "/" in flag else "applies"
+                raise UsageError(f"{flag} {verb} only to {_where(option)}", f"drop {flag.split(' ')[0]}")
         if self.float_layers:
-            if self.quant != "int8" or self.target != "tflite":
-                raise UsageError("--float-layers needs --target tflite --quant int8", "drop --float-layers")
             if self.io not in (None, "float32"):
                 raise UsageError("--float-layers keeps part of the model in float, so its IO is float32", "drop --io or use --io float32")
             self.io = "float32"
         if self.io is None:
-            self.io = "uint8" if self.target == "tflite" else "float32"
+            self.io = fmt.default_io if self.needs_calibration else "float32"
         if self.calib_size < 1:
             raise UsageError(f"--calib-size {self.calib_size} must be at least 1", "e.g. --calib-size 300")
-        if self.calib_method not in CALIB_METHODS:
-            raise UsageError(f"--calib-method {self.calib_method} is not supported", f"choose one of {', '.join(CALIB_METHODS)}")
-        # Options one exporter reads and the others would silently ignore.
-        if self.dynamic_batch and self.target != "onnx":
-            raise UsageError("--dynamic-batch applies only to --target onnx", f"drop --dynamic-batch; {self.target} is exported with batch 1")
-        if self.calib_method != "minmax" and (self.target, self.quant) != ("onnx", "int8"):
-            raise UsageError(f"--calib-method {self.calib_method} applies only to --target onnx --quant int8",
-                             f"drop --calib-method; {self.target} {self.quant} calibrates with min/max ranges")
-        if self.per_channel is not None and (self.target != "onnx" or self.quant not in ("dynamic", "int8")):
-            raise UsageError("--per-channel/--per-tensor apply only to --target onnx with --quant int8 or dynamic",
-                             "drop the option; TFLite and OpenVINO int8 always quantize conv weights per channel")
-        if self.calib_dir is not None and not self.needs_calibration:
-            raise UsageError(f"--calib-dir is only used by --quant int8, not {self.quant}", "drop --calib-dir or pass --quant int8")
-        if self.debug_quant and (self.quant != "int8" or self.target != "tflite"):
-            raise UsageError("--debug-quant needs --target tflite --quant int8", "drop --debug-quant")
         if self.calib_dir is not None:
             path = Path(self.calib_dir).expanduser()
             if not path.is_dir():
@@ -79,3 +80,15 @@ class ExportSpec:
         data = asdict(self)
         data["float_layers"] = list(self.float_layers)
         return data
+
+
+def _where(option: str) -> str:
+    """Where an option applies, from the registry: e.g. '--target onnx --quant int8'."""
+    places = []
+    for fmt in exporters.registry().values():
+        modes = [q for q in fmt.quant_modes if fmt.accepts(option, q)]
+        if modes == list(fmt.quant_modes):
+            places.append(f"--target {fmt.name}")
+        elif modes:
+            places.append(f"--target {fmt.name} --quant {' or '.join(modes)}")
+    return "; ".join(places) or "no export target"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from edgeclf import __version__, console, tfenv
 from edgeclf.errors import ExportError, UsageError
-from edgeclf.exporters import tflite_flatbuffer
-from edgeclf.exporters.base import ExportJob, ExportOutput
-from edgeclf.exporters.tflite_metadata import ImageClassifierMetadata, embed_metadata
 
-TARGET = "tflite"
+from edgeclf.exporters import Format, runtimes, tflite_flatbuffer
+from edgeclf.exporters.base import ExportJob, ExportOutput
+from edgeclf.exporters.tflite_metadata import ImageClassifierMetadata, embed_metadata, read_associated_files, read_metadata
+
 MODEL_FILE = "model.tflite"
 DEBUG_FILE = "quant_debug.csv"
 # Raw 0..255 pixels quantize exactly with scale 1: uint8 zero point 0, int8 zero point -128.
@@ -37,7 +37,7 @@ def export(job: ExportJob) -> ExportOutput:
             details["quant_debug"] = debug_quantization(job, job.staging / DEBUG_FILE)
     size = job.run.img_size
     meta = ImageClassifierMetadata(
-        name=f"edgeclf {job.run.info['config']['arch']} image classifier",
+        name=f"edgeclf {job.run.arch} image classifier",
         description=(
             f"Classifies a {size}x{size} RGB image into {len(job.run.labels)} classes. "
             f"Input: raw RGB pixels 0-255 (normalisation happens inside the model). "
@@ -90,8 +90,7 @@ def _converter(job: ExportJob, io: str | None = None):
 def xnnpack_sparse(job: ExportJob) -> bool:
     """Runs pruned with `edgeclf optimize --prune-for xnnpack` store their float weights sparse
     (DENSIFY ops), which is what lets XNNPACK choose its sparse inference path."""
-    prune = (job.run.info.get("optimization") or {}).get("prune") or {}
-    return prune.get("for") == "xnnpack"
+    return job.prune_policy == "xnnpack"
 
 
 def _convert(converter) -> bytes:
@@ -214,3 +213,51 @@ def _selectively_quantized(job: ExportJob, details: dict) -> bytes:
         model_bytes = debugger.get_nondebug_quantized_model()
     details["float_layers"] = {"layers": list(job.spec.float_layers), "tflite_tensors": nodes}
     return model_bytes
+
+
+def inspect_file(path: Path) -> dict:
+    data = path.read_bytes()
+    io = tflite_flatbuffer.io_tensors(data)
+    metadata = read_metadata(data)
+    files = read_associated_files(data)
+    labels = None
+    for name, content in files.items():
+        if name.endswith(".txt") and metadata and any(
+            f["name"] == name for t in metadata.get("outputs", []) for f in t.get("associated_files", [])
+        ):
+            labels = content.decode("utf-8", "replace").splitlines()
+    return {
+        "path": str(path),
+        "format": "tflite",
+        "bytes": len(data),
+        "inputs": io["inputs"],
+        "outputs": io["outputs"],
+        "ops": tflite_flatbuffer.op_counts(data),
+        "quantization": tflite_flatbuffer.quantization_coverage(data),
+        "metadata": metadata,
+        "associated_files": sorted(files),
+        "labels": labels,
+    }
+
+
+def io_tensors(path: Path) -> dict:
+    return tflite_flatbuffer.io_tensors(path.read_bytes())
+
+
+INT8 = ("int8",)
+FORMAT = Format(
+    name="tflite",
+    suffixes=(".tflite",),
+    quant_modes=("fp32", "fp16", "dynamic", "int8"),
+    options={"io": INT8, "debug_quant": INT8, "float_layers": INT8},
+    extra="all",
+    requires=("ai_edge_litert",),
+    export=export,
+    inspect=inspect_file,
+    runtime_file=Path(runtimes.__file__).with_name("tflite.py"),
+    runtime_hint="ai-edge-litert (or tflite-runtime on Python <= 3.11)",
+    runtime_modules=("ai_edge_litert", "tflite_runtime"),
+    runners=("python", "benchmark_model"),
+    default_io="uint8",
+    io_tensors=io_tensors,
+)

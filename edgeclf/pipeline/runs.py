@@ -58,6 +58,16 @@ class Run:
         return read_labels(self.path / LABELS_FILE)
 
     @property
+    def arch(self) -> str:
+        return self.info["config"]["arch"]
+
+    @property
+    def prune_policy(self) -> str | None:
+        """"xnnpack" for a run pruned for XNNPACK's sparse kernels, else None."""
+        prune = (self.info.get("optimization") or {}).get("prune") or {}
+        return prune.get("for")
+
+    @property
     def img_size(self) -> int:
         return int(self.info["input"]["shape"][1])
 

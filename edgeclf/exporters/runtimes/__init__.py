@@ -1,0 +1,7 @@
+"""Model runtimes for the on-device runner, one self-contained file per export format.
+
+Each file is pushed to devices beside runner.py and loaded from its path, so it may import
+only the standard library, numpy and its own runtime. It defines `Model(path, threads)` with
+`runtime`, `runtime_version`, `init_ms`, `input_shape` and `invoke(pixels) -> probabilities`,
+and raises ImportError when its runtime is not installed.
+"""
