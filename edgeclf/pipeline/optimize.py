@@ -20,10 +20,8 @@ Recipes, in order:
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +30,16 @@ from edgeclf import console, tfenv
 from edgeclf.atomic import check_target_free, staged_dir
 from edgeclf.config import TrainConfig
 from edgeclf.errors import ModelError, UsageError
-from edgeclf.pipeline import plots, quantizability
+from edgeclf.pipeline import quantizability
 from edgeclf.pipeline import train as training
-from edgeclf.pipeline.data import save_plan
-from edgeclf.pipeline.evaluate import predict_probs
-from edgeclf.pipeline.metrics import classification_metrics
-from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, Run, write_labels
+from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
+from edgeclf.pipeline.run_writer import summary, write_run
+from edgeclf.pipeline.runs import SPLIT_FILE, Run
 
 SCHEDULES = ("polynomial", "constant")
 PRUNE_FOR = ("xnnpack",)
 PQAT_SCHEME = "Default8BitPrunePreserveQuantizeScheme"
 QAT_SCHEME = "Default8BitQuantizeScheme"
-# The polynomial schedule reaches its target after this fraction of the pruning steps, so the
-# last part of the fine-tune recovers accuracy at the final sparsity.
-RAMP_FRACTION = 0.7
 # Default fine-tune epochs. Pruning needs time to recover: on flowers128 (2.6 k training images)
 # 50% sparsity cost 3.8 points of int8 top-1 after 4 epochs and 0.8 after 10. QAT starts
 # from ranges that already match, so two epochs suffice.
@@ -53,7 +47,6 @@ PRUNE_EPOCHS = 10
 QAT_EPOCHS = 2
 # Training images whose float activations set QAT's starting ranges.
 CALIBRATION_IMAGES = 256
-PRUNED_KERNELS = quantizability.KERNELS
 
 
 @dataclass
@@ -202,16 +195,12 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s")), 2)
         if record["prune"] is not None:
             record["prune"].pop("layers")
-        info = write_run(staging, model, run, train_config, splits, tuner.history, timing, record)
-    result = training.summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
+        what = " + ".join(p for p in (
+            f"{100 * record['prune']['target']:.0f}% pruned" if record["prune"] else None, "QAT" if record["qat"] else None,
+        ) if p)
+        info = write_run(staging, model, train_config, run.plan, splits, tuner.history, timing, record, save_model, what)
+    result = summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
     return result
-
-
-def pruned_layers(prune_record: dict | None, previous: dict) -> dict[str, list[str]]:
-    """Layer name -> pruned kernel names, from this optimization or the run it started from."""
-    if prune_record is not None:
-        return prune_record["layers"]
-    return {name: list(PRUNED_KERNELS) for name in previous["prune"]["sparsity"]["per_layer"]}
 
 
 def _summary_of(record: dict) -> dict:
@@ -269,149 +258,11 @@ class FineTuner:
         return self.epochs.steps
 
     def fit(self, model, stage: str, epochs: int, lr: float, callbacks=()) -> None:
-        keras = tfenv.keras()
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
+        self.epochs.compile(model, lr)
         with console.progress(transient=False) as bar:
             for epoch in range(epochs):
                 self.history.append(self.epochs.run(model, bar, stage, f"{epoch + 1}/{epochs}",
                                                     len(self.history), lr, callbacks))
-
-
-# --------------------------------------------------------------------------------------
-# Pruning
-# --------------------------------------------------------------------------------------
-def pruning_schedule(target: float, kind: str, total_steps: int):
-    """tfmot's schedule reaching `target` within the fine-tune; mask updates at least ~10 times."""
-    sparsity = quantizability.tfmot().sparsity.keras
-    ramp = max(1, int(total_steps * RAMP_FRACTION))
-    frequency = max(1, min(100, ramp // 10))
-    end_step = max(frequency, (ramp // frequency) * frequency)  # a mask update lands exactly on the target
-    if kind == "constant":
-        return sparsity.ConstantSparsity(target, begin_step=0, frequency=frequency), {"frequency": frequency}
-    return (
-        sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target, begin_step=0, end_step=end_step, frequency=frequency),
-        {"begin_step": 0, "end_step": end_step, "frequency": frequency, "total_steps": total_steps},
-    )
-
-
-def prune(model, tuner: FineTuner, config: OptimizeConfig, lr: float):
-    """Magnitude-prune `model` to config.prune over config.prune_epochs epochs; returns the stripped model."""
-    sparsity = quantizability.tfmot().sparsity.keras
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
-
-    schedule, schedule_steps = pruning_schedule(config.prune, config.prune_schedule, tuner.steps_per_epoch * config.prune_epochs)
-    policy, policy_note = None, None
-    if config.prune_for == "xnnpack":
-        policy, policy_note = xnnpack_policy(model)
-    wrapped = wrap_for_pruning(model, schedule, policy)
-    layers = {
-        layer.layer.name: names
-        for layer in wrapped.layers
-        if isinstance(layer, PruneLowMagnitude) and (names := _short_names(layer.layer.get_prunable_weights()))
-    }  # DepthwiseConv2D is wrapped but tfmot prunes nothing in it
-    tuner.fit(wrapped, "prune", config.prune_epochs, lr, callbacks=[sparsity.UpdatePruningStep()])
-    stripped = sparsity.strip_pruning(wrapped)
-    reached = kernel_sparsity(stripped, layers)
-    console.info(f"pruning reached {100 * reached['overall']:.1f}% sparsity (target {100 * config.prune:.0f}%) over {len(layers)} layers")
-    return stripped, {
-        "target": config.prune,
-        "schedule": config.prune_schedule,
-        "schedule_steps": schedule_steps,
-        "for": config.prune_for,
-        "xnnpack_policy": policy_note,
-        "sparsity": reached,
-        "layers": layers,
-    }
-
-
-def wrap_for_pruning(model, schedule, policy=None):
-    """`prune_low_magnitude` on each trainable layer that has kernels to prune (and that the policy
-    allows). Frozen layers are left dense: they could not recover from losing weights.
-
-    Wrapping the whole model would fail on layers tfmot's PruneRegistry does not know, such as
-    the in-graph Rescaling and Normalization, although they have nothing to prune.
-    """
-    keras = tfenv.keras()
-    sparsity = quantizability.tfmot().sparsity.keras
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
-
-    def wrap(layer):
-        if isinstance(layer, keras.Model):
-            raise ModelError(f"cannot prune the nested model {layer.name}", "flatten it first")
-        prunable = layer.trainable and any(hasattr(layer, attr) for attr in PRUNED_KERNELS) and PruneRegistry.supports(layer)
-        if prunable and (policy is None or policy.allow_pruning(layer)):
-            return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
-        return layer
-
-    with tfenv.native_stderr_silenced():
-        return keras.models.clone_model(model, clone_function=wrap)
-
-
-def xnnpack_policy(model):
-    """tfmot's PruneForLatencyOnXNNPack, and whether the model has the subgraph XNNPACK's sparse path needs.
-
-    The policy's own check wants the model to start with a 3x3 stride-2 VALID convolution after
-    ZeroPadding2D(1); Keras MobileNetV2 and EfficientNetB0 start with a SAME-padded one. The
-    1x1 convolutions are pruned either way; whether XNNPACK then runs them sparse is measured
-    on the exported model, not assumed.
-    """
-    sparsity = quantizability.tfmot().sparsity.keras
-
-    class OnlyOneByOne(sparsity.PruneForLatencyOnXNNPack):
-        def ensure_model_supports_pruning(self, model):  # checked (and reported) below instead
-            return None
-
-    try:
-        sparsity.PruneForLatencyOnXNNPack().ensure_model_supports_pruning(model)
-        return sparsity.PruneForLatencyOnXNNPack(), {"policy": "PruneForLatencyOnXNNPack", "model_supported": True}
-    except ValueError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        console.warn(f"PruneForLatencyOnXNNPack: {reason}; pruning the 1x1 convolutions anyway "
-                     "(XNNPACK may not run this model sparse: the export's latency tells)")
-        return OnlyOneByOne(), {"policy": "PruneForLatencyOnXNNPack", "model_supported": False, "reason": reason}
-
-
-def _inner(layer):
-    return getattr(layer, "layer", layer)  # a QuantizeWrapper or pruning wrapper holds the real layer
-
-
-def _short_names(weights) -> list[str]:
-    return [quantizability.short_name(weight) for weight in weights]
-
-
-def _kernels(layer, attrs: list[str]) -> list[np.ndarray]:
-    """The layer's kernel variables by name, also inside a QuantizeWrapper (whose inner layer's
-    kernel attribute is then a quantized tensor, not the variable)."""
-    found = []
-    for weight, short in zip(layer.weights, _short_names(layer.weights)):
-        if short in attrs:
-            found.append(np.asarray(weight.numpy()))
-    return found
-
-
-def kernel_sparsity(model, layers: dict[str, list[str]]) -> dict:
-    """Fraction of exact zeros in the pruned kernels: per layer and over all of them."""
-    by_name = {_inner(layer).name: layer for layer in model.layers}
-    per_layer, zeros, total = {}, 0, 0
-    for name, attrs in layers.items():
-        layer = by_name.get(name)
-        if layer is None:
-            continue
-        values = _kernels(layer, attrs)
-        n_zero = int(sum((v == 0).sum() for v in values))
-        n = int(sum(v.size for v in values))
-        per_layer[name] = round(n_zero / n, 4) if n else None
-        zeros += n_zero
-        total += n
-    all_weights = int(sum(np.asarray(w).size for w in model.get_weights()))
-    return {
-        "overall": round(zeros / total, 4) if total else None,
-        "zeros": zeros,
-        "pruned_weights": total,
-        "fraction_of_all_weights_zero": round(zeros / all_weights, 4) if all_weights else None,
-        "per_layer": per_layer,
-    }
 
 
 # --------------------------------------------------------------------------------------
@@ -445,10 +296,10 @@ def save_model(model, path: Path) -> None:
     live_layers = {layer.name: layer for layer in model.layers}
     for layer in twin.layers:
         by_short: dict[str, list] = {}
-        for variable, short in zip(layer.weights, _short_names(layer.weights)):
+        for variable, short in zip(layer.weights, map(quantizability.short_name, layer.weights)):
             by_short.setdefault(short, []).append(variable)
         trained: dict[str, list] = {}
-        for variable, short in zip(live_layers[layer.name].weights, _short_names(live_layers[layer.name].weights)):
+        for variable, short in zip(live_layers[layer.name].weights, map(quantizability.short_name, live_layers[layer.name].weights)):
             trained.setdefault(short, []).append(variable)
         for short, variables in by_short.items():
             values = trained.get(short, [])
@@ -460,26 +311,3 @@ def save_model(model, path: Path) -> None:
     build_once(twin)
     with tfenv.native_stderr_silenced():
         twin.save(path)
-
-
-def write_run(work: Path, model, run: Run, config: TrainConfig, splits: dict, history: list, timing: dict, record: dict) -> dict:
-    classes = run.labels
-    metrics = {
-        name: classification_metrics(predict_probs(model, splits[name].images), splits[name].labels, classes)
-        for name in ("val", "test") if name in splits
-    }
-    save_model(model, work / MODEL_FILE)
-    write_labels(work / LABELS_FILE, classes)
-    save_plan(run.plan, work / SPLIT_FILE)
-    info = training.run_record(config, classes, run.plan, splits, history, timing, metrics, optimization=record)
-    info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    (work / RUN_FILE).write_text(json.dumps(info, indent=2))
-    plots.training_curves(history, work / "training.png")
-    split_name = "test" if "test" in metrics else "val"
-    what = " + ".join(p for p in (
-        f"{100 * record['prune']['target']:.0f}% pruned" if record["prune"] else None, "QAT" if record["qat"] else None,
-    ) if p)
-    plots.confusion_matrix(metrics[split_name]["confusion"], classes, work / "confusion_matrix.png",
-                           f"{config.arch} {what} on {split_name} (top-1 {metrics[split_name]['top1']:.3f})")
-    return info
-

@@ -10,7 +10,6 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,13 @@ from edgeclf import console, tfenv
 from edgeclf.atomic import check_target_free, publish, write_text_atomic
 from edgeclf.config import TrainConfig
 from edgeclf.errors import UsageError
-from edgeclf.pipeline import plots
-from edgeclf.pipeline.backbones import INPUT_NAME, build_classifier, configure_trainable, get_backbone
-from edgeclf.pipeline.data import SplitPlan, plan_splits, save_plan
+from edgeclf.pipeline.backbones import build_classifier, configure_trainable, get_backbone
+from edgeclf.pipeline.data import SplitPlan, plan_splits
 from edgeclf.pipeline.datasets import DecodedSplit
-from edgeclf.pipeline.evaluate import predict_probs
-from edgeclf.pipeline.metrics import classification_metrics
-from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, write_labels
+from edgeclf.pipeline.run_writer import summary, write_run
 
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoint"
-RUN_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -151,11 +146,8 @@ class Trainer:
             self._save_state()
 
     def _run_stage(self, stage: Stage) -> None:
-        keras = self.keras
         configure_trainable(self.classifier, stage.fine_tune_at, freeze_batchnorm=self.config.pretrained)
-        optimizer = keras.optimizers.Adam(stage.lr)
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
-        self.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        optimizer = self.epochs.compile(self.model, stage.lr)
         checkpoint = self.tf.train.Checkpoint(model=self.model, optimizer=optimizer)
         if self.state["epoch"] > 0:
             checkpoint.restore(str(self.checkpoints / "last")).expect_partial()
@@ -196,65 +188,12 @@ class Trainer:
 
     # -- results ---------------------------------------------------------------
     def finish(self) -> dict:
-        classes = self.plan.classes
-        metrics = {}
-        for name in ("val", "test"):
-            if name in self.splits:
-                split = self.splits[name]
-                metrics[name] = classification_metrics(predict_probs(self.model, split.images), split.labels, classes)
-        work = self.work
-        self.model.save(work / MODEL_FILE)
-        write_labels(work / LABELS_FILE, classes)
-        save_plan(self.plan, work / SPLIT_FILE)
         timing = self.state["timing"]
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s"), 2)
-        info = run_record(self.config, classes, self.plan, self.splits, self.state["history"], timing, metrics)
-        (work / RUN_FILE).write_text(json.dumps(info, indent=2))
-        plots.training_curves(self.state["history"], work / "training.png")
-        split_name = "test" if "test" in metrics else "val"
-        plots.confusion_matrix(metrics[split_name]["confusion"], classes, work / "confusion_matrix.png",
-                               f"{self.config.arch} on {split_name} (top-1 {metrics[split_name]['top1']:.3f})")
-        shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
-        (work / STATE_FILE).unlink()
+        info = write_run(self.work, self.model, self.config, self.plan, self.splits, self.state["history"], timing)
+        shutil.rmtree(self.work / CHECKPOINT_DIR, ignore_errors=True)
+        (self.work / STATE_FILE).unlink()
         return summary(info)
-
-
-def run_record(config, classes, plan, splits, history, timing, metrics, optimization=None) -> dict:
-    backbone = get_backbone(config.arch)
-    size = config.img_size
-    return {
-        "format": RUN_FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-        "versions": tfenv.versions(),
-        "labels": classes,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": [1, size, size, 3],
-            "dtype": "float32",
-            "range": [0, 255],
-            "preprocessing": f"raw RGB 0-255, resized to {size}x{size} (bilinear); "
-                             f"{backbone.in_graph_preprocessing} happens inside the model",
-        },
-        "dataset": {"split": plan.how, **{name: split.summary() for name, split in splits.items()}},
-        "history": history,
-        "timing": timing,
-        "metrics": metrics,
-        "optimization": optimization,
-    }
-
-
-def summary(info: dict) -> dict:
-    """What `--json` prints: the same keys as run.json, minus the bulky parts."""
-    return {
-        "arch": info["config"]["arch"],
-        "img_size": info["input"]["shape"][1],
-        "labels": info["labels"],
-        "dataset": {k: ({kk: vv for kk, vv in v.items() if kk != "skipped"} | {"skipped": len(v["skipped"])})
-                    if isinstance(v, dict) else v for k, v in info["dataset"].items()},
-        "timing": info["timing"],
-        "metrics": info["metrics"],
-    }
 
 
 def augmenter(keras, seed: int):
@@ -305,6 +244,13 @@ class Epochs:
     @property
     def steps(self) -> int:
         return int(np.ceil(int(self.labels.shape[0]) / self.batch_size))
+
+    def compile(self, model, lr: float):
+        """Compile `model` for these epochs (Adam, label-smoothed cross-entropy); returns the optimizer."""
+        optimizer = self.keras.optimizers.Adam(lr)
+        loss = self.keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        return optimizer
 
     def run(self, model, bar, stage: str, label: str, global_epoch: int, lr: float, callbacks=()) -> dict:
         """One epoch of `model.fit` (already compiled) plus validation; returns its history record."""

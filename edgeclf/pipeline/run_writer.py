@@ -1,0 +1,80 @@
+"""The one writer of run directories, for `edgeclf train` and `edgeclf optimize` alike:
+model, labels, split, run.json, curves and confusion matrix, into a staging directory."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgeclf import tfenv
+from edgeclf.pipeline import plots
+from edgeclf.pipeline.backbones import INPUT_NAME, get_backbone
+from edgeclf.pipeline.data import SplitPlan, save_plan
+from edgeclf.pipeline.evaluate import predict_probs
+from edgeclf.pipeline.metrics import classification_metrics
+from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, write_labels
+
+RUN_FORMAT = 1
+
+
+def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history: list, timing: dict,
+              optimization: dict | None = None, save=None, title: str = "") -> dict:
+    """Score `model` on val/test, write the run into `work` and return run.json's record.
+
+    `save(model, path)` writes the model file (default: `model.save`); `title` describes the
+    model in the confusion matrix's title (e.g. "50% pruned").
+    """
+    classes = plan.classes
+    metrics = {
+        name: classification_metrics(predict_probs(model, splits[name].images), splits[name].labels, classes)
+        for name in ("val", "test") if name in splits
+    }
+    (save or (lambda m, path: m.save(path)))(model, work / MODEL_FILE)
+    write_labels(work / LABELS_FILE, classes)
+    save_plan(plan, work / SPLIT_FILE)
+    info = run_record(config, classes, plan, splits, history, timing, metrics, optimization)
+    (work / RUN_FILE).write_text(json.dumps(info, indent=2))
+    plots.training_curves(history, work / "training.png")
+    split_name = "test" if "test" in metrics else "val"
+    plots.confusion_matrix(metrics[split_name]["confusion"], classes, work / "confusion_matrix.png",
+                           f"{' '.join(p for p in (config.arch, title) if p)} on {split_name} "
+                           f"(top-1 {metrics[split_name]['top1']:.3f})")
+    return info
+
+
+def run_record(config, classes, plan, splits, history, timing, metrics, optimization=None) -> dict:
+    backbone = get_backbone(config.arch)
+    size = config.img_size
+    return {
+        "format": RUN_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "versions": tfenv.versions(),
+        "labels": classes,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [1, size, size, 3],
+            "dtype": "float32",
+            "range": [0, 255],
+            "preprocessing": f"raw RGB 0-255, resized to {size}x{size} (bilinear); "
+                             f"{backbone.in_graph_preprocessing} happens inside the model",
+        },
+        "dataset": {"split": plan.how, **{name: split.summary() for name, split in splits.items()}},
+        "history": history,
+        "timing": timing,
+        "metrics": metrics,
+        "optimization": optimization,
+    }
+
+
+def summary(info: dict) -> dict:
+    """What `--json` prints: the same keys as run.json, minus the bulky parts."""
+    return {
+        "arch": info["config"]["arch"],
+        "img_size": info["input"]["shape"][1],
+        "labels": info["labels"],
+        "dataset": {k: ({kk: vv for kk, vv in v.items() if kk != "skipped"} | {"skipped": len(v["skipped"])})
+                    if isinstance(v, dict) else v for k, v in info["dataset"].items()},
+        "timing": info["timing"],
+        "metrics": info["metrics"],
+    }
