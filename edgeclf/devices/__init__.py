@@ -18,6 +18,7 @@ from edgeclf.errors import DeviceError
 class DeviceOptions:
     remote_python: str | None = None
     ssh_config: str | None = None
+    devices_file: str | None = None  # named by the user, so trusted (see targets.py)
     insecure_host_key: bool = False
     benchmark_binary: str | None = None
     delegate: str = "xnnpack"
@@ -62,7 +63,7 @@ class Device:
 
 
 def open_device(spec: str, options: DeviceOptions) -> Device:
-    target = parse_target(spec)
+    target = parse_target(spec, options.devices_file)
     connect_timeout = min(options.timeout, 20)
     if target.kind == "local":
         from edgeclf.devices.local import LocalTransport
