@@ -54,7 +54,7 @@ def temp_dir_from_output(stdout: str, parent: str, device: str) -> str:
     path = lines[-1] if lines else ""
     if not re.fullmatch(rf"{re.escape(parent)}/edgeclf\.[A-Za-z0-9_]+", path):
         raise DeviceError(f"mktemp on {device} printed {path[:80]!r}, not a {parent}/edgeclf.* directory",
-                          "make the device's shell startup files print nothing after a banner, then run again")
+                          "make the shell startup files on the device quiet for non-interactive logins")
     return path
 
 
