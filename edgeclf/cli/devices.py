@@ -10,12 +10,13 @@ from edgeclf.cli import options
 @click.command("devices")
 @click.option("--timeout", default=10.0, show_default=True, type=float, help="Seconds to wait for each device.")
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh_config file to use instead of ~/.ssh/config.")
+@options.devices_file
 @options.json_output
-def command(timeout, ssh_config, as_json):
+def command(timeout, ssh_config, devices_file, as_json):
     """Show adb devices (serial, model, ABI) and SSH targets from edgeclf.yaml: reachable? runtimes?"""
     from edgeclf.devices.inventory import inventory
 
-    found = inventory(timeout, ssh_config)
+    found = inventory(timeout, ssh_config, devices_file)
     if as_json:
         console.print_json(found)
         return

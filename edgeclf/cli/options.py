@@ -29,6 +29,11 @@ overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing 
 folder = click.Path(path_type=str)
 
 
+devices_file = click.option(
+    "--devices-file", type=click.Path(dir_okay=False),
+    help="Devices file naming targets; trusted, unlike an edgeclf.yaml merely found in the working directory.")
+
+
 def device_options(command):
     """--device and the options that say how to reach and run on it."""
     for option in reversed([
@@ -39,6 +44,7 @@ def device_options(command):
         click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds before a device command is abandoned."),
         click.option("--remote-python", help="Python on an SSH device (e.g. a venv's bin/python on Raspberry Pi OS)."),
         click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh_config file to use instead of ~/.ssh/config."),
+        devices_file,
         click.option("--insecure-host-key", is_flag=True, help="Skip SSH host-key checking (only for throw-away test boards)."),
         click.option("--benchmark-binary", help="Android: path to TFLite's benchmark_model [env: EDGECLF_BENCHMARK_MODEL]."),
         click.option("--delegate", default="xnnpack", show_default=True, type=click.Choice(DELEGATES), help="Android: benchmark_model delegate."),
@@ -54,6 +60,7 @@ def pop_device_options(settings: dict):
 
     return DeviceOptions(
         remote_python=settings.pop("remote_python"), ssh_config=settings.pop("ssh_config"),
+        devices_file=settings.pop("devices_file"),
         insecure_host_key=settings.pop("insecure_host_key"), benchmark_binary=settings.pop("benchmark_binary"),
         delegate=settings.pop("delegate"), emulated=settings.pop("emulated"), timeout=settings.pop("timeout"),
     )

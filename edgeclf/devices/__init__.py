@@ -24,6 +24,7 @@ RUNNERS = {"python": "edgeclf.devices.python_runner", "benchmark_model": "edgecl
 class DeviceOptions:
     remote_python: str | None = None
     ssh_config: str | None = None
+    devices_file: str | None = None  # named by the user, so trusted (see targets.py)
     insecure_host_key: bool = False
     benchmark_binary: str | None = None
     delegate: str = "xnnpack"
@@ -67,7 +68,7 @@ def _formats_for(runner: str) -> str:
 
 
 def open_device(spec: str, options: DeviceOptions) -> Device:
-    target = parse_target(spec)
+    target = parse_target(spec, options.devices_file)
     module = importlib.import_module(TRANSPORTS[target.kind])
     transport = module.open_transport(target, options, connect_timeout=min(options.timeout, 20))
     return Device(target, transport, options)

@@ -12,12 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from edgeclf.devices.base import CommandResult
+from edgeclf.devices.base import CommandResult, temp_dir_from_output
 from edgeclf.errors import DeviceError
 
 DEVICE_DIR = "/data/local/tmp"
 END_MARKER = "__edgeclf_exit__"
-SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9._:\-\[\]]+$")
+SERIAL_PATTERN = re.compile(r"^[A-Za-z0-9._:\[\]][A-Za-z0-9._:\-\[\]]*$")  # no leading '-': adb would read an option
 PROPERTIES = {
     "model": "ro.product.model",
     "manufacturer": "ro.product.manufacturer",
@@ -130,7 +130,7 @@ class AdbTransport:
         result = self.run(["mktemp", "-d", f"{DEVICE_DIR}/edgeclf.XXXXXXXX"], self.connect_timeout)
         if result.returncode != 0 or not result.stdout.strip():
             raise DeviceError(f"cannot create a temp dir in {DEVICE_DIR} on {self.name} ({result.stderr.strip()})", "check the phone's storage")
-        return result.stdout.strip().splitlines()[-1]
+        return temp_dir_from_output(result.stdout, DEVICE_DIR, self.name)
 
     def push(self, local: Path, remote: str) -> None:
         proc = self._adb(["push", str(local), remote], self.connect_timeout + 600)
@@ -144,7 +144,7 @@ class AdbTransport:
             raise DeviceError(f"adb pull of {remote} failed: {proc.stderr.decode(errors='replace').strip()}", "run again; the phone may have disconnected")
 
     def remove(self, remote: str) -> None:
-        result = self.run(["rm", "-rf", remote], self.connect_timeout)
+        result = self.run(["rm", "-rf", "--", remote], self.connect_timeout)
         if result.returncode != 0:
             raise DeviceError(f"could not remove {remote} on {self.name}", "remove it by hand with adb shell")
 

@@ -1,9 +1,13 @@
 """What every device transport provides, and the results they return."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from edgeclf import console
+from edgeclf.errors import DeviceError
 
 
 @dataclass
@@ -40,3 +44,25 @@ class DeviceRun:
     peak_rss_mb: float | None = None
     threads: int | None = None
     extra: dict = field(default_factory=dict)
+
+
+def temp_dir_from_output(stdout: str, parent: str, device: str) -> str:
+    """The directory `mktemp -d PARENT/edgeclf.XXXXXXXX` printed.
+
+    Shell startup files on the device may print a banner first, so only the last line counts,
+    and it must be exactly such a path: this is the directory later removed with rm -rf.
+    """
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    path = lines[-1] if lines else ""
+    if not re.fullmatch(rf"{re.escape(parent)}/edgeclf\.[A-Za-z0-9_]+", path):
+        raise DeviceError(f"mktemp on {device} printed {path[:80]!r}, not a {parent}/edgeclf.* directory",
+                          "make the shell startup files on the device quiet for non-interactive logins")
+    return path
+
+
+def remove_quietly(transport: Transport, remote: str) -> None:
+    """Clean up after a run; a failure here only warns, so it never hides the run's own error."""
+    try:
+        transport.remove(remote)
+    except DeviceError as exc:
+        console.warn(f"could not remove {remote} on {transport.name}: {exc}")

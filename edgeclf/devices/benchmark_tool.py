@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclf.devices.base import DeviceRun
+from edgeclf.devices.base import DeviceRun, remove_quietly
 from edgeclf.devices.parsers import ParseError, parse_benchmark_model
 from edgeclf.errors import DeviceError, UsageError
 from edgeclf.exporters.runtimes.tflite import dequantize_output, quantize_input
@@ -89,7 +89,7 @@ def run_on_android(transport, binary: Path, model_file: Path, io: dict, inputs: 
         if inputs is not None:
             predictions = _predict(transport, common, remote_dir, io, inputs, timeout)
     finally:
-        transport.remove(remote_dir)
+        remove_quietly(transport, remote_dir)
     props = transport.properties()
     latency = None
     if stats.get("avg_ms") is not None:

@@ -41,11 +41,11 @@ def adb_inventory(timeout: float) -> list[dict]:
     return rows
 
 
-def ssh_inventory(timeout: float, ssh_config: str | None = None) -> list[dict]:
+def ssh_inventory(timeout: float, ssh_config: str | None = None, explicit_file: str | None = None) -> list[dict]:
     from edgeclf.devices.ssh import SSHTransport
 
     rows = []
-    for name, target in load_named_targets().items():
+    for name, target in load_named_targets(explicit_file).items():
         if target.kind != "ssh":
             continue
         python = target.python or "python3"
@@ -63,10 +63,10 @@ def ssh_inventory(timeout: float, ssh_config: str | None = None) -> list[dict]:
     return rows
 
 
-def inventory(timeout: float = 10, ssh_config: str | None = None) -> dict:
-    path = devices_file()
+def inventory(timeout: float = 10, ssh_config: str | None = None, explicit_file: str | None = None) -> dict:
+    found = devices_file(explicit_file)
+    ssh_rows = ssh_inventory(timeout, ssh_config, explicit_file)  # first: an untrusted file fails before adb is asked
     return {
-        "devices_file": str(path) if path else None,
-        "devices": [{"kind": "local", "name": "local", "reachable": True, "status": "ok"}]
-        + adb_inventory(timeout) + ssh_inventory(timeout, ssh_config),
+        "devices_file": str(found.path) if found else None,
+        "devices": [{"kind": "local", "name": "local", "reachable": True, "status": "ok"}] + adb_inventory(timeout) + ssh_rows,
     }

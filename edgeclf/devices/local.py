@@ -37,6 +37,8 @@ class LocalTransport:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise DeviceError(f"the local run timed out after {timeout:g} s", "raise --timeout or lower --runs") from None
+        except OSError as exc:  # a missing or non-executable program: answer like a shell would (127, 126)
+            return CommandResult(127 if isinstance(exc, FileNotFoundError) else 126, "", f"{argv[0]}: {exc.strerror}")
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
     def remove(self, remote: str) -> None:

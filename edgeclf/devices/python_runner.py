@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf.devices import runner as runner_module
-from edgeclf.devices.base import DeviceRun, Transport
+from edgeclf.devices.base import DeviceRun, Transport, remove_quietly
 from edgeclf.errors import DeviceError
 
 RUNNER_FILE = Path(runner_module.__file__)
@@ -47,7 +47,7 @@ def run_on_device(transport: Transport, python: str, fmt, model_files: list[Path
                 transport.pull(f"{remote_dir}/predictions.npy", Path(local) / "predictions.npy")
                 predictions = np.load(Path(local) / "predictions.npy")
     finally:
-        transport.remove(remote_dir)
+        remove_quietly(transport, remote_dir)
     return DeviceRun(
         runtime=report["runtime"],
         device={"kind": transport.kind, "name": transport.name, **report["device"]},
@@ -80,6 +80,8 @@ def _report(transport: Transport, python: str, fmt, result) -> dict:
     lines = stderr.splitlines()
     if result.returncode == 127 or (lines and "not found" in lines[-1] and python in lines[-1]):
         raise DeviceError(f"{python} was not found on {transport.name}", "install Python 3 there, or point --remote-python at it")
+    if result.returncode == 126:
+        raise DeviceError(f"{python} is not an executable program on {transport.name}", "point --remote-python at a Python 3 interpreter")
     if "No module named 'numpy'" in stderr:
         raise DeviceError(f"numpy is not installed for {python} on {transport.name}", f"`{python} -m pip install numpy` (in a venv on Raspberry Pi OS)")
     last = lines[-1] if lines else f"exit code {result.returncode}"

@@ -5,14 +5,19 @@ built from an argv list with shlex.quote.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
 
-from edgeclf.devices.base import CommandResult
+from edgeclf.devices.base import CommandResult, temp_dir_from_output
 from edgeclf.errors import DeviceError
 
 SSH_FAILED = 255
+REMOTE_TEMP_PARENT = "/tmp"
+# Checked here rather than left to OpenSSH: a name, an alias from ~/.ssh/config, IPv4 or IPv6.
+HOST_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}|[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*")
+USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def open_transport(target, options, connect_timeout: float) -> "SSHTransport":
@@ -30,10 +35,12 @@ class SSHTransport:
     def __init__(self, host: str, user: str | None = None, port: int | None = None,
                  ssh_config: str | None = None, python: str = "python3", connect_timeout: float = 10,
                  insecure_host_key: bool = False):
-        if not host or host.startswith("-") or any(c.isspace() for c in host):
-            raise DeviceError(f"'{host}' is not a valid SSH host", "use ssh://[user@]host[:port]")
-        if user is not None and (user.startswith("-") or any(c.isspace() or c == "@" for c in user)):
-            raise DeviceError(f"'{user}' is not a valid SSH user name", "use ssh://[user@]host[:port]")
+        if not isinstance(host, str) or not HOST_PATTERN.fullmatch(host):
+            raise DeviceError(f"'{host}' is not a valid SSH host", "use ssh://[user@]host[:port] with a plain host name or address")
+        if user is not None and (not isinstance(user, str) or not USER_PATTERN.fullmatch(user)):
+            raise DeviceError(f"'{user}' is not a valid SSH user name", "use letters, digits, '_', '.' and '-'")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            raise DeviceError(f"'{port}' is not a valid SSH port", "use a number from 1 to 65535")
         self.host, self.user, self.port = host, user, port
         self.ssh_config = ssh_config
         self.python = python
@@ -83,9 +90,9 @@ class SSHTransport:
         return DeviceError(f"ssh to {self.name} failed ({last})", "try `ssh` to it by hand to see why")
 
     def make_temp_dir(self) -> str:
-        proc = self._ssh(["mktemp", "-d", "/tmp/edgeclf.XXXXXXXX"], timeout=self.connect_timeout + 20)
+        proc = self._ssh(["mktemp", "-d", f"{REMOTE_TEMP_PARENT}/edgeclf.XXXXXXXX"], timeout=self.connect_timeout + 20)
         self._check(proc, "creating a temp dir")
-        return proc.stdout.decode().strip()
+        return temp_dir_from_output(proc.stdout.decode(errors="replace"), REMOTE_TEMP_PARENT, self.name)
 
     def push(self, local: Path, remote: str) -> None:
         with open(local, "rb") as f:

@@ -1,13 +1,19 @@
 """Device names: `local`, `ssh://[user@]host[:port]`, `adb[://SERIAL]`, or a name from a devices file.
 
-A devices file (`edgeclf.yaml` in the working directory, or ~/.config/edgeclf/devices.yaml):
+A devices file (`--devices-file PATH`, $EDGECLF_DEVICES_FILE, `edgeclf.yaml` in the working
+directory, or ~/.config/edgeclf/devices.yaml, first found wins):
 
     targets:
       pi:
         ssh: pi@raspberrypi.local:22     # or host/user/port keys
         python: /home/pi/venv/bin/python # Raspberry Pi OS keeps pip packages in a venv
-        ssh_config: ~/.ssh/config        # optional
+        ssh_config: ~/.ssh/config        # optional; not from an untrusted file
         emulated: false
+
+An `edgeclf.yaml` that merely sits in the working directory came with whatever folder the
+user is in (a cloned repository, say), so it is untrusted: it may not use keys that make the
+local ssh client read another config file, and through it run local commands (ProxyCommand,
+LocalCommand, Match exec). Naming the file with --devices-file trusts it.
 """
 from __future__ import annotations
 
@@ -21,8 +27,12 @@ import yaml
 
 from edgeclf.errors import UsageError
 
-DEVICES_FILES = (Path("edgeclf.yaml"), Path("~/.config/edgeclf/devices.yaml").expanduser())
+CWD_DEVICES_FILE = Path("edgeclf.yaml")
+HOME_DEVICES_FILE = "~/.config/edgeclf/devices.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Keys that make the local ssh client read a config of the file's choosing (ProxyCommand,
+# LocalCommand, Match exec, IdentityFile...): only from a file the user trusts.
+TRUSTED_ONLY_KEYS = ("ssh_config",)
 
 
 @dataclass
@@ -38,25 +48,45 @@ class Target:
     emulated: bool | None = None
 
 
-def devices_file() -> Path | None:
-    override = os.environ.get("EDGECLF_DEVICES_FILE")
-    if override:
-        return Path(override).expanduser()
-    return next((p for p in DEVICES_FILES if p.is_file()), None)
+@dataclass(frozen=True)
+class DevicesFile:
+    path: Path
+    trusted: bool  # named by the user, or the one in ~/.config; not one found in the working directory
 
 
-def load_named_targets() -> dict[str, Target]:
-    path = devices_file()
-    if path is None or not path.is_file():
+def devices_file(explicit_file: str | None = None) -> DevicesFile | None:
+    """The devices file in use: --devices-file or $EDGECLF_DEVICES_FILE, else ./edgeclf.yaml, else the home one."""
+    explicit_file = explicit_file or os.environ.get("EDGECLF_DEVICES_FILE")
+    if explicit_file:
+        path = Path(explicit_file).expanduser()
+        if not path.is_file():
+            raise UsageError(f"devices file {path} does not exist", "check --devices-file or $EDGECLF_DEVICES_FILE")
+        return DevicesFile(path, trusted=True)
+    if CWD_DEVICES_FILE.is_file():
+        return DevicesFile(CWD_DEVICES_FILE, trusted=False)
+    home = Path(HOME_DEVICES_FILE).expanduser()
+    return DevicesFile(home, trusted=True) if home.is_file() else None
+
+
+def load_named_targets(explicit_file: str | None = None) -> dict[str, Target]:
+    found = devices_file(explicit_file)
+    if found is None:
         return {}
+    path = found.path
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"devices file {path} is not valid YAML ({str(exc).splitlines()[0]})", "fix its syntax") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("targets") or {}, dict):
+        raise UsageError(f"devices file {path} has no `targets:` mapping", "see the Devices section of the README")
     targets = {}
     for name, entry in (data.get("targets") or {}).items():
         if not isinstance(entry, dict) or not NAME_PATTERN.match(str(name)):
             raise UsageError(f"devices file {path}: target '{name}' is malformed", "give each target a simple name and an ssh: or adb: entry")
+        risky = [key for key in TRUSTED_ONLY_KEYS if key in entry]
+        if risky and not found.trusted:
+            raise UsageError(f"{path} in the working directory sets {risky[0]} for target '{name}', which can run local commands",
+                             f"pass --devices-file {path} to trust it")
         if "adb" in entry:
             targets[name] = Target("adb", name, serial=str(entry["adb"]) if entry["adb"] else None, emulated=entry.get("emulated"))
             continue
@@ -71,7 +101,7 @@ def load_named_targets() -> dict[str, Target]:
     return targets
 
 
-def parse_target(spec: str) -> Target:
+def parse_target(spec: str, explicit_file: str | None = None) -> Target:
     spec = spec.strip()
     if spec in ("", "local"):
         return Target("local", "local")
@@ -91,7 +121,7 @@ def parse_target(spec: str) -> Target:
         if not parts.hostname or parts.path not in ("", "/") or parts.query:
             raise UsageError(f"--device {spec} is not ssh://[user@]host[:port]", "e.g. ssh://pi@raspberrypi.local")
         return Target("ssh", spec, host=parts.hostname, user=parts.username, port=port)
-    named = load_named_targets()
+    named = load_named_targets(explicit_file)
     if spec in named:
         return named[spec]
     known = ", ".join(named) if named else "none in a devices file"

@@ -1,0 +1,198 @@
+"""Hostile or careless device input (issue 10, items 2, 12 and 13): each test reproduces one defect."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devices_infra.common import StandInUnavailable
+from devices_infra.sshd import SSHServer, wait_for_ssh
+from edgeclf.devices import DeviceOptions, open_device
+from edgeclf.devices.base import CommandResult
+from edgeclf.devices.local import LocalTransport
+from edgeclf.devices.python_runner import run_on_device
+from edgeclf.devices.ssh import SSHTransport
+from edgeclf.devices.targets import parse_target
+from edgeclf.errors import DeviceError, UsageError
+
+
+def _edgeclf(*args, cwd: Path, home: Path, path_dirs: list[Path]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "EDGECLF_DEVICES_FILE"}
+    env.update(HOME=str(home), PATH=os.pathsep.join(map(str, path_dirs)))
+    return subprocess.run([sys.executable, "-m", "edgeclf", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+def test_devices_file_in_the_working_directory_cannot_run_a_local_command(ssh_device, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned-by-edgeclf-yaml"
+    repo = tmp_path / "cloned-repo"
+    repo.mkdir()
+    (repo / "cfg").write_text(f"Host *\n    ProxyCommand touch {marker}\n")
+    (repo / "edgeclf.yaml").write_text(
+        f"targets:\n  board:\n    ssh: {ssh_device.user}@127.0.0.1:{ssh_device.port}\n    ssh_config: ./cfg\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    # Only ssh on PATH: the devices listing must not start an adb server of its own.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").symlink_to(shutil.which("ssh"))
+
+    listing = _edgeclf("devices", "--timeout", "5", cwd=repo, home=home, path_dirs=[bin_dir])
+    assert not marker.exists()
+    assert listing.returncode == 2, listing.stdout + listing.stderr
+    assert listing.stderr.strip().splitlines() == [
+        "error: edgeclf.yaml in the working directory sets ssh_config for target 'board', which can run local "
+        "commands (pass --devices-file edgeclf.yaml to trust it)"]
+
+    # `validate --device board` opens the device the same way.
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("EDGECLF_DEVICES_FILE", raising=False)
+    with pytest.raises(UsageError, match="pass --devices-file edgeclf.yaml to trust it"):
+        open_device("board", DeviceOptions(timeout=5))
+    assert not marker.exists()
+
+
+def test_devices_file_named_by_the_user_or_in_home_is_trusted(ssh_device, tmp_path, monkeypatch):
+    from edgeclf.devices.inventory import ssh_inventory
+
+    monkeypatch.delenv("EDGECLF_DEVICES_FILE", raising=False)
+    text = f"targets:\n  loop:\n    ssh: {ssh_device.alias}\n    python: {sys.executable}\n    ssh_config: {ssh_device.ssh_config}\n"
+    (tmp_path / "edgeclf.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="--devices-file"):
+        parse_target("loop")
+    assert parse_target("loop", "edgeclf.yaml").ssh_config == str(ssh_device.ssh_config)
+    (row,) = ssh_inventory(20, explicit_file="edgeclf.yaml")
+    assert row["reachable"], row["status"]
+
+    home = tmp_path / "home"
+    (home / ".config" / "edgeclf").mkdir(parents=True)
+    (home / ".config" / "edgeclf" / "devices.yaml").write_text(text)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    assert parse_target("loop").ssh_config == str(ssh_device.ssh_config)
+
+
+def _model_file(tmp_path: Path) -> Path:
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"not pushed anywhere real")
+    return model
+
+
+def test_missing_remote_python_is_a_clear_error(tmp_path):
+    model = _model_file(tmp_path)
+    with pytest.raises(DeviceError, match=r"no-such-python was not found on local \(.*--remote-python"):
+        run_on_device(LocalTransport(), str(tmp_path / "no-such-python"), [model], None, 1, 0, None, 30)
+    with pytest.raises(DeviceError, match=r"is not an executable program on local \(point --remote-python"):
+        run_on_device(LocalTransport(), str(tmp_path), [model], None, 1, 0, None, 30)
+
+
+class UndeletableLocal(LocalTransport):
+    def remove(self, remote: str) -> None:
+        shutil.rmtree(remote, ignore_errors=True)
+        raise DeviceError(f"could not remove {remote}", "remove it by hand")
+
+
+def test_failed_cleanup_does_not_replace_the_original_error(tmp_path, capsys):
+    with pytest.raises(DeviceError, match="the runner failed on local: exit code 1"):
+        run_on_device(UndeletableLocal(), shutil.which("false"), [_model_file(tmp_path)], None, 1, 0, None, 30)
+    assert "warning: could not remove" in capsys.readouterr().err
+
+
+def test_adb_serial_may_not_start_with_a_dash(monkeypatch):
+    from edgeclf.devices import adb
+
+    def no_adb(*args, **kwargs):
+        raise AssertionError("a serial that adb would read as an option reached adb")
+
+    monkeypatch.setattr(adb, "list_devices", no_adb)
+    for serial in ("-H", "--help", "-a", "-s127.0.0.1:5555"):
+        with pytest.raises(DeviceError, match="not a valid adb serial"):
+            open_device(f"adb://{serial}", DeviceOptions(timeout=5))
+
+
+def test_ssh_host_user_and_port_are_checked_strictly():
+    # Shell metacharacters and option-like values, refused by edgeclf rather than left to OpenSSH.
+    for host, user, port in [
+        ("board;touch /tmp/x", None, None), ("$(id)", None, None), ("a`id`", None, None), ("host|id", None, None),
+        ("host&", None, None), ("%h", None, None), ("-oProxyCommand=id", None, None), ("", None, None),
+        ("board", "pi;id", None), ("board", "$(id)", None), ("board", "-lroot", None), ("board", "a'b", None),
+        ("board", "pi", 0), ("board", "pi", 70000), ("board", "pi", "22 -oProxyCommand=id"), ("board", "pi", True),
+    ]:
+        with pytest.raises(DeviceError, match="is not a valid SSH (host|user name|port)"):
+            SSHTransport(host, user, port)
+
+
+def test_ssh_checks_accept_real_names_and_cover_devices_files(tmp_path, monkeypatch):
+    for host in ("raspberrypi.local", "edgeclf-local-root", "my_board", "10.0.0.7", "::1", "fe80::1"):
+        SSHTransport(host, "first.last", 2222)
+    (tmp_path / "edgeclf.yaml").write_text("targets:\n  board:\n    ssh: pi@board\n    port: 22 -oProxyCommand=id\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDGECLF_DEVICES_FILE", raising=False)
+    with pytest.raises(DeviceError, match="not a valid SSH port"):
+        open_device("board", DeviceOptions(timeout=5))
+    with pytest.raises(DeviceError, match="not a valid SSH user name"):
+        open_device("ssh://pi;id@board", DeviceOptions(timeout=5))
+
+
+class BannerSSHServer(SSHServer):
+    """The test sshd, but every session prints a login banner on stdout first (as a noisy .bashrc would)."""
+
+    def _write_sshd_config(self) -> None:
+        super()._write_sshd_config()
+        with open(self.dir / "sshd_config", "a") as config:
+            config.write('ForceCommand echo "Welcome to the board"; echo; eval "$SSH_ORIGINAL_COMMAND"\n')
+
+
+@pytest.fixture(scope="module")
+def banner_device():
+    try:
+        server = BannerSSHServer(alias_prefix="edgeclf-banner").start()
+    except StandInUnavailable as exc:
+        pytest.skip(f"stand-in device unavailable: {exc}")
+    try:
+        target = next(iter(server.targets.values()))
+        if wait_for_ssh(target).returncode != 0:
+            pytest.skip(f"ssh to the banner sshd failed:\n{server.log_text()[-2000:]}")
+        yield target
+    finally:
+        server.stop()
+
+
+def test_login_banner_does_not_become_part_of_the_temp_dir(banner_device):
+    assert banner_device.run("true").stdout.startswith("Welcome to the board")
+    transport = SSHTransport(banner_device.alias, ssh_config=str(banner_device.ssh_config))
+    remote_dir = transport.make_temp_dir()
+    try:
+        assert re.fullmatch(r"/tmp/edgeclf\.[A-Za-z0-9]{8}", remote_dir), remote_dir
+        assert os.path.isdir(remote_dir)  # the "device" is this machine
+    finally:
+        transport.remove(remote_dir)
+    assert not os.path.exists(remote_dir)
+    # Whatever else mktemp's last line holds is refused rather than later removed with rm -rf.
+    from edgeclf.devices.base import temp_dir_from_output
+
+    for printed in ("", "Welcome\n", "/tmp/edgeclf.ab12CD34\nbye\n", "/\n", "/tmp/edgeclf.x/../..\n", "/tmp/edgeclf.a b\n"):
+        with pytest.raises(DeviceError, match="mktemp on board printed"):
+            temp_dir_from_output(printed, "/tmp", "board")
+
+
+def test_adb_cleanup_ends_rm_options_before_the_path():
+    from edgeclf.devices.adb import AdbTransport
+
+    class RecordingAdb(AdbTransport):
+        def __init__(self):  # no phone needed: only the command line is checked
+            self.serial, self.name, self.connect_timeout, self.commands = "R5CT1234", "adb://R5CT1234", 5, []
+
+        def run(self, argv, timeout):
+            self.commands.append(argv)
+            return CommandResult(0, "", "")
+
+    phone = RecordingAdb()
+    phone.remove("/data/local/tmp/edgeclf.ab12CD34")
+    assert phone.commands == [["rm", "-rf", "--", "/data/local/tmp/edgeclf.ab12CD34"]]
