@@ -14,6 +14,7 @@ from devices_infra.common import StandInUnavailable
 from devices_infra.sshd import SSHServer, wait_for_ssh
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.devices.base import CommandResult
+from edgeclf import exporters
 from edgeclf.devices.local import LocalTransport
 from edgeclf.devices.python_runner import run_on_device
 from edgeclf.devices.ssh import SSHTransport
@@ -78,6 +79,9 @@ def test_devices_file_named_by_the_user_or_in_home_is_trusted(ssh_device, tmp_pa
     assert parse_target("loop").ssh_config == str(ssh_device.ssh_config)
 
 
+TFLITE = exporters.get("tflite")
+
+
 def _model_file(tmp_path: Path) -> Path:
     model = tmp_path / "model.tflite"
     model.write_bytes(b"not pushed anywhere real")
@@ -87,9 +91,9 @@ def _model_file(tmp_path: Path) -> Path:
 def test_missing_remote_python_is_a_clear_error(tmp_path):
     model = _model_file(tmp_path)
     with pytest.raises(DeviceError, match=r"no-such-python was not found on local \(.*--remote-python"):
-        run_on_device(LocalTransport(), str(tmp_path / "no-such-python"), [model], None, 1, 0, None, 30)
+        run_on_device(LocalTransport(), str(tmp_path / "no-such-python"), TFLITE, [model], None, 1, 0, None, 30)
     with pytest.raises(DeviceError, match=r"is not an executable program on local \(point --remote-python"):
-        run_on_device(LocalTransport(), str(tmp_path), [model], None, 1, 0, None, 30)
+        run_on_device(LocalTransport(), str(tmp_path), TFLITE, [model], None, 1, 0, None, 30)
 
 
 class UndeletableLocal(LocalTransport):
@@ -100,7 +104,7 @@ class UndeletableLocal(LocalTransport):
 
 def test_failed_cleanup_does_not_replace_the_original_error(tmp_path, capsys):
     with pytest.raises(DeviceError, match="the runner failed on local: exit code 1"):
-        run_on_device(UndeletableLocal(), shutil.which("false"), [_model_file(tmp_path)], None, 1, 0, None, 30)
+        run_on_device(UndeletableLocal(), shutil.which("false"), TFLITE, [_model_file(tmp_path)], None, 1, 0, None, 30)
     assert "warning: could not remove" in capsys.readouterr().err
 
 
