@@ -23,13 +23,13 @@ sys.path.insert(0, str(REPO))
 
 from edgeclf import tfenv  # noqa: E402
 from edgeclf.artefacts import gzip_size  # noqa: E402
-from edgeclf.config import TrainConfig  # noqa: E402
 from edgeclf.devices import runner  # noqa: E402
-from edgeclf.evaluation import open_model, predict_file  # noqa: E402
-from edgeclf.export import export_run  # noqa: E402
 from edgeclf.exporters.spec import ExportSpec  # noqa: E402
+from edgeclf.jobs.export import export_run  # noqa: E402
+from edgeclf.jobs.optimize import OptimizeConfig, optimize  # noqa: E402
+from edgeclf.pipeline.config import TrainConfig  # noqa: E402
 from edgeclf.pipeline.metrics import classification_metrics  # noqa: E402
-from edgeclf.pipeline.optimize import OptimizeConfig, optimize  # noqa: E402
+from edgeclf.pipeline.predict import open_model, predict_file  # noqa: E402
 from edgeclf.pipeline.runs import Run  # noqa: E402
 
 DEFAULT_RUNS = ["/work/bench/flowers-mnv2-160-ft60", "/work/bench/flowers-mnv2-160", "/work/bench/flowers-mnv2-160-ls"]
@@ -115,7 +115,7 @@ def optimized(source: Path, out: Path, **settings) -> Path:
 
 def efficientnet(work: Path, args, results: dict) -> None:
     """EfficientNetB0 from random init (no ImageNet weights here): PTQ int8 vs QAT int8."""
-    from edgeclf.pipeline.train import train
+    from edgeclf.jobs.train import train
 
     run_dir = work / f"effb0-{args.effnet_size}-scratch"
     if not (run_dir / "run.json").is_file():

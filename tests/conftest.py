@@ -62,7 +62,7 @@ def mobilenet_weights() -> Path:
 
 def tiny_config(data_dir: Path, out: Path, **overrides):
     """The smallest real training setup: MobileNetV2 alpha 0.35 at 32 px, random init."""
-    from edgeclf.config import TrainConfig
+    from edgeclf.pipeline.config import TrainConfig
 
     settings = dict(
         data_dir=str(data_dir), out=str(out), arch="mobilenetv2", weights="none", alpha=0.35,
@@ -82,8 +82,8 @@ def tiny_run(tmp_path_factory) -> Path:
     weights, and the model would predict one class for everything).
     """
     from edgeclf import tfenv
+    from edgeclf.jobs.train import train
     from edgeclf.pipeline.runs import MODEL_FILE, Run
-    from edgeclf.pipeline.train import train
 
     keras = tfenv.keras()
     root = tmp_path_factory.mktemp("tiny")
@@ -105,8 +105,8 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_int8(tiny_run, tmp_path_factory) -> Path:
     """The tiny run exported to int8 TFLite (uint8 IO)."""
-    from edgeclf.export import export_run
     from edgeclf.exporters.spec import ExportSpec
+    from edgeclf.jobs.export import export_run
 
     out = tmp_path_factory.mktemp("tiny-int8") / "tflite-int8"
     export_run(tiny_run, ExportSpec(quant="int8", calib_size=30, out=str(out)))

@@ -96,7 +96,7 @@ def test_class_with_only_unreadable_files_fails_before_training(tmp_path):
 
 def test_mismatched_classes_between_splits(tmp_path):
     from conftest import tiny_config
-    from edgeclf.pipeline.data import plan_splits
+    from edgeclf.pipeline.splits import plan_splits
 
     train = make_image_folder(tmp_path / "train", {"a": 3, "b": 3})
     test = make_image_folder(tmp_path / "test", {"a": 2, "c": 2})

@@ -12,8 +12,8 @@ import pytest
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.devices.targets import parse_target
 from edgeclf.errors import DeviceError, UsageError
-from edgeclf.evaluation import predict_file
-from edgeclf.validate import load_images, validate
+from edgeclf.jobs.validate import load_images, validate
+from edgeclf.pipeline.predict import predict_file
 
 
 def _data(tiny_run):
@@ -198,7 +198,7 @@ def test_adb_disconnect_mid_run(android_device_factory, tiny_int8):
 
 
 def test_bench_table_files_and_unavailable_formats(tiny_run, tmp_path):
-    from edgeclf.bench import bench, parse_formats
+    from edgeclf.jobs.bench import bench, parse_formats
 
     summary = bench(tiny_run, parse_formats("tflite:fp32,tflite:int8,coreml:fp32"), "local",
                     _data(tiny_run), runs=10, warmup=1, threads=1, out=str(tmp_path / "bench"))

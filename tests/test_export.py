@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_image_folder
+
 from edgeclf import calibration, tfenv
 from edgeclf.artefacts import sha256_file
 from edgeclf.errors import DatasetError, ExportError, ModelError, UsageError
-from edgeclf.evaluation import predict_file
-from edgeclf.export import export_run
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.exporters.tflite_metadata import read_associated_files, read_metadata
-from edgeclf.pipeline.evaluate import predict_probs
+from edgeclf.jobs.export import export_run
+from edgeclf.pipeline.predict import predict_file, predict_probs
 from edgeclf.pipeline.runs import Run
 
 READER_DIR = Path(os.environ.get("EDGECLF_TFLITE_SUPPORT_DIR", REPO / ".venv" / "tflite-support-reader"))
@@ -112,7 +111,7 @@ def test_embedded_metadata_and_labels(tiny_run, tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
-    import edgeclf.export as export_module
+    import edgeclf.jobs.export as export_module
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -166,7 +165,7 @@ def test_calibration_is_stratified_deterministic_and_cached(tiny_run):
 def test_inspect_a_model_edgeclf_did_not_make(tmp_path):
     keras = tfenv.keras()
     tf = tfenv.tf()
-    from edgeclf.inspect import inspect_model
+    from edgeclf.jobs.inspect import inspect_model
 
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)

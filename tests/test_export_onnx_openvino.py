@@ -15,11 +15,10 @@ from edgeclf import exporters, tfenv
 from edgeclf.artefacts import sha256_file
 from edgeclf.calibration import CalibrationSet
 from edgeclf.errors import ExportError, MissingDependency, UsageError
-from edgeclf.evaluation import predict_file
-from edgeclf.export import export_run
 from edgeclf.exporters.spec import ExportSpec
-from edgeclf.inspect import inspect_model
-from edgeclf.pipeline.evaluate import predict_probs
+from edgeclf.jobs.export import export_run
+from edgeclf.jobs.inspect import inspect_model
+from edgeclf.pipeline.predict import predict_file, predict_probs
 from edgeclf.pipeline.runs import Run
 
 pytest.importorskip("onnxruntime")

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from devices_infra.common import StandInUnavailable
 from devices_infra.sshd import SSHServer, wait_for_ssh
+
+from edgeclf import exporters
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.devices.base import CommandResult
-from edgeclf import exporters
 from edgeclf.devices.local import LocalTransport
 from edgeclf.devices.python_runner import run_on_device
 from edgeclf.devices.ssh import SSHTransport

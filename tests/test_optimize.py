@@ -9,13 +9,12 @@ import pytest
 
 from edgeclf import tfenv
 from edgeclf.errors import ModelError, UsageError
-from edgeclf.evaluation import predict_file
-from edgeclf.export import export_run
 from edgeclf.exporters.spec import ExportSpec
-from edgeclf.pipeline import optimize as optimizing
-from edgeclf.pipeline import quantizability
-from edgeclf.pipeline.evaluate import predict_probs
-from edgeclf.pipeline.optimize import OptimizeConfig, optimize
+from edgeclf.jobs import optimize as optimizing
+from edgeclf.jobs.export import export_run
+from edgeclf.jobs.optimize import OptimizeConfig, optimize
+from edgeclf.pipeline import batchnorm, quant_aware
+from edgeclf.pipeline.predict import predict_file, predict_probs
 from edgeclf.pipeline.runs import Run
 
 RUN_FILES = ["confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png"]
@@ -65,7 +64,7 @@ def test_other_bad_options(tmp_path):
 
 
 def test_distillation_mixes_the_teachers_probabilities_into_the_targets():
-    from edgeclf.pipeline.train import epoch_dataset
+    from edgeclf.pipeline.epochs import epoch_dataset
 
     keras, tf = tfenv.keras(), tfenv.tf()
     uniform = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.GlobalAveragePooling2D(),
@@ -98,18 +97,18 @@ def test_preflight_names_the_problem_layers_of_a_nested_model():
     scaled = keras.layers.Rescaling(1.0, name="outer_scale")(pixels)
     nested = keras.Model(pixels, inner(scaled), name="wrapper")
 
-    findings = {f.layer: f for f in quantizability.preflight(nested)}
-    assert findings[inner.name].handling == quantizability.FLATTEN
-    assert findings["outer_scale"].handling == quantizability.OUTPUT_CONFIG
-    assert findings["preprocess"].kind == "Rescaling" and findings["preprocess"].handling == quantizability.OUTPUT_CONFIG
-    assert not [f for f in findings.values() if f.handling == quantizability.IMPOSSIBLE]
+    findings = {f.layer: f for f in quant_aware.preflight(nested)}
+    assert findings[inner.name].handling == quant_aware.FLATTEN
+    assert findings["outer_scale"].handling == quant_aware.OUTPUT_CONFIG
+    assert findings["preprocess"].kind == "Rescaling" and findings["preprocess"].handling == quant_aware.OUTPUT_CONFIG
+    assert not [f for f in findings.values() if f.handling == quant_aware.IMPOSSIBLE]
 
-    flat = quantizability.flatten(nested)
-    assert not quantizability.nested_models(flat)
+    flat = quant_aware.flatten(nested)
+    assert not quant_aware.nested_models(flat)
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(flat(images), nested(images), atol=1e-6)
     # The whole model quantizes once the pre-flight's fixes are applied.
-    qat = quantizability.quantize(nested, list(findings.values()))
+    qat = quant_aware.quantize(nested, list(findings.values()))
     assert any(type(layer).__name__ == "QuantizeWrapperV2" for layer in qat.layers)
 
 
@@ -119,10 +118,10 @@ def test_preflight_fails_clearly_where_qat_is_impossible():
     x = keras.layers.Conv2D(4, 3, name="conv")(pixels)
     x = keras.layers.LayerNormalization(name="layer_norm")(x)
     model = keras.Model(pixels, keras.layers.GlobalAveragePooling2D()(x))
-    findings = quantizability.preflight(model)
-    assert [(f.layer, f.handling) for f in findings] == [("layer_norm", quantizability.IMPOSSIBLE)]
+    findings = quant_aware.preflight(model)
+    assert [(f.layer, f.handling) for f in findings] == [("layer_norm", quant_aware.IMPOSSIBLE)]
     with pytest.raises(ModelError, match=r"layer_norm \(LayerNormalization\).*--quant int8"):
-        quantizability.require_quantizable(findings)
+        quant_aware.require_quantizable(findings)
 
 
 def test_batchnorm_folding_keeps_the_outputs_and_leaves_exact_biases(tiny_run):
@@ -131,7 +130,7 @@ def test_batchnorm_folding_keeps_the_outputs_and_leaves_exact_biases(tiny_run):
     model = run.load_model()
     images = run.plan.decode("val", run.img_size).images.astype(np.float32)
     before = model(images, training=False).numpy()
-    folded = quantizability.fold_batchnorm(model)
+    folded = batchnorm.fold_batchnorm(model)
     batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert folded and len(folded) == len(batch_norms)  # every MobileNetV2 BatchNorm follows a conv
     np.testing.assert_allclose(model(images, training=False).numpy(), before, atol=1e-5)
@@ -146,19 +145,19 @@ def test_all_zero_kernel_channels_get_a_range_the_converter_can_use():
     from edgeclf.pipeline.backbones import build_classifier, get_backbone
 
     model = build_classifier(get_backbone("mobilenetv2"), 3, 32, "none", alpha=0.35).model
-    quantizability.fold_batchnorm(model)
+    batchnorm.fold_batchnorm(model)
     conv = model.get_layer("block_1_expand")
     kernel = conv.kernel.numpy()
     kernel[..., :2] = 0.0  # two output channels pruned away entirely
     conv.kernel.assign(kernel)
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
-    qat = quantizability.quantize(model, quantizability.preflight(model), calibration_images=images)
+    qat = quant_aware.quantize(model, quant_aware.preflight(model), calibration_images=images)
     wrapper = next(layer for layer in qat.layers if getattr(layer, "layer", None) is not None and layer.layer.name == "block_1_expand")
-    ranges = quantizability.weights_by_name(wrapper)
+    ranges = quant_aware.weights_by_name(wrapper)
     assert (ranges["kernel_max"].numpy()[:2] == 0).all()  # what tfmot learns from all-zero channels
     before = qat(images, training=False).numpy()
 
-    assert quantizability.widen_collapsed_weight_ranges(qat) >= 2
+    assert quant_aware.widen_collapsed_weight_ranges(qat) >= 2
     highs = ranges["kernel_max"].numpy()
     assert (highs > 0).all() and highs[0] == np.median(highs[2:])
     np.testing.assert_array_equal(qat(images, training=False).numpy(), before)  # zero stays zero
@@ -228,7 +227,7 @@ def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path, monke
     depthwise = [layer for layer in model.layers if type(getattr(layer, "layer", None)).__name__ == "DepthwiseConv2D"]
     assert depthwise
     for layer in depthwise:
-        ranges = quantizability.weights_by_name(layer)
+        ranges = quant_aware.weights_by_name(layer)
         assert ranges["depthwise_kernel_max"].shape == (layer.layer.depthwise_kernel.shape[2],)
     # A QAT run needs no calibration images: with its training images gone, the export uses
     # the ranges QAT learned (the PQAT test below exports with real calibration images).

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import make_image_folder, tiny_config
-from edgeclf.pipeline import train as training
+
+from edgeclf.jobs import train as training
 from edgeclf.pipeline.runs import Run
 
 

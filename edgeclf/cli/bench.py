@@ -17,7 +17,7 @@ from edgeclf.cli.report import ms, pct
 @options.json_output
 def command(run_dir, formats, data_dir, out, device, runs, warmup, threads, as_json, **settings):
     """Export missing formats of RUN_DIR, validate each on --device, and compare them."""
-    from edgeclf.bench import bench, parse_formats
+    from edgeclf.jobs.bench import bench, parse_formats
 
     summary = bench(run_dir, parse_formats(formats), device, data_dir, runs, warmup, threads,
                     options.pop_device_options(settings), out)

@@ -16,13 +16,13 @@ from edgeclf.cli import options, report
 @options.json_output
 def command(out, epochs, seed, as_json):
     """Train a small MobileNetV2 on scikit-learn's handwritten digits (offline) and evaluate it."""
-    from edgeclf.demo import demo_train_config, write_digits_folder
-    from edgeclf.pipeline.train import train
+    from edgeclf.jobs.demo import demo_train_config, write_digits_folder
+    from edgeclf.jobs.train import train
 
     root = Path(out)
     train_dir, test_dir = write_digits_folder(root / "data")
     console.info(f"dataset: scikit-learn digits in {root / 'data'} (train/ and test/)")
-    from edgeclf.demo import export_and_validate
+    from edgeclf.jobs.demo import export_and_validate
 
     result = train(demo_train_config(train_dir, test_dir, root / "run", epochs, seed), overwrite=True)
     shipped = export_and_validate(Path(result["run_dir"]), test_dir)

@@ -14,7 +14,7 @@ from edgeclf.cli import options, report
 @options.json_output
 def command(run_dir, data_dir, batch_size, as_json):
     """Compute top-1/top-5, per-class precision/recall and the confusion matrix on DATA."""
-    from edgeclf.pipeline.scoring import evaluate_run
+    from edgeclf.jobs.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, data_dir, batch_size)
     if as_json:

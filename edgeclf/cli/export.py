@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import click
 
-from edgeclf import console
+from edgeclf import console, exporters
 from edgeclf.cli import options, report
-from edgeclf import exporters
 from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 
 
@@ -25,7 +24,7 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 @options.json_output
 def command(run_dir, float_layers, as_json, **settings):
     """Export RUN_DIR's model, score the artefact on the run's val split, and write a manifest."""
-    from edgeclf.export import export_run
+    from edgeclf.jobs.export import export_run
 
     layers = tuple(name.strip() for name in float_layers.split(",") if name.strip())
     manifest = export_run(run_dir, ExportSpec(float_layers=layers, **settings))

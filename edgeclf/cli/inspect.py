@@ -13,7 +13,7 @@ from edgeclf.cli.report import pct, size_mb
 @options.json_output
 def command(model, as_json):
     """Describe MODEL (.tflite, .onnx, .xml, or an export directory), including models edgeclf did not make."""
-    from edgeclf.inspect import inspect_model
+    from edgeclf.jobs.inspect import inspect_model
 
     info = inspect_model(model)
     if as_json:

@@ -5,7 +5,7 @@ import click
 
 from edgeclf import console
 from edgeclf.cli import options, report
-from edgeclf.pipeline.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
+from edgeclf.jobs.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
 
 
 @click.command("optimize")
@@ -26,7 +26,7 @@ from edgeclf.pipeline.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
 @options.json_output
 def command(run_dir, overwrite, as_json, **settings):
     """Prune and/or quantization-aware-train RUN_DIR into a new run directory --out."""
-    from edgeclf.pipeline import optimize as optimizing
+    from edgeclf.jobs import optimize as optimizing
 
     config = OptimizeConfig(run_dir=run_dir, **settings)
     if config.check:

@@ -14,7 +14,7 @@ from edgeclf.cli import options
 @options.json_output
 def command(run_dir, images, top_k, as_json):
     """Print the top-k labels and probabilities for each IMAGE."""
-    from edgeclf.pipeline.scoring import predict_images
+    from edgeclf.jobs.evaluate import predict_images
 
     results = predict_images(run_dir, images, top_k)
     if as_json:

@@ -5,9 +5,9 @@ import click
 
 from edgeclf import console
 from edgeclf.cli import options, report
-from edgeclf.config import TrainConfig
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import BACKBONES
+from edgeclf.pipeline.config import TrainConfig
 
 
 @click.command("train")
@@ -37,7 +37,7 @@ from edgeclf.pipeline.backbones import BACKBONES
 @options.json_output
 def command(data_dir, out, resume, overwrite, as_json, **settings):
     """Fine-tune a backbone on DATA_DIR (one subfolder per class) into the run directory --out."""
-    from edgeclf.pipeline import train as training
+    from edgeclf.jobs import train as training
 
     if resume:
         result = training.resume(out, overwrite=overwrite)

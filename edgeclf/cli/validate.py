@@ -15,7 +15,7 @@ from edgeclf.cli import options, report
 @options.json_output
 def command(artefact, data_dir, labels_file, device, runs, warmup, threads, as_json, **settings):
     """Measure ARTEFACT (export dir, .tflite, .onnx or .xml) on a device: accuracy on --data and latency."""
-    from edgeclf.validate import validate
+    from edgeclf.jobs.validate import validate
 
     result = validate(artefact, device, data_dir, runs, warmup, threads, labels_file, options.pop_device_options(settings))
     if as_json:

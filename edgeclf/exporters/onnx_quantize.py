@@ -171,7 +171,12 @@ def _quantize_static(pre: Path, out: Path, calibration: CalibrationSet, per_chan
     """quantize_static in QDQ format; the activation ranges are cached so both candidates share them."""
     import inspect
 
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     kwargs = {}
     if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.32

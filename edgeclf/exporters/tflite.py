@@ -5,13 +5,16 @@ import csv
 import re
 from pathlib import Path
 
-
 from edgeclf import __version__, console, tfenv
 from edgeclf.errors import ExportError, UsageError
-
 from edgeclf.exporters import Format, runtimes, tflite_flatbuffer
 from edgeclf.exporters.base import ExportJob, ExportOutput
-from edgeclf.exporters.tflite_metadata import ImageClassifierMetadata, embed_metadata, read_associated_files, read_metadata
+from edgeclf.exporters.tflite_metadata import (
+    ImageClassifierMetadata,
+    embed_metadata,
+    read_associated_files,
+    read_metadata,
+)
 
 MODEL_FILE = "model.tflite"
 DEBUG_FILE = "quant_debug.csv"

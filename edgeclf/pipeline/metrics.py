@@ -43,3 +43,10 @@ def agreement(probs_a: np.ndarray, probs_b: np.ndarray) -> float | None:
     if len(probs_a) == 0:
         return None
     return float((np.asarray(probs_a).argmax(axis=1) == np.asarray(probs_b).argmax(axis=1)).mean())
+
+
+def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], reference: np.ndarray | None = None) -> dict:
+    """top-1, top-5, confusion, per-class, and top-1 agreement with a float reference."""
+    metrics = classification_metrics(probs, labels, classes)
+    metrics["agreement"] = agreement(probs, reference) if reference is not None else None
+    return metrics

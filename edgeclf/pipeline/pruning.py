@@ -2,26 +2,21 @@
 the 1x1 convolutions XNNPACK's sparse kernels use), and the sparsity reached per layer."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from edgeclf import console, tfenv
 from edgeclf.errors import ModelError
-from edgeclf.pipeline import quantizability
-
-if TYPE_CHECKING:
-    from edgeclf.pipeline.optimize import FineTuner, OptimizeConfig
+from edgeclf.pipeline import quant_aware
 
 # The polynomial schedule reaches its target after this fraction of the pruning steps, so the
 # last part of the fine-tune recovers accuracy at the final sparsity.
 RAMP_FRACTION = 0.7
-PRUNED_KERNELS = quantizability.KERNELS
+PRUNED_KERNELS = quant_aware.KERNELS
 
 
 def pruning_schedule(target: float, kind: str, total_steps: int):
     """tfmot's schedule reaching `target` within the fine-tune; mask updates at least ~10 times."""
-    sparsity = quantizability.tfmot().sparsity.keras
+    sparsity = quant_aware.tfmot().sparsity.keras
     ramp = max(1, int(total_steps * RAMP_FRACTION))
     frequency = max(1, min(100, ramp // 10))
     end_step = max(frequency, (ramp // frequency) * frequency)  # a mask update lands exactly on the target
@@ -33,10 +28,16 @@ def pruning_schedule(target: float, kind: str, total_steps: int):
     )
 
 
-def prune(model, tuner: FineTuner, config: OptimizeConfig, lr: float):
-    """Magnitude-prune `model` to config.prune over config.prune_epochs epochs; returns the stripped model."""
-    sparsity = quantizability.tfmot().sparsity.keras
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+def prune(model, tuner, config, lr: float):
+    """Magnitude-prune `model` to config.prune over config.prune_epochs epochs; returns the stripped model.
+
+    `tuner` runs the fine-tune epochs (`steps_per_epoch`, `fit`); `config` is the optimize
+    command's record (`prune`, `prune_schedule`, `prune_for`, `prune_epochs`).
+    """
+    sparsity = quant_aware.tfmot().sparsity.keras
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+        PruneLowMagnitude,
+    )
 
     schedule, schedule_steps = pruning_schedule(config.prune, config.prune_schedule, tuner.steps_per_epoch * config.prune_epochs)
     policy, policy_note = None, None
@@ -71,8 +72,10 @@ def wrap_for_pruning(model, schedule, policy=None):
     the in-graph Rescaling and Normalization, although they have nothing to prune.
     """
     keras = tfenv.keras()
-    sparsity = quantizability.tfmot().sparsity.keras
-    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+    sparsity = quant_aware.tfmot().sparsity.keras
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
+        PruneRegistry,
+    )
 
     def wrap(layer):
         if isinstance(layer, keras.Model):
@@ -94,7 +97,7 @@ def xnnpack_policy(model):
     1x1 convolutions are pruned either way; whether XNNPACK then runs them sparse is measured
     on the exported model, not assumed.
     """
-    sparsity = quantizability.tfmot().sparsity.keras
+    sparsity = quant_aware.tfmot().sparsity.keras
 
     class OnlyOneByOne(sparsity.PruneForLatencyOnXNNPack):
         def ensure_model_supports_pruning(self, model):  # checked (and reported) below instead
@@ -115,7 +118,7 @@ def _inner(layer):
 
 
 def _short_names(weights) -> list[str]:
-    return [quantizability.short_name(weight) for weight in weights]
+    return [quant_aware.short_name(weight) for weight in weights]
 
 
 def _kernels(layer, attrs: list[str]) -> list[np.ndarray]:

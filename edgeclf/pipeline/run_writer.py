@@ -9,10 +9,16 @@ from pathlib import Path
 from edgeclf import tfenv
 from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, get_backbone
-from edgeclf.pipeline.data import SplitPlan, save_plan
-from edgeclf.pipeline.evaluate import predict_probs
 from edgeclf.pipeline.metrics import classification_metrics
-from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, write_labels
+from edgeclf.pipeline.predict import predict_probs
+from edgeclf.pipeline.runs import (
+    LABELS_FILE,
+    MODEL_FILE,
+    RUN_FILE,
+    SPLIT_FILE,
+    write_labels,
+)
+from edgeclf.pipeline.splits import SplitPlan, save_plan
 
 RUN_FORMAT = 1
 

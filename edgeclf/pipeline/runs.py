@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgeclf import tfenv
 from edgeclf.errors import ModelError
-from edgeclf.pipeline.data import SplitPlan, load_plan
+from edgeclf.pipeline.splits import SplitPlan, load_plan
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -96,7 +96,7 @@ class Run:
 def _load_keras_model(keras, path: Path):
     # QAT runs need tfmot's custom objects (and ours) in scope.
     try:
-        from edgeclf.pipeline.quantizability import quantize_scope
+        from edgeclf.pipeline.quant_aware import quantize_scope
 
         scope = quantize_scope()
     except ImportError:

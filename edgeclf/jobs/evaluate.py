@@ -8,9 +8,9 @@ import numpy as np
 from edgeclf import console
 from edgeclf.errors import DatasetError, UsageError
 from edgeclf.pipeline.datasets import decode, map_to_labels, scan_folder
-from edgeclf.pipeline.evaluate import predict_probs
 from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
 from edgeclf.pipeline.metrics import classification_metrics
+from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import Run
 
 

@@ -1,7 +1,7 @@
-"""Host evaluation of any exported model file, with the format's own device runtime.
+"""Predictions on decoded images: by a run's Keras model, or by an exported model file.
 
-It loads the same runner and runtime files that `edgeclf validate` pushes to devices, so
-quantized IO is handled from the model's own tensor details in exactly one place.
+An exported file runs through the same runner and runtime files that `edgeclf validate`
+pushes to devices, so quantized IO is handled from the model's own tensors in one place.
 """
 from __future__ import annotations
 
@@ -10,7 +10,20 @@ import numpy as np
 from edgeclf import console, exporters, tfenv
 from edgeclf.devices import runner
 from edgeclf.errors import MissingDependency, ModelError, first_line
-from edgeclf.pipeline.metrics import agreement, classification_metrics
+
+BATCH = 64
+
+
+def predict_probs(model, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+    """Softmax outputs for uint8 (N, H, W, 3) raw pixels, in batches to bound memory."""
+    tfenv.tf()
+    if len(images) == 0:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    outputs = [
+        np.asarray(model(images[i : i + batch_size].astype(np.float32), training=False))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs)
 
 
 def open_model(path, threads: int | None = None):
@@ -29,10 +42,3 @@ def predict_file(path, images: np.ndarray, threads: int | None = None, label: st
     with console.progress() as bar:
         task = bar.add_task(label, total=len(images), status="")
         return runner.predict(model, images, on_image=lambda: bar.advance(task))
-
-
-def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], reference: np.ndarray | None = None) -> dict:
-    """top-1, top-5, confusion, per-class, and top-1 agreement with a float reference."""
-    metrics = classification_metrics(probs, labels, classes)
-    metrics["agreement"] = agreement(probs, reference) if reference is not None else None
-    return metrics

@@ -13,10 +13,10 @@ from edgeclf import calibration, console, exporters, tfenv
 from edgeclf.artefacts import MANIFEST_FORMAT, file_entries, write_manifest
 from edgeclf.atomic import staged_dir
 from edgeclf.errors import ModelError
-from edgeclf.evaluation import predict_file, score
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
-from edgeclf.pipeline.evaluate import predict_probs
+from edgeclf.pipeline.metrics import score
+from edgeclf.pipeline.predict import predict_file, predict_probs
 from edgeclf.pipeline.runs import LABELS_FILE, Run, write_labels
 
 EXPORTS_DIR = "exports"

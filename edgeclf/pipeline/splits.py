@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeclf.config import TrainConfig
+from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import (
     DecodedSplit,
     ImageFolder,

@@ -12,16 +12,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgeclf import console, tfenv
 from edgeclf.atomic import check_target_free, publish, write_text_atomic
-from edgeclf.config import TrainConfig
 from edgeclf.errors import UsageError
-from edgeclf.pipeline.backbones import build_classifier, configure_trainable, get_backbone
-from edgeclf.pipeline.data import SplitPlan, plan_splits
+from edgeclf.pipeline.backbones import (
+    build_classifier,
+    configure_trainable,
+    get_backbone,
+)
+from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import DecodedSplit
+from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.run_writer import summary, write_run
+from edgeclf.pipeline.splits import SplitPlan, plan_splits
 
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -194,111 +197,3 @@ class Trainer:
         shutil.rmtree(self.work / CHECKPOINT_DIR, ignore_errors=True)
         (self.work / STATE_FILE).unlink()
         return summary(info)
-
-
-def augmenter(keras, seed: int):
-    """The training-time augmentation: random flip, rotation, zoom and contrast, seeded."""
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
-            layers.RandomZoom(0.15, fill_mode="reflect", seed=seed + 2),
-            layers.RandomContrast(0.2, seed=seed + 3),
-        ],
-        name="augment",
-    )
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Inverse-frequency class weights (--class-weight auto)."""
-    counts = np.bincount(labels, minlength=n_classes)
-    return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts)}
-
-
-class Epochs:
-    """Runs training epochs on a run's train split and scores each on its val split.
-
-    Shared by `edgeclf train` and `edgeclf optimize`, so both shuffle (by seed and epoch
-    number), augment, weight classes and record history the same way.
-    """
-
-    def __init__(self, config: TrainConfig, splits: dict, n_classes: int, batch_size: int, order_offset: int = 0,
-                 teacher=None, teacher_weight: float = 0.0):
-        tf = tfenv.tf()
-        self.order_offset = order_offset  # added to the epoch number that seeds the shuffle order
-        self.teacher = teacher  # a model whose probabilities are mixed into the targets (distillation)
-        self.teacher_weight = teacher_weight
-        self.keras = tfenv.keras()
-        self.config = config
-        self.n_classes = n_classes
-        self.batch_size = batch_size
-        self.images = tf.constant(splits["train"].images)
-        self.labels = tf.constant(splits["train"].labels)
-        self.augment = augmenter(self.keras, config.seed) if config.augment else None
-        self.class_weight = class_weights(splits["train"].labels, n_classes) if config.class_weight == "auto" else None
-        val = splits["val"]
-        self.val_x = val.images.astype(np.float32)
-        self.val_y = np.eye(n_classes, dtype=np.float32)[val.labels]
-
-    @property
-    def steps(self) -> int:
-        return int(np.ceil(int(self.labels.shape[0]) / self.batch_size))
-
-    def compile(self, model, lr: float):
-        """Compile `model` for these epochs (Adam, label-smoothed cross-entropy); returns the optimizer."""
-        optimizer = self.keras.optimizers.Adam(lr)
-        loss = self.keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-        return optimizer
-
-    def run(self, model, bar, stage: str, label: str, global_epoch: int, lr: float, callbacks=()) -> dict:
-        """One epoch of `model.fit` (already compiled) plus validation; returns its history record."""
-        task = bar.add_task(f"{stage} {label}", total=self.steps, status="")
-        dataset = epoch_dataset(self.images, self.labels, self.n_classes, self.batch_size,
-                                self.config.seed, self.order_offset + global_epoch, self.augment,
-                                self.teacher, self.teacher_weight)
-        fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
-                        callbacks=[*callbacks, batch_progress(self.keras, bar, task)])
-        val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
-        record = {
-            "stage": stage,
-            "epoch": global_epoch + 1,
-            "loss": float(fit.history["loss"][-1]),
-            "accuracy": float(fit.history["accuracy"][-1]),
-            "val_loss": float(val_loss),
-            "val_accuracy": float(val_acc),
-            "lr": lr,
-        }
-        bar.update(task, status=f"loss {record['loss']:.3f} acc {record['accuracy']:.3f} | val {val_loss:.3f} {val_acc:.3f}")
-        return record
-
-
-def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, global_epoch: int, augment=None,
-                  teacher=None, teacher_weight: float = 0.0):
-    """One epoch's shuffled (pixels, one-hot) batches; the order depends only on the seed and the epoch number.
-
-    `images` and `labels` are tensors (uint8 pixels, int labels) so that every epoch reuses them.
-    With a `teacher`, each target becomes (1 - teacher_weight) * one-hot + teacher_weight *
-    the teacher's probabilities on the same augmented batch: distillation at temperature 1.
-    """
-    tf = tfenv.tf()
-    order = np.random.default_rng([seed, global_epoch]).permutation(int(labels.shape[0]))
-    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-    ds = ds.map(lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.one_hot(tf.gather(labels, idx), n_classes)))
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if teacher is not None and teacher_weight > 0:
-        ds = ds.map(lambda x, y: (x, (1.0 - teacher_weight) * y + teacher_weight * teacher(x, training=False)))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def batch_progress(keras, bar, task):
-    """A Keras callback that advances a rich progress task once per batch."""
-
-    class BatchProgress(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            logs = logs or {}
-            bar.update(task, advance=1, status=f"loss {logs.get('loss', 0):.3f} acc {logs.get('accuracy', 0):.3f}")
-
-    return BatchProgress()

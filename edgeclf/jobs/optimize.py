@@ -28,10 +28,11 @@ import numpy as np
 
 from edgeclf import console, tfenv
 from edgeclf.atomic import check_target_free, staged_dir
-from edgeclf.config import TrainConfig
 from edgeclf.errors import ModelError, UsageError
-from edgeclf.pipeline import quantizability
-from edgeclf.pipeline import train as training
+from edgeclf.jobs import train as training
+from edgeclf.pipeline import batchnorm, quant_aware
+from edgeclf.pipeline.config import TrainConfig
+from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
 from edgeclf.pipeline.run_writer import summary, write_run
 from edgeclf.pipeline.runs import SPLIT_FILE, Run
@@ -112,12 +113,12 @@ class OptimizeConfig:
 def check(config: OptimizeConfig) -> dict:
     """The quantizability pre-flight alone: what tfmot cannot take as-is, and what we will do."""
     run = Run.open(config.run_dir)
-    findings = quantizability.preflight(run.load_model())
+    findings = quant_aware.preflight(run.load_model())
     return preflight_report(run, findings)
 
 
 def preflight_report(run: Run, findings: list) -> dict:
-    impossible = [f for f in findings if f.handling == quantizability.IMPOSSIBLE]
+    impossible = [f for f in findings if f.handling == quant_aware.IMPOSSIBLE]
     return {
         "run_dir": str(run.path),
         "arch": run.info["config"]["arch"],
@@ -143,17 +144,17 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     check_target_free(out, overwrite)
     train_config = TrainConfig.from_dict(run.info["config"] | {"out": str(out)})
     model = run.load_model()
-    findings = quantizability.preflight(model) if config.qat else []
-    quantizability.require_quantizable(findings)  # fail before any epoch is spent
-    if quantizability.nested_models(model):
+    findings = quant_aware.preflight(model) if config.qat else []
+    quant_aware.require_quantizable(findings)  # fail before any epoch is spent
+    if quant_aware.nested_models(model):
         console.info("flattening the nested model into one functional graph")
-        model = quantizability.flatten(model)
+        model = quant_aware.flatten(model)
 
     started = time.perf_counter()
     splits = {name: run.plan.decode(name, run.img_size) for name in run.plan.samples}
     timing = {"decode_s": round(time.perf_counter() - started, 2)}
     # The distillation teacher must not share variables: pruning and QAT train `model`'s own layers.
-    teacher = quantizability.independent_copy(model) if config.distill > 0 else None
+    teacher = quant_aware.independent_copy(model) if config.distill > 0 else None
     tuner = FineTuner(train_config, run.labels, splits, config.batch_size or train_config.batch_size, teacher, config.distill)
     # The rate the run last trained at: fine_tune_lr for a pretrained backbone, the full rate
     # for one trained from scratch (at fine_tune_lr such a model does not recover from pruning).
@@ -171,7 +172,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     if previous:
         record["previous"] = previous
 
-    record["batchnorm_folded"] = len(quantizability.fold_batchnorm(model))
+    record["batchnorm_folded"] = len(batchnorm.fold_batchnorm(model))
     freeze_batchnorm(model)
     with staged_dir(out, overwrite) as staging:
         if config.prune is not None:
@@ -181,10 +182,10 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         if config.qat:
             t0 = time.perf_counter()
             preserve = config.prune is not None or bool(previous.get("prune"))
-            model = quantizability.quantize(model, findings, preserve_sparsity=preserve,
+            model = quant_aware.quantize(model, findings, preserve_sparsity=preserve,
                                             calibration_images=tuner.calibration_images())
             tuner.fit(model, "qat", config.qat_epochs, config.lr or base_lr / 10)
-            record["zero_channels_given_a_range"] = quantizability.widen_collapsed_weight_ranges(model)
+            record["zero_channels_given_a_range"] = quant_aware.widen_collapsed_weight_ranges(model)
             record["qat"] = True
             record["scheme"] = PQAT_SCHEME if preserve else QAT_SCHEME
             if preserve:
@@ -219,7 +220,7 @@ def _summary_of(record: dict) -> dict:
 
 def freeze_batchnorm(model) -> None:
     """BatchNorm runs in inference mode from here on: folded ones are exact biases now (see
-    quantizability.fold_batchnorm), and a short fine-tune must not re-estimate statistics.
+    batchnorm.fold_batchnorm), and a short fine-tune must not re-estimate statistics.
 
     Every other layer keeps the trainable flag saved with the run, which is the source run's
     last stage: a pretrained backbone stays frozen below its fine-tune point, where retraining
@@ -243,7 +244,7 @@ class FineTuner:
         self.config = config
         self.splits = splits
         # Shuffle orders other than the source run's epochs'.
-        self.epochs = training.Epochs(config, splits, len(classes), batch_size, order_offset=1000,
+        self.epochs = Epochs(config, splits, len(classes), batch_size, order_offset=1000,
                                       teacher=teacher, teacher_weight=teacher_weight)
         self.history: list[dict] = []
 
@@ -283,7 +284,9 @@ def save_model(model, path: Path) -> None:
         with tfenv.native_stderr_silenced():
             model.save(path)
         return
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+        QuantizeLayer,
+    )
 
     def build_once(m):
         for layer in m.layers:
@@ -291,15 +294,15 @@ def save_model(model, path: Path) -> None:
                 layer._build_input_shape = None  # no recorded shape: built once, by the graph
 
     build_once(model)
-    with quantizability.quantize_scope(), tfenv.native_stderr_silenced():
+    with quant_aware.quantize_scope(), tfenv.native_stderr_silenced():
         twin = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     live_layers = {layer.name: layer for layer in model.layers}
     for layer in twin.layers:
         by_short: dict[str, list] = {}
-        for variable, short in zip(layer.weights, map(quantizability.short_name, layer.weights)):
+        for variable, short in zip(layer.weights, map(quant_aware.short_name, layer.weights)):
             by_short.setdefault(short, []).append(variable)
         trained: dict[str, list] = {}
-        for variable, short in zip(live_layers[layer.name].weights, map(quantizability.short_name, live_layers[layer.name].weights)):
+        for variable, short in zip(live_layers[layer.name].weights, map(quant_aware.short_name, live_layers[layer.name].weights)):
             trained.setdefault(short, []).append(variable)
         for short, variables in by_short.items():
             values = trained.get(short, [])

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from edgeclf.atomic import staged_dir
-from edgeclf.config import TrainConfig
+from edgeclf.pipeline.config import TrainConfig
 
 
 def write_digits_folder(root: Path, test_every: int = 5) -> tuple[Path, Path]:
@@ -53,9 +53,9 @@ def demo_train_config(train_dir: Path, test_dir: Path, out: Path, epochs: int, s
 
 def export_and_validate(run_dir: Path, test_dir: Path) -> dict:
     """Export fp32 and int8 TFLite, then measure both on the local device over the test images."""
-    from edgeclf.export import export_run
     from edgeclf.exporters.spec import ExportSpec
-    from edgeclf.validate import validate
+    from edgeclf.jobs.export import export_run
+    from edgeclf.jobs.validate import validate
 
     shipped = {}
     for quant in ("fp32", "int8"):

@@ -16,10 +16,10 @@ from edgeclf.artefacts import MANIFEST_FILE
 from edgeclf.atomic import staged_dir
 from edgeclf.devices import DeviceOptions
 from edgeclf.errors import EdgeclfError, UsageError
-from edgeclf.export import default_out, export_run
 from edgeclf.exporters.spec import ExportSpec
+from edgeclf.jobs.export import default_out, export_run
+from edgeclf.jobs.validate import validate
 from edgeclf.pipeline.runs import Run
-from edgeclf.validate import validate
 
 COLUMNS = ["format", "quant", "size_mb", "top1", "agreement", "p50_ms", "speedup", "status"]
 

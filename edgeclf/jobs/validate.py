@@ -9,15 +9,15 @@ from edgeclf import console
 from edgeclf.artefacts import Artefact
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.errors import UsageError
-from edgeclf.evaluation import score
 from edgeclf.pipeline.datasets import DecodedSplit, decode, map_to_labels, scan_folder
+from edgeclf.pipeline.metrics import score
 from edgeclf.pipeline.runs import read_labels
 
 
 def input_size(artefact: Artefact) -> int:
     if artefact.img_size:
         return artefact.img_size
-    from edgeclf.evaluation import open_model
+    from edgeclf.pipeline.predict import open_model
 
     return int(open_model(artefact.model_path).input_shape[1])
 
@@ -32,7 +32,7 @@ def float_reference(artefact: Artefact, images: np.ndarray) -> np.ndarray | None
     source = (artefact.manifest or {}).get("source_run", {}).get("path")
     if not source or not (Path(source) / "model.keras").is_file():
         return None
-    from edgeclf.pipeline.evaluate import predict_probs
+    from edgeclf.pipeline.predict import predict_probs
     from edgeclf.pipeline.runs import Run
 
     return predict_probs(Run.open(source).load_model(), images)
