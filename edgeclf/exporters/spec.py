@@ -23,6 +23,7 @@ class ExportSpec:
     dynamic_batch: bool = False
     debug_quant: bool = False
     float_layers: tuple[str, ...] = ()
+    ptq: str | None = None  # TFLite int8: comma list of edgeclf.ptq.TECHNIQUES, "none"; None: the default recipe
     out: str | None = None
 
     def __post_init__(self):
@@ -62,6 +63,12 @@ class ExportSpec:
             raise UsageError(f"--calib-dir is only used by --quant int8, not {self.quant}", "drop --calib-dir or pass --quant int8")
         if self.debug_quant and (self.quant != "int8" or self.target != "tflite"):
             raise UsageError("--debug-quant needs --target tflite --quant int8", "drop --debug-quant")
+        if self.ptq is not None:
+            if (self.target, self.quant) != ("tflite", "int8"):
+                raise UsageError("--ptq applies only to --target tflite --quant int8", "drop --ptq")
+            from edgeclf import ptq
+
+            self.ptq = ptq.label(ptq.parse(self.ptq))
         if self.calib_dir is not None:
             path = Path(self.calib_dir).expanduser()
             if not path.is_dir():
