@@ -116,7 +116,8 @@ def test_mse_range_narrows_a_long_tail_and_keeps_a_flat_one():
     low, high, ratio = mse_optimal(tail, 0.0, 10.0)
     assert low == 0.0 and high < 5.0 and ratio < 0.5
     flat = np.full(BINS, 10)
-    assert mse_optimal(flat, -1.0, 1.0)[:2] == (-1.0, 1.0)
+    low, high, _ = mse_optimal(flat, -1.0, 1.0)
+    assert low <= -0.99 and high >= 0.99
 
 
 def test_equalization_keeps_relu_models_exact_and_evens_weight_ranges():
