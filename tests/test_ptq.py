@@ -128,17 +128,20 @@ def test_equalization_keeps_relu_models_exact_and_evens_weight_ranges():
     x = keras.layers.Conv2D(4, 3, name="a")(inputs)
     x = keras.layers.ReLU()(x)
     x = keras.layers.DepthwiseConv2D(3, name="b")(x)
-    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.ReLU()(x)
     x = keras.layers.Conv2D(2, 1, name="c")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.Conv2D(2, 1, name="d")(x)
     model = keras.Model(inputs, x)
     kernel = np.random.default_rng(0).normal(0, 1, (3, 3, 3, 4)).astype(np.float32)
     kernel[..., 0] *= 30  # one channel 30x larger
     model.get_layer("a").set_weights([kernel, np.zeros(4, np.float32)])
     images = np.random.default_rng(1).uniform(0, 0.02, (20, 10, 10, 3)).astype(np.float32)
     before = model(images).numpy()
-    details = equalize.equalize(model, images[:10])
+    details = equalize.equalize(model)
     after = model(images).numpy()
     assert details["links"] == 2
+    assert details["skipped"][equalize.RELU6_WHY] == ["c"]
     np.testing.assert_allclose(after, before, atol=1e-5)
     ranges = np.abs(model.get_layer("a").get_weights()[0]).max(axis=(0, 1, 2))
     assert ranges.max() / ranges.min() < np.abs(kernel).max(axis=(0, 1, 2)).max() / np.abs(kernel).max(axis=(0, 1, 2)).min()
@@ -148,16 +151,19 @@ def test_equalization_keeps_mobilenetv2_logits_on_real_images(flowers, mobilenet
     from PIL import Image
 
     from edgeclf.pipeline.backbones import build_classifier, get_backbone
-    from edgeclf.ptq import prepare_keras
+    from edgeclf.ptq import equalize, prepare_keras
 
     keras = _keras()
     classifier = build_classifier(get_backbone("mobilenetv2"), 5, 96, str(mobilenet_weights))
     model = classifier.model
     files = sorted((flowers / "train").glob("*/*.jpg"))[::150]
     images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((96, 96)), np.float32) for f in files])
-    calib, held_out = images[::2], images[1::2]
-    equalized, details = prepare_keras(model, calib, ("cle",))
-    assert details["cle"]["links"] >= 17  # every expand -> depthwise -> project triplet, and Conv1
+    equalized, details = prepare_keras(model, images, ("cle",))
+    # Linear links (a project conv straight into the next expand or Conv_1) are equalized;
+    # every link through ReLU6 is reported as skipped.
+    assert details["cle"]["pairs"] == ["expanded_conv_project -> block_1_expand", "block_16_project -> Conv_1"]
+    assert len(details["cle"]["skipped"][equalize.RELU6_WHY]) == 34  # 17 into a depthwise, 17 out of one
+    held_out = images
 
     def logits(m):
         features = keras.Model(m.input, m.get_layer("pool").output)(held_out, training=False).numpy()
