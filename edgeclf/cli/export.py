@@ -20,6 +20,8 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 @click.option("--dynamic-batch", is_flag=True, help="ONNX: dynamic batch dimension instead of 1.")
 @click.option("--debug-quant", is_flag=True, help="Write per-layer int8 error to quant_debug.csv and print the worst layers.")
 @click.option("--float-layers", default="", help="Comma-separated Keras layer names to keep in float (selective int8).")
+@click.option("--ptq", help="TFLite int8 post-training techniques: comma list of cle, bias, ranges, or none "
+              "[default: the measured best recipe, see edgeclf/ptq].")
 @click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>].")
 @options.json_output
 def command(run_dir, float_layers, as_json, **settings):

@@ -18,6 +18,7 @@ FORMAT_OPTIONS = {
     "dynamic_batch": ((False,), "--dynamic-batch"),
     "debug_quant": ((False,), "--debug-quant"),
     "float_layers": (((),), "--float-layers"),
+    "ptq": ((None,), "--ptq"),
 }
 
 
@@ -33,6 +34,7 @@ class ExportSpec:
     dynamic_batch: bool = False
     debug_quant: bool = False
     float_layers: tuple[str, ...] = ()
+    ptq: str | None = None  # TFLite int8: comma list of edgeclf.ptq.TECHNIQUES, "none"; None: the default recipe
     out: str | None = None
 
     def __post_init__(self):
@@ -63,6 +65,10 @@ class ExportSpec:
             self.io = fmt.default_io if self.needs_calibration else "float32"
         if self.calib_size < 1:
             raise UsageError(f"--calib-size {self.calib_size} must be at least 1", "e.g. --calib-size 300")
+        if self.ptq is not None:
+            from edgeclf import ptq
+
+            self.ptq = ptq.label(ptq.parse(self.ptq))
         if self.calib_dir is not None:
             path = Path(self.calib_dir).expanduser()
             if not path.is_dir():

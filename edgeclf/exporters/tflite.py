@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from pathlib import Path
 
@@ -28,8 +29,13 @@ def export(job: ExportJob) -> ExportOutput:
     tf = tfenv.tf()
     spec = job.spec
     details: dict = {}
+    techniques = ()
+    if spec.quant == "int8":
+        job, techniques = _with_ptq(job, details)
     if spec.float_layers:
         model_bytes = _selectively_quantized(job, details)
+    elif "ranges" in techniques:
+        model_bytes = _convert_with_ranges(job, details)
     else:
         model_bytes = _convert(_converter(job))
     if spec.quant == "int8":
@@ -88,6 +94,37 @@ def _converter(job: ExportJob, io: str | None = None):
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
     return converter
+
+
+def _with_ptq(job: ExportJob, details: dict) -> tuple[ExportJob, tuple[str, ...]]:
+    """The job with the post-training techniques' Keras model, and the techniques to apply."""
+    from edgeclf import ptq
+
+    techniques = ptq.parse(job.spec.ptq)
+    notes = []
+    if job.spec.ptq is None and (job.run.info.get("optimization") or {}).get("qat"):
+        techniques = ()
+        notes.append("QAT run: its learned ranges and weights are kept as trained")
+    if "ranges" in techniques and job.spec.float_layers:
+        techniques = tuple(t for t in techniques if t != "ranges")
+        notes.append("ranges: not with --float-layers (the debugger calibrates those models)")
+    model, keras_details = ptq.prepare_keras(job.model, job.calibration.images, techniques)
+    details["ptq"] = {"recipe": ptq.label(techniques), **keras_details} | ({"notes": notes} if notes else {})
+    return dataclasses.replace(job, model=model), techniques
+
+
+def _convert_with_ranges(job: ExportJob, details: dict) -> bytes:
+    """Calibrate only, replace min/max ranges by MSE-optimal ones, then quantize as convert() would."""
+    from edgeclf.ptq import ranges
+
+    tf = tfenv.tf()
+    try:
+        calibrated = ranges.calibrate_only(_converter(job, io="float32"))
+        edited, details["ptq"]["ranges"] = ranges.with_mse_ranges(calibrated, job.calibration.images)
+        io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[job.spec.io]
+        return ranges.quantize(edited, io_type)
+    except Exception as exc:
+        raise ExportError(f"TFLite conversion failed: {explain_conversion_error(exc)}", "retry with --ptq none, or see --debug") from exc
 
 
 def xnnpack_sparse(job: ExportJob) -> bool:
@@ -252,7 +289,7 @@ FORMAT = Format(
     name="tflite",
     suffixes=(".tflite",),
     quant_modes=("fp32", "fp16", "dynamic", "int8"),
-    options={"io": INT8, "debug_quant": INT8, "float_layers": INT8},
+    options={"io": INT8, "debug_quant": INT8, "float_layers": INT8, "ptq": INT8},
     extra="all",
     requires=("ai_edge_litert",),
     export=export,

@@ -1,0 +1,93 @@
+"""Post-training int8 TFLite recipes, each technique alone and combined, on one run's test folder.
+
+    python benchmarks/ptq.py RUN_DIR --data TEST_DIR [--recipes none,cle,bias,ranges,...] [--json OUT.json]
+
+For each recipe (edgeclf.ptq techniques, see `edgeclf export --ptq`): test top-1 of the int8
+model, its drop from the Keras float model, top-1 agreement with the float model, and how
+many predictions changed. Goal of issue 12: agreement >= 97% and drop <= 0.5 point.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edgeclf import console  # noqa: E402
+from edgeclf.pipeline.predict import predict_file  # noqa: E402
+from edgeclf.jobs.export import EXPORTS_DIR, export_run  # noqa: E402
+from edgeclf.exporters.spec import ExportSpec  # noqa: E402
+from edgeclf.pipeline.datasets import decode, map_to_labels, scan_folder  # noqa: E402
+from edgeclf.pipeline.predict import predict_probs  # noqa: E402
+from edgeclf.pipeline.runs import Run  # noqa: E402
+
+RECIPES = ["none", "cle", "bias", "ranges", "cle,bias", "bias,ranges", "cle,bias,ranges"]
+
+
+def measure(run_dir: str, data: str, recipes: list[str], calib_size: int) -> dict:
+    run = Run.open(run_dir)
+    folder = map_to_labels(scan_folder(Path(data), "test data"), run.labels, "test")
+    test = decode("test", folder.root, run.labels, folder.samples, run.img_size)
+    float_pred = predict_probs(run.load_model(), test.images).argmax(1)
+    float_top1 = float((float_pred == test.labels).mean())
+    rows = []
+    for recipe in recipes:
+        out = run.path / EXPORTS_DIR / f"tflite-int8-ptq-{recipe.replace(',', '+')}"
+        console.info(f"exporting tflite int8 with --ptq {recipe}")
+        started = time.perf_counter()
+        manifest = export_run(run_dir, ExportSpec(quant="int8", ptq=recipe, calib_size=calib_size, out=str(out)))
+        seconds = time.perf_counter() - started
+        pred = predict_file(out / manifest["model_file"], test.images, label=f"--ptq {recipe} on test").argmax(1)
+        top1 = float((pred == test.labels).mean())
+        changed = pred != float_pred
+        rows.append({
+            "recipe": recipe,
+            "top1": top1,
+            "drop": float_top1 - top1,
+            "agreement": float(1 - changed.mean()),
+            "changed": int(changed.sum()),
+            "gained": int((changed & (pred == test.labels)).sum()),
+            "lost": int((changed & (float_pred == test.labels)).sum()),
+            "val": manifest.get("accuracy") and {k: manifest["accuracy"][k] for k in ("top1", "float_top1", "agreement")},
+            "export_s": round(seconds, 1),
+            "ptq": manifest["details"].get("ptq"),
+        })
+    return {"run": str(run.path), "data": str(folder.root), "n_test_images": len(test), "float_top1": float_top1,
+            "calib_size": calib_size, "recipes": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"run {result['run']}  test {result['data']} ({result['n_test_images']} images)  "
+          f"Keras float top-1 {100 * result['float_top1']:.2f}%  calibration {result['calib_size']} images")
+    header = f"{'--ptq':<18}{'test top-1':>11}{'drop':>8}{'agree':>8}{'changed':>9}{'gained':>8}{'lost':>6}{'val agree':>11}{'export s':>10}"
+    print(header)
+    print("-" * len(header))
+    for row in result["recipes"]:
+        val = f"{100 * row['val']['agreement']:.1f}%" if row["val"] else "-"
+        print(f"{row['recipe']:<18}{100 * row['top1']:>10.2f}%{100 * row['drop']:>+7.2f}p{100 * row['agreement']:>7.1f}%"
+              f"{row['changed']:>9}{row['gained']:>8}{row['lost']:>6}{val:>11}{row['export_s']:>10}")
+    for row in result["recipes"]:
+        met = row["agreement"] >= 0.97 and row["drop"] <= 0.005
+        print(f"goal --ptq {row['recipe']}: agreement >= 97% and drop <= 0.5 point -> {'met' if met else 'NOT met'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--data", required=True, help="test folder, one subfolder per class")
+    parser.add_argument("--recipes", default=";".join(RECIPES), help="recipes separated by ';' (each a comma list)")
+    parser.add_argument("--calib-size", type=int, default=300)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    result = measure(args.run_dir, args.data, [r for r in args.recipes.split(";") if r], args.calib_size)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

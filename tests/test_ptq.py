@@ -1,0 +1,202 @@
+"""Post-training int8 techniques: equalization keeps the float model, bias correction lowers the
+rounding error and ships in the int8 model, MSE ranges narrow min/max, and the export wires them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeclf.errors import UsageError
+
+
+def _keras():
+    from edgeclf import tfenv
+
+    return tfenv.keras()
+
+
+def _conv_model(seed: int = 0):
+    """raw pixels -> Rescaling -> Conv (with one outlier weight per channel) -> ReLU -> GAP -> Dense."""
+    keras = _keras()
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(6, 3, use_bias=True, name="conv")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(seed)
+    # Small positive weights plus one large one: the int8 step (max/127) is coarse for the small
+    # ones, and positive inputs turn their rounding into a mean shift of the output.
+    kernel = rng.uniform(0.001, 0.02, (3, 3, 3, 6)).astype(np.float32)
+    kernel[0, 0, 0, :] = 1.0
+    model.get_layer("conv").set_weights([kernel, np.zeros(6, np.float32)])
+    return model
+
+
+def _images(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 12, 12, 3)).astype(np.float32)
+
+
+def _conv_output(model, images):
+    keras = _keras()
+    return keras.Model(model.input, model.get_layer("conv").output)(images, training=False).numpy()
+
+
+def test_rounding_delta_matches_the_symmetric_per_channel_grid():
+    from edgeclf.ptq.bias_correction import rounding_delta
+
+    kernel = np.array([[0.5, -2.0], [0.3, 1.0]], np.float32)  # Dense (in, out): channels are columns
+    quantized = kernel + rounding_delta(kernel)
+    scales = np.array([0.5, 2.0]) / 127
+    np.testing.assert_allclose(quantized, np.round(kernel / scales) * scales, atol=1e-7)
+    assert rounding_delta(np.zeros((2, 2), np.float32)).max() == 0  # all-zero channel: no scale 0 division
+
+
+def _rounded(model):
+    """A copy whose conv kernel is rounded to the converter's int8 grid (biases kept)."""
+    from edgeclf.pipeline.quant_aware import independent_copy
+    from edgeclf.ptq.bias_correction import rounding_delta
+
+    copy = independent_copy(model)
+    kernel, bias = copy.get_layer("conv").get_weights()
+    copy.get_layer("conv").set_weights([kernel + rounding_delta(kernel), bias])
+    return copy
+
+
+def test_bias_correction_lowers_the_mean_output_error_of_rounded_weights():
+    from edgeclf.ptq import bias_correction
+
+    original, model = _conv_model(), _conv_model()
+    held_out = _images(32, seed=2)
+    reference = _conv_output(original, held_out)
+    before = np.abs((_conv_output(_rounded(model), held_out) - reference).mean(axis=(0, 1, 2)))
+    details = bias_correction.correct_biases(model, _images(32))
+    after = np.abs((_conv_output(_rounded(model), held_out) - reference).mean(axis=(0, 1, 2)))
+    assert details["corrected"] == 2  # conv and head
+    assert after.mean() < 0.2 * before.mean()
+
+
+def test_corrected_bias_survives_tflite_conversion():
+    from edgeclf import tfenv
+    from edgeclf.exporters import tflite_flatbuffer
+    from edgeclf.ptq import bias_correction
+
+    tf = tfenv.tf()
+    model = _conv_model()
+    bias_correction.correct_biases(model, _images(16))
+    expected = model.get_layer("conv").get_weights()[1]
+    assert np.abs(expected).max() > 1e-3
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in _images(16))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    unpacked = tflite_flatbuffer.unpack(converter.convert())
+    graph = unpacked.subgraphs[0]
+    ops, _ = tflite_flatbuffer._enum_names()
+    conv = [op for op in graph.operators
+            if ops[max(unpacked.operatorCodes[op.opcodeIndex].builtinCode,
+                       unpacked.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)] == "CONV_2D"]
+    assert len(conv) == 1
+    bias_tensor = graph.tensors[conv[0].inputs[2]]
+    stored = np.frombuffer(bytes(unpacked.buffers[bias_tensor.buffer].data), np.int32)
+    dequantized = stored * np.asarray(bias_tensor.quantization.scale)
+    # The Rescaling folds into the conv (kernel / 255, no offset), so the bias is the Keras bias.
+    np.testing.assert_allclose(dequantized, expected, atol=float(np.max(bias_tensor.quantization.scale)))
+
+
+def test_mse_range_narrows_a_long_tail_and_keeps_a_flat_one():
+    from edgeclf.ptq.ranges import BINS, mse_optimal
+
+    tail = np.zeros(BINS)
+    tail[: BINS // 10] = 100_000
+    tail[-1] = 1  # one outlier at the recorded max
+    low, high, ratio = mse_optimal(tail, 0.0, 10.0)
+    assert low == 0.0 and high < 5.0 and ratio < 0.5
+    flat = np.full(BINS, 10)
+    low, high, _ = mse_optimal(flat, -1.0, 1.0)
+    assert low <= -0.99 and high >= 0.99
+
+
+def test_equalization_keeps_relu_models_exact_and_evens_weight_ranges():
+    from edgeclf.ptq import equalize
+
+    keras = _keras()
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(4, 3, name="a")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.DepthwiseConv2D(3, name="b")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(2, 1, name="c")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.Conv2D(2, 1, name="d")(x)
+    model = keras.Model(inputs, x)
+    kernel = np.random.default_rng(0).normal(0, 1, (3, 3, 3, 4)).astype(np.float32)
+    kernel[..., 0] *= 30  # one channel 30x larger
+    model.get_layer("a").set_weights([kernel, np.zeros(4, np.float32)])
+    images = np.random.default_rng(1).uniform(0, 0.02, (20, 10, 10, 3)).astype(np.float32)
+    before = model(images).numpy()
+    details = equalize.equalize(model)
+    after = model(images).numpy()
+    assert details["links"] == 2
+    assert details["skipped"][equalize.RELU6_WHY] == ["c"]
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    ranges = np.abs(model.get_layer("a").get_weights()[0]).max(axis=(0, 1, 2))
+    assert ranges.max() / ranges.min() < np.abs(kernel).max(axis=(0, 1, 2)).max() / np.abs(kernel).max(axis=(0, 1, 2)).min()
+
+
+def test_equalization_keeps_mobilenetv2_logits_on_real_images(flowers, mobilenet_weights):
+    from PIL import Image
+
+    from edgeclf.pipeline.backbones import build_classifier, get_backbone
+    from edgeclf.ptq import equalize, prepare_keras
+
+    keras = _keras()
+    classifier = build_classifier(get_backbone("mobilenetv2"), 5, 96, str(mobilenet_weights))
+    model = classifier.model
+    files = sorted((flowers / "train").glob("*/*.jpg"))[::150]
+    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((96, 96)), np.float32) for f in files])
+    equalized, details = prepare_keras(model, images, ("cle",))
+    # Linear links (a project conv straight into the next expand or Conv_1) are equalized;
+    # every link through ReLU6 is reported as skipped.
+    assert details["cle"]["pairs"] == ["expanded_conv_project -> block_1_expand", "block_16_project -> Conv_1"]
+    assert len(details["cle"]["skipped"][equalize.RELU6_WHY]) == 34  # 17 into a depthwise, 17 out of one
+    held_out = images
+
+    def logits(m):
+        features = keras.Model(m.input, m.get_layer("pool").output)(held_out, training=False).numpy()
+        kernel, bias = m.get_layer("classifier").get_weights()
+        return features @ kernel + bias
+
+    assert np.abs(logits(equalized) - logits(model)).max() <= 1e-4
+    assert "its output goes to Add (not scale-equivariant or not a convolution)" in details["cle"]["skipped"]
+
+
+def test_ptq_option_is_parsed_and_limited_to_tflite_int8():
+    from edgeclf import ptq
+    from edgeclf.exporters.spec import ExportSpec
+
+    assert ptq.parse("ranges, CLE") == ("cle", "ranges")
+    assert ptq.parse("none") == ()
+    assert ExportSpec(quant="int8", ptq="bias,cle").ptq == "cle,bias"
+    with pytest.raises(UsageError, match="not a technique"):
+        ExportSpec(quant="int8", ptq="magic")
+    with pytest.raises(UsageError, match="--ptq applies only"):
+        ExportSpec(target="tflite", quant="fp32", ptq="bias")
+
+
+def test_export_with_all_techniques_records_them_and_stays_integer(tiny_run, tmp_path):
+    from edgeclf.jobs.export import export_run
+    from edgeclf.exporters import tflite_flatbuffer
+    from edgeclf.exporters.spec import ExportSpec
+
+    manifest = export_run(tiny_run, ExportSpec(quant="int8", ptq="cle,bias,ranges", calib_size=30, out=str(tmp_path / "a")))
+    details = manifest["details"]["ptq"]
+    assert details["recipe"] == "cle,bias,ranges"
+    assert details["cle"]["links"] > 0 and details["bias_correction"]["corrected"] > 0
+    assert details["ranges"]["tensors"] > 0
+    model_bytes = (tmp_path / "a" / manifest["model_file"]).read_bytes()
+    assert tflite_flatbuffer.io_tensors(model_bytes)["inputs"][0]["dtype"] == "uint8"
+    assert manifest["accuracy"]["agreement"] >= 0.8
+    json.dumps(manifest)  # the details serialize
