@@ -102,7 +102,7 @@ def _with_ptq(job: ExportJob, details: dict) -> tuple[ExportJob, tuple[str, ...]
 
     techniques = ptq.parse(job.spec.ptq)
     notes = []
-    if job.spec.ptq is None and (job.run.info.get("optimization") or {}).get("qat"):
+    if job.spec.ptq is None and job.run.qat:
         techniques = ()
         notes.append("QAT run: its learned ranges and weights are kept as trained")
     if "ranges" in techniques and job.spec.float_layers:

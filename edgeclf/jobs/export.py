@@ -92,8 +92,7 @@ def _calibration(run: Run, spec: ExportSpec):
     """The calibration set, which a QAT run exported to TFLite does without if its images are gone."""
     if not spec.needs_calibration:
         return None
-    qat = bool((run.info.get("optimization") or {}).get("qat"))
-    if qat and spec.target == "tflite" and spec.calib_dir is None and not spec.debug_quant \
+    if run.qat and spec.target == "tflite" and spec.calib_dir is None and not spec.debug_quant \
             and not calibration.training_images_available(run):
         console.info("the run's training images are gone: int8 uses the ranges QAT learned "
                      "(a pixel-range probe covers the in-graph preprocessing)")

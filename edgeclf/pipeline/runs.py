@@ -62,6 +62,11 @@ class Run:
         return self.info["config"]["arch"]
 
     @property
+    def qat(self) -> bool:
+        """True for a run that had quantization-aware training (its ranges are learned)."""
+        return bool((self.info.get("optimization") or {}).get("qat"))
+
+    @property
     def prune_policy(self) -> str | None:
         """"xnnpack" for a run pruned for XNNPACK's sparse kernels, else None."""
         prune = (self.info.get("optimization") or {}).get("prune") or {}
