@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeclf import tfenv
+from edgeclf.pipeline.metrics import classification_metrics, wrong_predictions
 
 BATCH = 64
 
@@ -18,3 +19,11 @@ def predict_probs(model, images: np.ndarray, batch_size: int = BATCH) -> np.ndar
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(outputs)
+
+
+def split_metrics(model, split) -> dict:
+    """A decoded split's classification metrics plus the images the model gets wrong (shown by `edgeclf report`)."""
+    probs = predict_probs(model, split.images)
+    metrics = classification_metrics(probs, split.labels, split.classes)
+    metrics["wrong"] = wrong_predictions(probs, split.labels, split.paths, split.classes)
+    return metrics

@@ -43,3 +43,22 @@ def agreement(probs_a: np.ndarray, probs_b: np.ndarray) -> float | None:
     if len(probs_a) == 0:
         return None
     return float((np.asarray(probs_a).argmax(axis=1) == np.asarray(probs_b).argmax(axis=1)).mean())
+
+
+WRONG_KEPT = 60  # enough for a report's grid of mistakes, small enough for run.json
+
+
+def wrong_predictions(probs: np.ndarray, labels: np.ndarray, paths: list, classes: list[str], limit: int = WRONG_KEPT) -> list[dict]:
+    """The misclassified images, most confidently wrong first: path, true and predicted class, confidence."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return []
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:limit]
+    return [
+        {"path": str(paths[i]), "true": classes[labels[i]], "predicted": classes[predicted[i]],
+         "confidence": round(float(probs[i, predicted[i]]), 4)}
+        for i in order
+    ]

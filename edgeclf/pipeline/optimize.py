@@ -35,8 +35,7 @@ from edgeclf.errors import ModelError, UsageError
 from edgeclf.pipeline import plots, quantizability
 from edgeclf.pipeline import train as training
 from edgeclf.pipeline.data import save_plan
-from edgeclf.pipeline.evaluate import predict_probs
-from edgeclf.pipeline.metrics import classification_metrics
+from edgeclf.pipeline.evaluate import split_metrics
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, Run, write_labels
 
 SCHEDULES = ("polynomial", "constant")
@@ -464,10 +463,7 @@ def save_model(model, path: Path) -> None:
 
 def write_run(work: Path, model, run: Run, config: TrainConfig, splits: dict, history: list, timing: dict, record: dict) -> dict:
     classes = run.labels
-    metrics = {
-        name: classification_metrics(predict_probs(model, splits[name].images), splits[name].labels, classes)
-        for name in ("val", "test") if name in splits
-    }
+    metrics = {name: split_metrics(model, splits[name]) for name in ("val", "test") if name in splits}
     save_model(model, work / MODEL_FILE)
     write_labels(work / LABELS_FILE, classes)
     save_plan(run.plan, work / SPLIT_FILE)

@@ -23,8 +23,7 @@ from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, build_classifier, configure_trainable, get_backbone
 from edgeclf.pipeline.data import SplitPlan, plan_splits, save_plan
 from edgeclf.pipeline.datasets import DecodedSplit
-from edgeclf.pipeline.evaluate import predict_probs
-from edgeclf.pipeline.metrics import classification_metrics
+from edgeclf.pipeline.evaluate import split_metrics
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, write_labels
 
 STATE_FILE = "state.json"
@@ -201,7 +200,7 @@ class Trainer:
         for name in ("val", "test"):
             if name in self.splits:
                 split = self.splits[name]
-                metrics[name] = classification_metrics(predict_probs(self.model, split.images), split.labels, classes)
+                metrics[name] = split_metrics(self.model, split)
         work = self.work
         self.model.save(work / MODEL_FILE)
         write_labels(work / LABELS_FILE, classes)
