@@ -102,17 +102,18 @@ class Page:
         labels = self.report.labels
         splits = {name: s for name, s in dataset.items() if isinstance(s, dict)}
         parts: list = [Raw(f"<p>{esc(len(labels))} classes; split: {esc(dataset.get('split'))}</p>")]
-        if not splits:
-            return section("dataset", "Dataset", [note("run.json records no dataset summary")])
-        counts = {name: s.get("per_class") or {} for name, s in splits.items()}
-        rows = [[c, *[counts[s].get(c) for s in splits]] for c in labels]
-        rows.append(["total", *[s.get("n_images") for s in splits.values()]])
-        parts.append(table(["class", *splits], rows, [[None, *r[1:]] for r in rows]))
-        parts.append(img(self.figure("class counts", figures.class_counts, counts, labels), "images per class"))
-        skipped = [(name, s) for name, split in splits.items() for s in split.get("skipped") or []]
-        parts.append(Raw("<h3>Skipped files</h3>"))
-        parts.append(table(["split", "file", "reason"], [[n, s.get("path"), s.get("reason")] for n, s in skipped])
-                     if skipped else Raw("<p>No file was skipped.</p>"))
+        if splits:
+            counts = {name: s.get("per_class") or {} for name, s in splits.items()}
+            rows = [[c, *[counts[s].get(c) for s in splits]] for c in labels]
+            rows.append(["total", *[s.get("n_images") for s in splits.values()]])
+            parts.append(table(["class", *splits], rows, [[None, *r[1:]] for r in rows]))
+            parts.append(img(self.figure("class counts", figures.class_counts, counts, labels), "images per class"))
+            skipped = [(name, s) for name, split in splits.items() for s in split.get("skipped") or []]
+            parts.append(Raw("<h3>Skipped files</h3>"))
+            parts.append(table(["split", "file", "reason"], [[n, s.get("path"), s.get("reason")] for n, s in skipped])
+                         if skipped else Raw("<p>No file was skipped.</p>"))
+        else:
+            parts.append(note("run.json records no dataset summary (per-class counts, skipped files)"))
         parts.append(Raw("<h3>Sample training images</h3>"))
         parts.append(self.sample_grid())
         return section("dataset", "Dataset", parts)
