@@ -19,15 +19,16 @@ main { padding: 0 32px 24px; max-width: 1400px; }
 footer { padding: 12px 32px 24px; }
 table { border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; }
 th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; vertical-align: top; }
-th:first-child, td:first-child, td:last-child { text-align: left; }
+td:not([data-v]), th:first-child { text-align: left; }
 th { background: var(--bg2); cursor: pointer; user-select: none; white-space: nowrap; }
 th.asc::after { content: " \\25B2"; font-size: 9px; } th.desc::after { content: " \\25BC"; font-size: 9px; }
 tbody tr:nth-child(even) { background: #fafbfd; }
 .plot { display: block; max-width: 100%; height: auto; margin: 8px 0; border: 1px solid var(--line); }
 .plot.square { max-width: 560px; }
 .thumb { width: 64px; height: 64px; image-rendering: pixelated; border: 1px solid var(--line); margin: 2px; }
-.samples { display: flex; align-items: center; gap: 4px; flex-wrap: wrap; }
-.samples .cls { width: 140px; font-weight: 600; overflow-wrap: anywhere; }
+.row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+figure.samples { margin: 0 12px 4px 0; }
+figure.samples figcaption { font-weight: 600; font-size: 12px; overflow-wrap: anywhere; max-width: 272px; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
 figure.wrong { margin: 0; width: 120px; font-size: 11px; text-align: center; }
 .missing { color: var(--bad); font-style: italic; }

@@ -63,7 +63,8 @@ def class_counts(per_split: dict[str, dict[str, int]], classes: list[str]) -> st
     ax.set_xticks(x + width * (len(per_split) - 1) / 2, classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
     ax.set_ylabel("images")
     ax.set_title("images per class and split")
-    ax.legend()
+    ax.margins(y=0.2)
+    ax.legend(ncols=len(per_split), fontsize=8, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
     return _figure_uri(fig)
 
@@ -101,12 +102,15 @@ def latency_percentiles(rows: list[dict]) -> str:
             if lat.get(key) is not None:
                 ax.plot(lat[key], y, marker, color=colour, label=key if y == 0 or key == "p95" else None)
     ax.set_yticks(range(len(rows)), [row_label(r) for r in rows], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    values = [v for r in rows for v in r["latency"].values() if v]
+    if values and max(values) > 20 * min(values):  # a slow tail would squash everything else
+        ax.set_xscale("log")
     ax.set_xlabel("latency (ms)")
     ax.set_title("latency distribution per format and device")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(axis="x", alpha=0.3)
     return _figure_uri(fig)
 
@@ -124,6 +128,11 @@ def accuracy_vs_latency(rows: list[dict]) -> str:
         ax.annotate(f"{row['format']}:{row['quant']}", (p50, top1), textcoords="offset points", xytext=(6, 4), fontsize=8)
     for i, device in enumerate(devices):
         ax.scatter([], [], color=f"C{i % 10}", label=device)
+    low, high = ax.get_ylim()
+    if high - low < 2:  # do not blow a fraction of a point up to the full height
+        middle = (low + high) / 2
+        ax.set_ylim(middle - 1, middle + 1)
+    ax.margins(x=0.2)
     ax.set_xlabel("p50 latency (ms)")
     ax.set_ylabel("top-1 on the device (%)")
     ax.set_title("accuracy vs latency (x: emulated)")

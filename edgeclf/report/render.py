@@ -93,7 +93,7 @@ class Page:
             fastest = min(measured, key=lambda r: r["latency"]["p50"])
             cards.append((f"fastest p50 ({fastest['format']}:{fastest['quant']})", num(fastest["latency"]["p50"], unit=" ms")))
         card_html = "".join(f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>' for k, v in cards)
-        title = f"{config.get('arch', 'model')} on {Path(str(config.get('data_dir', '?'))).name}"
+        title = f"{config.get('arch', 'model')} on {'/'.join(Path(str(config.get('data_dir', '?'))).parts[-2:])}"
         return Raw(f"<header><h1>edgeclf report: {esc(title)}</h1><p class='path'>{esc(self.report.run_dir)}"
                    f" &middot; created {esc(self.info.get('created'))}</p><div class='cards'>{card_html}</div></header>")
 
@@ -106,8 +106,8 @@ class Page:
             counts = {name: s.get("per_class") or {} for name, s in splits.items()}
             rows = [[c, *[counts[s].get(c) for s in splits]] for c in labels]
             rows.append(["total", *[s.get("n_images") for s in splits.values()]])
-            parts.append(table(["class", *splits], rows, [[None, *r[1:]] for r in rows]))
-            parts.append(img(self.figure("class counts", figures.class_counts, counts, labels), "images per class"))
+            chart = img(self.figure("class counts", figures.class_counts, counts, labels), "images per class")
+            parts.append(Raw(f"<div class='row'>{table(['class', *splits], rows, [[None, *r[1:]] for r in rows])}{chart}</div>"))
             skipped = [(name, s) for name, split in splits.items() for s in split.get("skipped") or []]
             parts.append(Raw("<h3>Skipped files</h3>"))
             parts.append(table(["split", "file", "reason"], [[n, s.get("path"), s.get("reason")] for n, s in skipped])
@@ -125,8 +125,8 @@ class Page:
         rows = []
         for name, paths in samples.items():
             thumbs = "".join(img(figures.thumbnail(p), f"{name}: {p.name}", "thumb") for p in paths)
-            rows.append(f"<div class='samples'><span class='cls'>{esc(name)}</span>{thumbs or esc('(no image found)')}</div>")
-        return Raw("".join(rows))
+            rows.append(f"<figure class='samples'><figcaption>{esc(name)}</figcaption>{thumbs or esc('(no image found)')}</figure>")
+        return Raw("<div class='grid'>" + "".join(rows) + "</div>")
 
     def training(self) -> Raw:
         history = self.info.get("history") or []
