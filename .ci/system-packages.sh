@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages that the device stand-in tests need
-# (tests/devices_infra: sshd fixture, emulated arm64 "Raspberry Pi", adb stand-in).
+# (tests/devices_infra: sshd fixture, emulated arm64 "Raspberry Pi", adb stand-in)
+# and the headless Chromium of the report test.
 #
 # Idempotent: installs only what is missing, runs `apt-get update` only when
 # something has to be installed, never starts services (sshd is started by the
@@ -19,6 +20,8 @@ PACKAGES=(
   debian-archive-keyring
   ca-certificates
   procps              # ps/pkill used only for diagnostics
+  chromium            # headless browser that opens `edgeclf report` pages (tests/test_report.py)
+  fonts-dejavu-core   # so the browser's screenshot has glyphs
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -33,3 +33,5 @@ def command(run_dir, formats, data_dir, out, device, runs, warmup, threads, as_j
     ]
     console.table(f"bench on {title}", ["format", "quant", "size MB", "top-1", "agreement", "p50 ms", "speedup", "status"], rows)
     console.out.print(f"bench directory: {summary['path']}")
+    if summary["report"]:
+        console.out.print(f"report: {summary['report']}")

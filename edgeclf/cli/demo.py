@@ -25,11 +25,12 @@ def command(out, epochs, seed, as_json):
     from edgeclf.jobs.demo import export_and_validate
 
     result = train(demo_train_config(train_dir, test_dir, root / "run", epochs, seed), overwrite=True)
-    shipped = export_and_validate(Path(result["run_dir"]), test_dir)
+    shipped, bench = export_and_validate(Path(result["run_dir"]), test_dir)
     if as_json:
-        console.print_json({"train": result, **shipped})
+        console.print_json({"train": result, **shipped, "report": bench["report"]})
         return
     report.metrics_table("edgeclf demo: MobileNetV2 (alpha 0.35, 32 px, random init) on digits", result["metrics"])
     report.demo_table(shipped)
     console.out.print(f"run directory: {result['run_dir']}")
     console.out.print(f"int8 artefact:  {shipped['int8']['path']}")
+    console.out.print(f"report:         {bench['report']}")

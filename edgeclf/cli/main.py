@@ -57,9 +57,10 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 
 def _register() -> None:
-    from edgeclf.cli import bench, demo, devices, evaluate, export, inspect, optimize, predict, train, validate
+    from edgeclf.cli import (bench, demo, devices, evaluate, export, html_report, inspect, optimize, predict, train,
+                             validate)
 
-    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, devices, demo):
+    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, html_report, devices, demo):
         cli.add_command(module.command)
 
 

@@ -97,7 +97,19 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str = "local", data_d
         _write_csv(rows, staging / "bench.csv")
         _plot(rows, staging / "bench.png", summary)
     summary["path"] = str(target_dir)
+    summary["report"] = _report(run, target_dir)
     return summary
+
+
+def _report(run: Run, bench_dir: Path) -> str | None:
+    """RUN_DIR/report.html, now with these results; the bench results stand even if the page fails."""
+    from edgeclf.report import write_report
+
+    try:
+        return write_report(run.path, extra_bench_dirs=[bench_dir])["path"]
+    except EdgeclfError as exc:
+        console.warn(f"no report written: {exc}")
+        return None
 
 
 def _add_speedups(rows: list[dict]) -> None:

@@ -51,21 +51,25 @@ def demo_train_config(train_dir: Path, test_dir: Path, out: Path, epochs: int, s
     )
 
 
-def export_and_validate(run_dir: Path, test_dir: Path) -> dict:
-    """Export fp32 and int8 TFLite, then measure both on the local device over the test images."""
-    from edgeclf.exporters.spec import ExportSpec
-    from edgeclf.jobs.export import export_run
-    from edgeclf.jobs.validate import validate
+def export_and_validate(run_dir: Path, test_dir: Path) -> tuple[dict, dict]:
+    """Export fp32 and int8 TFLite and measure both on this machine with `edgeclf bench`
+    (which also writes the run's report.html); returns (per-quant results, bench summary)."""
+    from edgeclf.artefacts import Artefact
+    from edgeclf.jobs.bench import bench
+    from edgeclf.errors import EdgeclfError
 
+    summary = bench(run_dir, [("tflite", "fp32"), ("tflite", "int8")], "local", str(test_dir), runs=50, warmup=5, threads=1)
     shipped = {}
-    for quant in ("fp32", "int8"):
-        manifest = export_run(run_dir, ExportSpec(quant=quant))
-        measured = validate(manifest["path"], "local", str(test_dir), runs=50, warmup=5, threads=1)
-        shipped[quant] = {
-            "path": manifest["path"],
+    for row in summary["rows"]:
+        if "result" not in row:
+            raise EdgeclfError(f"the demo's tflite:{row['quant']} failed: {row['status']}")
+        measured = row["result"]
+        manifest = Artefact.open(measured["artefact"]).manifest
+        shipped[row["quant"]] = {
+            "path": measured["artefact"],
             "bytes": manifest["files"][manifest["model_file"]]["bytes"],
             "val": manifest["accuracy"],
             "test": measured["accuracy"],
             "latency_ms": measured["latency_ms"],
         }
-    return shipped
+    return shipped, summary

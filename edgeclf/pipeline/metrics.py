@@ -50,3 +50,22 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: list[str], reference: 
     metrics = classification_metrics(probs, labels, classes)
     metrics["agreement"] = agreement(probs, reference) if reference is not None else None
     return metrics
+
+
+WRONG_KEPT = 60  # enough for a report's grid of mistakes, small enough for run.json
+
+
+def wrong_predictions(probs: np.ndarray, labels: np.ndarray, paths: list, classes: list[str], limit: int = WRONG_KEPT) -> list[dict]:
+    """The misclassified images, most confidently wrong first: path, true and predicted class, confidence."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return []
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:limit]
+    return [
+        {"path": str(paths[i]), "true": classes[labels[i]], "predicted": classes[predicted[i]],
+         "confidence": round(float(probs[i, predicted[i]]), 4)}
+        for i in order
+    ]

@@ -15,8 +15,8 @@ def _pyplot():
     return plt
 
 
-def training_curves(history: list[dict], path: Path) -> None:
-    """history: one dict per epoch with stage, loss, accuracy, val_loss, val_accuracy."""
+def training_curves(history: list[dict], path, best_epoch: int | None = None) -> None:
+    """history: one dict per epoch with stage, loss, accuracy, val_loss, val_accuracy; path may be a file object."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history) + 1)
@@ -26,7 +26,10 @@ def training_curves(history: list[dict], path: Path) -> None:
         stage_changes = [i + 0.5 for i in range(1, len(history)) if history[i]["stage"] != history[i - 1]["stage"]]
         for x in stage_changes:
             ax.axvline(x, color="grey", linestyle="--", linewidth=1)
-            ax.text(x, ax.get_ylim()[1], " fine-tune", va="top", fontsize=8, color="grey")
+            ax.text(x, ax.get_ylim()[1], f" {history[int(x)]['stage']}", va="top", fontsize=8, color="grey")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="green", linestyle=":", linewidth=1.5)
+            ax.text(best_epoch, ax.get_ylim()[0], " best", va="bottom", fontsize=8, color="green")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

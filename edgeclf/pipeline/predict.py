@@ -10,6 +10,7 @@ import numpy as np
 from edgeclf import console, exporters, tfenv
 from edgeclf.devices import runner
 from edgeclf.errors import MissingDependency, ModelError, first_line
+from edgeclf.pipeline.metrics import classification_metrics, wrong_predictions
 
 BATCH = 64
 
@@ -24,6 +25,14 @@ def predict_probs(model, images: np.ndarray, batch_size: int = BATCH) -> np.ndar
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(outputs)
+
+
+def split_metrics(model, split) -> dict:
+    """A decoded split's classification metrics plus the images the model gets wrong (shown by `edgeclf report`)."""
+    probs = predict_probs(model, split.images)
+    metrics = classification_metrics(probs, split.labels, split.classes)
+    metrics["wrong"] = wrong_predictions(probs, split.labels, split.paths, split.classes)
+    return metrics
 
 
 def open_model(path, threads: int | None = None):

@@ -9,8 +9,7 @@ from pathlib import Path
 from edgeclf import tfenv
 from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, get_backbone
-from edgeclf.pipeline.metrics import classification_metrics
-from edgeclf.pipeline.predict import predict_probs
+from edgeclf.pipeline.predict import split_metrics
 from edgeclf.pipeline.runs import (
     LABELS_FILE,
     MODEL_FILE,
@@ -31,10 +30,7 @@ def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history:
     model in the confusion matrix's title (e.g. "50% pruned").
     """
     classes = plan.classes
-    metrics = {
-        name: classification_metrics(predict_probs(model, splits[name].images), splits[name].labels, classes)
-        for name in ("val", "test") if name in splits
-    }
+    metrics = {name: split_metrics(model, splits[name]) for name in ("val", "test") if name in splits}
     (save or (lambda m, path: m.save(path)))(model, work / MODEL_FILE)
     write_labels(work / LABELS_FILE, classes)
     save_plan(plan, work / SPLIT_FILE)

@@ -1,0 +1,247 @@
+"""Everything a run directory holds, read tolerantly: what cannot be read becomes a named problem.
+
+Only run.json is required. An older run, a manifest with missing keys or a bench folder
+with a failed device still yields a report; `Report.problems` says what was missing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeclf.errors import ModelError
+from edgeclf.pipeline.runs import LABELS_FILE, RUN_FILE, SPLIT_FILE, read_labels
+
+RUN_KEYS = ("config", "versions", "dataset", "history", "timing", "metrics", "input")
+MANIFEST_KEYS = ("target", "quant", "io", "model_file", "input", "output", "files", "accuracy", "versions", "conversion_s")
+SAMPLES_PER_CLASS = 4
+
+
+@dataclass
+class Report:
+    run_dir: Path
+    info: dict
+    labels: list[str]
+    split_plan: dict | None
+    exports: list[dict] = field(default_factory=list)
+    benches: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+
+def get(data, dotted: str, default=None):
+    """data["a"]["b"]... for "a.b", or default when any step is missing or not a dict."""
+    for key in dotted.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return default
+        data = data[key]
+    return data
+
+
+def read_json(path: Path, report: Report | None = None) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        if report is not None:
+            report.problem(f"{path} is missing")
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if report is not None:
+            report.problem(f"{path} could not be read ({exc})")
+        return None
+    if not isinstance(data, dict):
+        if report is not None:
+            report.problem(f"{path} does not hold a JSON object")
+        return None
+    return data
+
+
+def gather(run_dir, extra_bench_dirs=()) -> Report:
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ModelError(f"run directory {run_dir} does not exist", "check the path")
+    if not (run_dir / RUN_FILE).is_file():
+        raise ModelError(f"{run_dir} is not an edgeclf run (no {RUN_FILE})",
+                         "pass a directory written by `edgeclf train` or `edgeclf optimize`")
+    info = read_json(run_dir / RUN_FILE)
+    if info is None:
+        raise ModelError(f"{run_dir / RUN_FILE} is not valid JSON", "re-run `edgeclf train`")
+    report = Report(run_dir, info, [], None)
+    missing = [key for key in RUN_KEYS if key not in info]
+    if missing:
+        report.problem(f"run.json has no {', '.join(missing)} (an older or interrupted edgeclf run?)")
+    report.labels = _labels(run_dir, info, report)
+    if (run_dir / SPLIT_FILE).is_file():
+        report.split_plan = read_json(run_dir / SPLIT_FILE, report)
+    else:
+        report.problem(f"{SPLIT_FILE} is missing: no sample images")
+    for directory in _subdirs(run_dir / "exports"):
+        report.exports.append(_export(directory, report))
+    bench_dirs = _subdirs(run_dir / "bench")
+    bench_dirs += [Path(d).resolve() for d in extra_bench_dirs if Path(d).resolve() not in bench_dirs]
+    for directory in bench_dirs:
+        bench = _bench(directory, report)
+        if bench is not None:
+            report.benches.append(bench)
+    return report
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.resolve() for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _labels(run_dir: Path, info: dict, report: Report) -> list[str]:
+    try:
+        return read_labels(run_dir / LABELS_FILE)
+    except (OSError, ModelError) as exc:
+        report.problem(f"{LABELS_FILE} could not be read ({exc}); class names come from run.json")
+        return [str(x) for x in info.get("labels") or []]
+
+
+# -- dataset -------------------------------------------------------------------------
+def sample_images(report: Report, per_class: int = SAMPLES_PER_CLASS) -> dict[str, list[Path]]:
+    """A few training images per class that still exist on disk (from split.json)."""
+    plan = report.split_plan or {}
+    split = get(plan, "splits.train") or {}
+    classes = plan.get("classes") or report.labels
+    root = Path(split.get("root", "."))
+    chosen: dict[str, list[Path]] = {name: [] for name in classes}
+    for entry in split.get("files") or []:
+        try:
+            rel, label = entry
+            name = classes[int(label)]
+        except (ValueError, TypeError, IndexError):
+            continue
+        if len(chosen[name]) < per_class and (root / rel).is_file():
+            chosen[name].append(root / rel)
+    return chosen
+
+
+def wrong_predictions(report: Report) -> tuple[str | None, list[dict] | None]:
+    """(split, misclassified images) from run.json; None when this run did not record them."""
+    metrics = report.info.get("metrics") or {}
+    for split in ("test", "val"):
+        if split in metrics:
+            return split, metrics[split].get("wrong")
+    return None, None
+
+
+def best_epoch(history: list[dict]) -> int | None:
+    """1-based position of the lowest val_loss in the last stage, whose best weights the run kept."""
+    if not history or any("val_loss" not in h for h in history):
+        return None
+    last_stage = history[-1].get("stage")
+    positions = [i for i, h in enumerate(history) if h.get("stage") == last_stage]
+    return min(positions, key=lambda i: history[i]["val_loss"]) + 1
+
+
+# -- exports -------------------------------------------------------------------------
+def _export(directory: Path, report: Report) -> dict:
+    manifest = read_json(directory / "manifest.json", report) or {}
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if manifest and missing:
+        report.problem(f"exports/{directory.name}/manifest.json has no {', '.join(missing)}")
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    model_files = [f for name, f in files.items() if name != LABELS_FILE and isinstance(f, dict)]
+    acc = manifest.get("accuracy") or {}
+    agreement, n_images = acc.get("agreement"), acc.get("n_images")
+    return {
+        "name": directory.name,
+        "dir": directory,
+        "readable": bool(manifest),
+        "target": manifest.get("target"),
+        "quant": manifest.get("quant"),
+        "io": manifest.get("io"),
+        "bytes": sum(f.get("bytes", 0) for f in model_files) if model_files else None,
+        "gzip_bytes": sum(f.get("gzip_bytes", 0) for f in model_files) if model_files and all("gzip_bytes" in f for f in model_files) else None,
+        "split": acc.get("split"),
+        "n_images": n_images,
+        "top1": acc.get("top1"),
+        "float_top1": acc.get("float_top1"),
+        "agreement": agreement,
+        "changed": round((1 - agreement) * n_images) if agreement is not None and n_images else None,
+        "input": manifest.get("input") or {},
+        "output": manifest.get("output") or {},
+        "calibration": manifest.get("calibration"),
+        "conversion_s": manifest.get("conversion_s"),
+        "created": manifest.get("created"),
+        "quant_cost": _quant_cost(acc, report),
+    }
+
+
+def _quant_cost(acc: dict, report: Report) -> list[dict]:
+    """Per-class recall of the float model (run.json) against the artefact (its manifest's confusion)."""
+    confusion = acc.get("confusion")
+    per_class = get(report.info, f"metrics.{acc.get('split')}.per_class") or {}
+    if not confusion or not per_class:
+        return []
+    matrix = np.asarray(confusion)
+    if matrix.ndim != 2 or matrix.shape[0] != len(report.labels):
+        return []
+    rows = []
+    for i, name in enumerate(report.labels):
+        support = int(matrix[i].sum())
+        artefact = float(matrix[i, i] / support) if support else None
+        float_recall = get(per_class, f"{name}.recall") if name in per_class else None
+        delta = artefact - float_recall if artefact is not None and float_recall is not None else None
+        rows.append({"class": name, "support": support, "float_recall": float_recall, "recall": artefact, "delta": delta})
+    return rows
+
+
+# -- bench ---------------------------------------------------------------------------
+def _bench(directory: Path, report: Report) -> dict | None:
+    summary = read_json(directory / "bench.json", report)
+    if summary is None:
+        return None
+    rows = summary.get("rows")
+    if not isinstance(rows, list):
+        report.problem(f"{directory.name}/bench.json has no rows")
+        rows = []
+    device = summary.get("device") if isinstance(summary.get("device"), dict) else {}
+    return {
+        "name": directory.name,
+        "dir": directory,
+        "device": device,
+        "emulated": summary.get("emulated"),
+        "created": summary.get("created"),
+        "data": summary.get("data"),
+        "runs": summary.get("runs"),
+        "threads": summary.get("threads"),
+        "rows": [_bench_row(row, device, summary.get("emulated")) for row in rows if isinstance(row, dict)],
+    }
+
+
+def _bench_row(row: dict, device: dict, emulated) -> dict:
+    result = row.get("result") if isinstance(row.get("result"), dict) else {}
+    latency = result.get("latency_ms") or {}
+    acc = result.get("accuracy") or {}
+    runtime = result.get("runtime") or {}
+    dev = result.get("device") or device
+    return {
+        "format": row.get("format"),
+        "quant": row.get("quant"),
+        "status": row.get("status", "?"),
+        "ok": row.get("status") == "ok" and bool(result),
+        "device": dev.get("name") or dev.get("kind"),
+        "kind": dev.get("kind"),
+        "arch": dev.get("arch"),
+        "cpu": dev.get("model") or dev.get("cpu"),
+        "runtime": " ".join(str(x) for x in (runtime.get("name"), runtime.get("version")) if x),
+        "emulated": result.get("emulated", emulated),
+        "threads": result.get("threads"),
+        "size_mb": row.get("size_mb"),
+        "top1": acc.get("top1") if acc else row.get("top1"),
+        "agreement": acc.get("agreement") if acc else row.get("agreement"),
+        "n_images": acc.get("n_images"),
+        "where": acc.get("where"),
+        "latency": {k: latency.get(k) for k in ("min", "p50", "p90", "p95", "p99", "mean", "std")},
+        "init_ms": result.get("init_ms"),
+        "peak_rss_mb": result.get("peak_rss_mb"),
+        "speedup": row.get("speedup"),
+    }
