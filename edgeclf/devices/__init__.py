@@ -36,7 +36,8 @@ class Device:
         return self.transport.kind
 
     def run(self, model_files: list[Path], io: dict | None, inputs: np.ndarray | None,
-            runs: int, warmup: int, threads: int | None) -> DeviceRun:
+            runs: int, warmup: int, threads: int | None, raw_outputs: bool = False) -> DeviceRun:
+        """Run model_files there; predictions are probabilities, or with raw_outputs the output tensors as the model produced them."""
         if self.kind == "adb":
             from edgeclf.devices.benchmark_tool import find_binary, run_on_android
 
@@ -44,12 +45,13 @@ class Device:
                 raise DeviceError(f"Android validation runs .tflite models, not {model_files[0].suffix}", "export with --target tflite")
             binary = find_binary(self.options.benchmark_binary)
             result = run_on_android(self.transport, binary, model_files[0], io, inputs, runs, warmup, threads,
-                                    self.options.delegate, self.options.timeout)
+                                    self.options.delegate, self.options.timeout, raw_outputs)
         else:
             from edgeclf.devices.python_runner import run_on_device
 
             python = self.options.remote_python or self.target.python or getattr(self.transport, "python", "python3")
-            result = run_on_device(self.transport, python, model_files, inputs, runs, warmup, threads, self.options.timeout)
+            result = run_on_device(self.transport, python, model_files, inputs, runs, warmup, threads, self.options.timeout,
+                                   raw_outputs)
         result.extra["emulated"] = self._emulated(result)
         return result
 

@@ -53,11 +53,13 @@ def _input_bytes(images: np.ndarray, tensor: dict) -> bytes:
     return images.astype(dtype).tobytes()
 
 
-def _output_probs(raw: bytes, tensor: dict, n: int) -> np.ndarray:
+def _output_probs(raw: bytes, tensor: dict, n: int, dequantize: bool = True) -> np.ndarray:
     dtype = np.dtype(tensor["dtype"])
     values = np.frombuffer(raw, dtype=dtype)
     if values.size % n:
         raise DeviceError(f"benchmark_model wrote {values.size} output values for {n} images", "check the model has one output")
+    if not dequantize:
+        return values.reshape(n, -1).copy()
     values = values.reshape(n, -1).astype(np.float32)
     q = tensor.get("quantization")
     if dtype.kind in "iu" and q and "scale" in q:
@@ -66,7 +68,8 @@ def _output_probs(raw: bytes, tensor: dict, n: int) -> np.ndarray:
 
 
 def run_on_android(transport, binary: Path, model_file: Path, io: dict, inputs: np.ndarray | None,
-                   runs: int, warmup: int, threads: int | None, delegate: str, timeout: float) -> DeviceRun:
+                   runs: int, warmup: int, threads: int | None, delegate: str, timeout: float,
+                   raw_outputs: bool = False) -> DeviceRun:
     remote_dir = transport.make_temp_dir()
     tool = f"{remote_dir}/benchmark_model"
     graph = f"{remote_dir}/{model_file.name}"
@@ -84,7 +87,7 @@ def run_on_android(transport, binary: Path, model_file: Path, io: dict, inputs: 
         stats = _parse(timing, transport.name)
         predictions = None
         if inputs is not None:
-            predictions = _predict(transport, common, remote_dir, io, inputs, timeout)
+            predictions = _predict(transport, common, remote_dir, io, inputs, timeout, raw_outputs)
     finally:
         transport.remove(remote_dir)
     props = transport.properties()
@@ -125,7 +128,8 @@ def _parse(result, name: str) -> dict:
     return stats
 
 
-def _predict(transport, common: list[str], remote_dir: str, io: dict, inputs: np.ndarray, timeout: float) -> np.ndarray:
+def _predict(transport, common: list[str], remote_dir: str, io: dict, inputs: np.ndarray, timeout: float,
+             raw_outputs: bool = False) -> np.ndarray:
     tensor_in, tensor_out = io["inputs"][0], io["outputs"][0]
     name = tensor_in["name"]
     escaped = name.replace(":", "::")  # --input_layer_value_files separates name:path with ':'
@@ -144,7 +148,7 @@ def _predict(transport, common: list[str], remote_dir: str, io: dict, inputs: np
         ], timeout)
         _parse(result, transport.name)
         transport.pull(f"{remote_dir}/outputs.bin", Path(local) / "outputs.bin")
-        return _output_probs((Path(local) / "outputs.bin").read_bytes(), tensor_out, n)
+        return _output_probs((Path(local) / "outputs.bin").read_bytes(), tensor_out, n, dequantize=not raw_outputs)
 
 
 def _arch(abi: str | None) -> str | None:

@@ -20,8 +20,11 @@ INSTALL_HINTS = {
 
 
 def run_on_device(transport: Transport, python: str, model_files: list[Path], inputs: np.ndarray | None,
-                  runs: int, warmup: int, threads: int | None, timeout: float) -> DeviceRun:
-    """Push runner + model (+ packed images), run, read JSON and predictions back, clean up."""
+                  runs: int, warmup: int, threads: int | None, timeout: float, raw_outputs: bool = False) -> DeviceRun:
+    """Push runner + model (+ packed images), run, read JSON and predictions back, clean up.
+
+    With raw_outputs the predictions are the output tensors in the model's own dtype.
+    """
     remote_dir = transport.make_temp_dir()
     try:
         with tempfile.TemporaryDirectory(prefix="edgeclf-push-") as local:
@@ -36,6 +39,8 @@ def run_on_device(transport: Transport, python: str, model_files: list[Path], in
                 np.save(Path(local) / "inputs.npy", inputs)
                 transport.push(Path(local) / "inputs.npy", f"{remote_dir}/inputs.npy")
                 argv += ["--inputs", f"{remote_dir}/inputs.npy", "--predictions", f"{remote_dir}/predictions.npy"]
+                if raw_outputs:
+                    argv.append("--raw-outputs")
             result = transport.run(argv, timeout)
             report = _report(transport, python, model_files[0].suffix, result)
             predictions = None

@@ -5,7 +5,10 @@ board and needs only Python 3, numpy and one runtime there: ai_edge_litert or tf
 (or full TensorFlow) for .tflite, onnxruntime for .onnx, openvino for .xml. The host imports
 the very same module for local evaluation, so quantized IO is handled identically everywhere.
 
-    python3 runner.py MODEL [--inputs X.npy] [--predictions OUT.npy] [--runs N] [--warmup N] [--threads N]
+    python3 runner.py MODEL [--inputs X.npy] [--predictions OUT.npy] [--raw-outputs] [--runs N] [--warmup N] [--threads N]
+
+--raw-outputs writes the output tensor as the model produced it (e.g. uint8 before
+dequantization), which is what golden-vector checks compare.
 """
 from __future__ import annotations
 
@@ -59,9 +62,13 @@ class TFLiteModel:
 
     def invoke(self, pixels: np.ndarray) -> np.ndarray:
         """One image (1, H, W, 3) in, one probability vector out."""
+        return self._dequantize(self.invoke_raw(pixels)[None])[0]
+
+    def invoke_raw(self, pixels: np.ndarray) -> np.ndarray:
+        """One image (1, H, W, 3) in, the output tensor's values in its own dtype out."""
         self.interpreter.set_tensor(self.input["index"], self._quantize(pixels))
         self.interpreter.invoke()
-        return self._dequantize(self.interpreter.get_tensor(self.output["index"]))[0]
+        return self.interpreter.get_tensor(self.output["index"])[0]
 
 
 class ONNXModel:
@@ -84,6 +91,8 @@ class ONNXModel:
 
     def invoke(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: pixels.astype(np.float32)})[0], np.float32)[0]
+
+    invoke_raw = invoke  # float output: raw values are the probabilities
 
 
 class OpenVINOModel:
@@ -108,6 +117,8 @@ class OpenVINOModel:
     def invoke(self, pixels: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: pixels.astype(np.float32)})
         return np.asarray(next(iter(result.values())), np.float32)[0]
+
+    invoke_raw = invoke
 
 
 def _tflite_interpreter():
@@ -144,9 +155,10 @@ def open_model(path: str, threads: int | None = None):
     return RUNTIMES[extension](path, threads)
 
 
-def predict(model, images: np.ndarray) -> np.ndarray:
-    """Probabilities for every image, one invocation per image (models have batch 1)."""
-    return np.stack([model.invoke(images[i : i + 1]) for i in range(len(images))]) if len(images) else np.zeros((0, 0))
+def predict(model, images: np.ndarray, raw: bool = False) -> np.ndarray:
+    """Probabilities (or raw outputs) for every image, one invocation per image (models have batch 1)."""
+    invoke = model.invoke_raw if raw else model.invoke
+    return np.stack([invoke(images[i : i + 1]) for i in range(len(images))]) if len(images) else np.zeros((0, 0))
 
 
 def benchmark(model, sample: np.ndarray, warmup: int, runs: int) -> dict:
@@ -228,8 +240,8 @@ def run(args) -> dict:
     }
     if args.inputs:
         images = np.load(args.inputs)
-        probs = predict(model, images).astype(np.float32)
-        np.save(args.predictions, probs)
+        outputs = predict(model, images, raw=args.raw_outputs)
+        np.save(args.predictions, outputs if args.raw_outputs else outputs.astype(np.float32))
         result["n_images"] = int(len(images))
         sample = images[:1]
     else:
@@ -245,6 +257,7 @@ def main(argv=None) -> int:
     parser.add_argument("model")
     parser.add_argument("--inputs", help="uint8 .npy of shape (N, H, W, 3): raw RGB pixels")
     parser.add_argument("--predictions", help="where to write float32 .npy probabilities (N, classes)")
+    parser.add_argument("--raw-outputs", action="store_true", help="write the raw output tensors (model dtype) instead")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
