@@ -42,7 +42,7 @@ def litert_python() -> Path:
             os.replace(staging, LITERT_VENV)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    probe = subprocess.run([str(python), "-c", "import edgeclf"], capture_output=True, text=True, env=CLEAN_ENV)
+    probe = subprocess.run([str(python), "-c", "import edgeclf"], capture_output=True, text=True, env=CLEAN_ENV, cwd="/")
     assert probe.returncode != 0, "the standalone venv must not see edgeclf"
     return python
 
@@ -76,7 +76,11 @@ def test_bundle_holds_exact_inputs_and_reference_outputs(bundle, tiny_int8, tiny
         raw = np.load(bundle / vector["output"])
         assert raw.dtype == np.uint8 and np.array_equal(raw[0], model.invoke_raw(pixels))
         assert vector["expected_raw"] == raw[0].tolist()
-    assert golden["tolerance"] == {"unit": "quantization steps", "reference": 0, "other": 2}
+    tol = golden["tolerance"]
+    assert tol["unit"] == "quantization steps" and tol["reference"] == 0
+    # The other kernel sets measurably differ, and the stated tolerance covers them.
+    assert set(tol["measured_across_kernels"]) == {"builtin_without_default_delegates", "builtin_ref"}
+    assert tol["other"] == max(2, *tol["measured_across_kernels"].values())
     card = (bundle / "MODEL_CARD.md").read_text()
     for needle in ("blue, green, red", "| val | 15 |", "scale 0.00390625", "RGB (not BGR)", "## Known limits", "sha256"):
         assert needle in card
@@ -127,9 +131,11 @@ def test_check_bundle_on_the_emulated_pi(bundle, pi_device):
     result = check_bundle(bundle, f"ssh://{pi_device.alias}", options=options)
     assert result["device"]["arch"] == "aarch64" and result["runtime"]["name"] == "tflite_runtime"
     assert result["runtime"]["version"].startswith("2.14") and not result["on_reference"]
-    assert result["tolerance"] == {"value": 2, "unit": "quantization steps"}
+    golden = json.loads((bundle / "golden" / "golden.json").read_text())
+    assert result["tolerance"] == {"value": golden["tolerance"]["other"], "unit": "quantization steps"}
     assert result["failed"] == 0, result["vectors"]
-    print(f"emulated Pi: largest deviation {result['max_deviation']} steps over {result['passed']} vectors")
+    print(f"emulated Pi: largest deviation {result['max_deviation']} steps over {result['passed']} vectors "
+          f"(tolerance {golden['tolerance']['other']}, host kernel sets {golden['tolerance']['measured_across_kernels']})")
 
 
 def test_kotlin_and_swift_carry_the_manifest_values(bundle):

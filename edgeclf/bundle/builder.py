@@ -75,6 +75,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
     run = golden.source_run(manifest)
     chosen = golden.choose(run, manifest, count)
     raw, reference = golden.reference_outputs(artefact.model_path, chosen.split.images)
+    spread = golden.kernel_spread(artefact.model_path, chosen.split.images, raw, manifest["output"]["dtype"])
     test = card.test_accuracy(run, artefact.model_path)
 
     def fill(staging: Path) -> dict:
@@ -83,7 +84,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
             shutil.copyfile(path, staging / path.name)
         shutil.copyfile(artefact_dir / LABELS_FILE, staging / LABELS_FILE)
         shutil.copyfile(artefact_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
-        record = golden.write(staging, chosen, raw, reference, manifest)
+        record = golden.write(staging, chosen, raw, reference, manifest, spread)
         written = code.write(staging, manifest, record)
         digests = {p.name: sha256_file(p) for p in files}
         (staging / CARD_FILE).write_text(

@@ -133,7 +133,8 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         + ("".join(f"; {note}" for note in golden["source"]["fallbacks"])),
         f"- reference: {golden['reference']['runtime']} {golden['reference']['version']} on {golden['reference']['machine']}",
         f"- tolerance: {golden['tolerance']['reference']} {golden['tolerance']['unit']} on the reference runtime, "
-        f"{golden['tolerance']['other']} on any other runtime, build or delegate",
+        f"{golden['tolerance']['other']} on any other runtime, build or delegate (TFLite's other kernel sets on the "
+        f"goldens, measured at bundle time: {golden['tolerance'].get('measured_across_kernels') or 'n/a'})",
         "- check: `python check_golden.py` here, or `edgeclf check-bundle BUNDLE --device ...`",
         "", "## Versions and checksums",
         *[f"- {k}: {v}" for k, v in (manifest.get("versions") or {}).items()],

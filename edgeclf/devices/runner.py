@@ -32,11 +32,15 @@ class RuntimeMissing(Exception):
 # Runtimes: each loads a model and maps raw uint8 pixels (N, H, W, 3) to float probabilities.
 # --------------------------------------------------------------------------------------
 class TFLiteModel:
-    def __init__(self, path: str, threads: int | None):
+    def __init__(self, path: str, threads: int | None, op_resolver: str | None = None):
+        """op_resolver: an OpResolverType name, e.g. BUILTIN_REF for TFLite's reference kernels."""
         self.runtime, self.runtime_version, interpreter_cls = _tflite_interpreter()
         kwargs = {"model_path": path}
         if threads:
             kwargs["num_threads"] = threads
+        if op_resolver:
+            resolvers = sys.modules[interpreter_cls.__module__].OpResolverType
+            kwargs["experimental_op_resolver_type"] = getattr(resolvers, op_resolver)
         started = time.perf_counter()
         self.interpreter = interpreter_cls(**kwargs)
         self.interpreter.allocate_tensors()
