@@ -71,12 +71,12 @@ def test_a_format_registered_in_a_test_exports_inspects_and_validates(fake_forma
 
     result = runner.invoke(cli, ["inspect", str(out / "model.fake"), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["metadata"]["channel_of_class"] == [2, 1, 0]  # blue, green, red
+    assert json.loads(result.stdout)["metadata"]["channel_of_class"] == [2, 1, 0]  # blue, green, red
 
     data = tiny_run.parent / "data"
     result = runner.invoke(cli, ["validate", str(out), "--data", str(data), "--device", "local", "--runs", "3", "--warmup", "1", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["format"] == "fake" and report["runtime"]["name"] == "fake-runtime"
     assert report["accuracy"]["top1"] > 0.9 and report["latency_ms"]["count"] == 3
 

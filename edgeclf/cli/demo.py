@@ -26,11 +26,15 @@ def command(out, epochs, seed, as_json):
 
     result = train(demo_train_config(train_dir, test_dir, root / "run", epochs, seed), overwrite=True)
     shipped, bench = export_and_validate(Path(result["run_dir"]), test_dir)
+    from edgeclf.jobs.demo import bundle_and_check
+
+    handoff = bundle_and_check(shipped["int8"]["path"], root / "bundle-int8")
     if as_json:
-        console.print_json({"train": result, **shipped, "report": bench["report"]})
+        console.print_json({"train": result, **shipped, "report": bench["report"], "bundle": handoff})
         return
     report.metrics_table("edgeclf demo: MobileNetV2 (alpha 0.35, 32 px, random init) on digits", result["metrics"])
     report.demo_table(shipped)
     console.out.print(f"run directory: {result['run_dir']}")
     console.out.print(f"int8 artefact:  {shipped['int8']['path']}")
     console.out.print(f"report:         {bench['report']}")
+    console.out.print(f"int8 bundle:    {handoff['path']} (check_golden.py: {handoff['check_golden']})")

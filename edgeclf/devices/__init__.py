@@ -43,13 +43,14 @@ class Device:
         return self.transport.kind
 
     def run(self, fmt, model_files: list[Path], inputs: np.ndarray | None,
-            runs: int, warmup: int, threads: int | None) -> DeviceRun:
-        """Measure a model of format `fmt` (an exporters.Format) with this transport's runner."""
+            runs: int, warmup: int, threads: int | None, raw_outputs: bool = False) -> DeviceRun:
+        """Measure a model of format `fmt` (an exporters.Format) with this transport's runner; predictions
+        are probabilities, or with raw_outputs the output tensors as the model produced them."""
         if self.transport.runner not in fmt.runners:
             raise DeviceError(f"{self.transport.name} runs models with {self.transport.runner}, which cannot run {fmt.name} models",
                               f"export with --target {_formats_for(self.transport.runner)}")
         runner = importlib.import_module(RUNNERS[self.transport.runner])
-        result = runner.run(self, fmt, model_files, inputs, runs, warmup, threads)
+        result = runner.run(self, fmt, model_files, inputs, runs, warmup, threads, raw_outputs)
         result.extra["emulated"] = self._emulated(result)
         return result
 

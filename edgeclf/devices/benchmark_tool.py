@@ -53,23 +53,27 @@ def _input_bytes(images: np.ndarray, tensor: dict) -> bytes:
     return quantize_input(images, tensor["dtype"], _quantization(tensor)).tobytes()
 
 
-def _output_probs(raw: bytes, tensor: dict, n: int) -> np.ndarray:
+def _output_probs(raw: bytes, tensor: dict, n: int, dequantize: bool = True) -> np.ndarray:
     values = np.frombuffer(raw, dtype=np.dtype(tensor["dtype"]))
     if values.size % n:
         raise DeviceError(f"benchmark_model wrote {values.size} output values for {n} images", "check the model has one output")
+    if not dequantize:
+        return values.reshape(n, -1).copy()
     return dequantize_output(values.reshape(n, -1), _quantization(tensor))
 
 
-def run(device, fmt, model_files: list[Path], inputs: np.ndarray | None, runs: int, warmup: int, threads: int | None) -> DeviceRun:
+def run(device, fmt, model_files: list[Path], inputs: np.ndarray | None, runs: int, warmup: int, threads: int | None,
+        raw_outputs: bool = False) -> DeviceRun:
     """benchmark_model on `device` (devices.Device): latency, and accuracy through its tensor files."""
     options = device.options
     binary = find_binary(options.benchmark_binary)
     return run_on_android(device.transport, binary, model_files[0], fmt.io_tensors(model_files[0]), inputs,
-                          runs, warmup, threads, options.delegate, options.timeout)
+                          runs, warmup, threads, options.delegate, options.timeout, raw_outputs)
 
 
 def run_on_android(transport, binary: Path, model_file: Path, io: dict, inputs: np.ndarray | None,
-                   runs: int, warmup: int, threads: int | None, delegate: str, timeout: float) -> DeviceRun:
+                   runs: int, warmup: int, threads: int | None, delegate: str, timeout: float,
+                   raw_outputs: bool = False) -> DeviceRun:
     remote_dir = transport.make_temp_dir()
     tool = f"{remote_dir}/benchmark_model"
     graph = f"{remote_dir}/{model_file.name}"
@@ -87,7 +91,7 @@ def run_on_android(transport, binary: Path, model_file: Path, io: dict, inputs: 
         stats = _parse(timing, transport.name)
         predictions = None
         if inputs is not None:
-            predictions = _predict(transport, common, remote_dir, io, inputs, timeout)
+            predictions = _predict(transport, common, remote_dir, io, inputs, timeout, raw_outputs)
     finally:
         remove_quietly(transport, remote_dir)
     props = transport.properties()
@@ -128,7 +132,8 @@ def _parse(result, name: str) -> dict:
     return stats
 
 
-def _predict(transport, common: list[str], remote_dir: str, io: dict, inputs: np.ndarray, timeout: float) -> np.ndarray:
+def _predict(transport, common: list[str], remote_dir: str, io: dict, inputs: np.ndarray, timeout: float,
+             raw_outputs: bool = False) -> np.ndarray:
     tensor_in, tensor_out = io["inputs"][0], io["outputs"][0]
     name = tensor_in["name"]
     escaped = name.replace(":", "::")  # --input_layer_value_files separates name:path with ':'
@@ -147,7 +152,7 @@ def _predict(transport, common: list[str], remote_dir: str, io: dict, inputs: np
         ], timeout)
         _parse(result, transport.name)
         transport.pull(f"{remote_dir}/outputs.bin", Path(local) / "outputs.bin")
-        return _output_probs((Path(local) / "outputs.bin").read_bytes(), tensor_out, n)
+        return _output_probs((Path(local) / "outputs.bin").read_bytes(), tensor_out, n, dequantize=not raw_outputs)
 
 
 def _arch(abi: str | None) -> str | None:

@@ -14,16 +14,20 @@ from edgeclf.errors import DeviceError
 RUNNER_FILE = Path(runner_module.__file__)
 
 
-def run(device, fmt, model_files: list[Path], inputs: np.ndarray | None, runs: int, warmup: int, threads: int | None) -> DeviceRun:
+def run(device, fmt, model_files: list[Path], inputs: np.ndarray | None, runs: int, warmup: int, threads: int | None,
+        raw_outputs: bool = False) -> DeviceRun:
     """The python runner on `device` (devices.Device): runner.py and the format's runtime file."""
     transport = device.transport
     python = device.options.remote_python or device.target.python or transport.python
-    return run_on_device(transport, python, fmt, model_files, inputs, runs, warmup, threads, device.options.timeout)
+    return run_on_device(transport, python, fmt, model_files, inputs, runs, warmup, threads, device.options.timeout, raw_outputs)
 
 
 def run_on_device(transport: Transport, python: str, fmt, model_files: list[Path], inputs: np.ndarray | None,
-                  runs: int, warmup: int, threads: int | None, timeout: float) -> DeviceRun:
-    """Push runner + runtime + model (+ packed images), run, read JSON and predictions back, clean up."""
+                  runs: int, warmup: int, threads: int | None, timeout: float, raw_outputs: bool = False) -> DeviceRun:
+    """Push runner + runtime + model (+ packed images), run, read JSON and predictions back, clean up.
+
+    With raw_outputs the predictions are the output tensors in the model's own dtype.
+    """
     remote_dir = transport.make_temp_dir()
     try:
         with tempfile.TemporaryDirectory(prefix="edgeclf-push-") as local:
@@ -40,6 +44,8 @@ def run_on_device(transport: Transport, python: str, fmt, model_files: list[Path
                 np.save(Path(local) / "inputs.npy", inputs)
                 transport.push(Path(local) / "inputs.npy", f"{remote_dir}/inputs.npy")
                 argv += ["--inputs", f"{remote_dir}/inputs.npy", "--predictions", f"{remote_dir}/predictions.npy"]
+                if raw_outputs:
+                    argv.append("--raw-outputs")
             result = transport.run(argv, timeout)
             report = _report(transport, python, fmt, result)
             predictions = None

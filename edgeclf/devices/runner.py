@@ -6,7 +6,11 @@ numpy and that runtime there: ai_edge_litert or tflite_runtime (or full TensorFl
 .tflite, onnxruntime for .onnx, openvino for .xml. The host loads the very same files for
 local evaluation, so quantized IO is handled identically everywhere.
 
-    python3 runner.py MODEL --runtime RUNTIME.py [--inputs X.npy] [--predictions OUT.npy] [--runs N] [--warmup N] [--threads N]
+    python3 runner.py MODEL --runtime RUNTIME.py [--inputs X.npy] [--predictions OUT.npy] [--raw-outputs]
+                      [--runs N] [--warmup N] [--threads N]
+
+--raw-outputs writes the output tensor as the model produced it (e.g. uint8 before
+dequantization), which is what golden-vector checks compare.
 """
 from __future__ import annotations
 
@@ -43,11 +47,12 @@ def open_model(path: str, runtime_file: str, threads=None):
         raise RuntimeMissing(str(exc.name or exc)) from exc
 
 
-def predict(model, images: np.ndarray, on_image=None) -> np.ndarray:
-    """Probabilities for every image, one invocation per image (models have batch 1)."""
+def predict(model, images: np.ndarray, raw: bool = False, on_image=None) -> np.ndarray:
+    """Probabilities (or raw outputs) for every image, one invocation per image (models have batch 1)."""
+    invoke = model.invoke_raw if raw else model.invoke
     outputs = []
     for i in range(len(images)):
-        outputs.append(model.invoke(images[i : i + 1]))
+        outputs.append(invoke(images[i : i + 1]))
         if on_image is not None:
             on_image()
     return np.stack(outputs) if outputs else np.zeros((0, 0), np.float32)
@@ -132,8 +137,8 @@ def run(args) -> dict:
     }
     if args.inputs:
         images = np.load(args.inputs)
-        probs = predict(model, images).astype(np.float32)
-        np.save(args.predictions, probs)
+        outputs = predict(model, images, raw=args.raw_outputs)
+        np.save(args.predictions, outputs if args.raw_outputs else outputs.astype(np.float32))
         result["n_images"] = int(len(images))
         sample = images[:1]
     else:
@@ -149,6 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("model")
     parser.add_argument("--inputs", help="uint8 .npy of shape (N, H, W, 3): raw RGB pixels")
     parser.add_argument("--predictions", help="where to write float32 .npy probabilities (N, classes)")
+    parser.add_argument("--raw-outputs", action="store_true", help="write the raw output tensors (model dtype) instead")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)

@@ -73,3 +73,18 @@ def export_and_validate(run_dir: Path, test_dir: Path) -> tuple[dict, dict]:
             "latency_ms": measured["latency_ms"],
         }
     return shipped, summary
+
+
+def bundle_and_check(int8_artefact: str, out: Path) -> dict:
+    """Bundle the int8 artefact for an app team and run the bundle's own check_golden.py."""
+    import subprocess
+    import sys
+
+    from edgeclf.bundle.builder import build_bundle
+    from edgeclf.errors import EdgeclfError
+
+    summary = build_bundle(int8_artefact, out, overwrite=True)
+    check = subprocess.run([sys.executable, "check_golden.py"], cwd=summary["path"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise EdgeclfError(f"the demo bundle's check_golden.py failed: {check.stdout.strip().splitlines()[-1:]}", "report this")
+    return {"path": summary["path"], "check_golden": check.stdout.strip().splitlines()[-1]}

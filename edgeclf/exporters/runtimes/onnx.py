@@ -22,3 +22,5 @@ class Model:
 
     def invoke(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: pixels.astype(np.float32)})[0], np.float32)[0]
+
+    invoke_raw = invoke  # float output: the raw values are the probabilities

@@ -24,3 +24,5 @@ class Model:
     def invoke(self, pixels: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: pixels.astype(np.float32)})
         return np.asarray(next(iter(result.values())), np.float32)[0]
+
+    invoke_raw = invoke  # float output: the raw values are the probabilities

@@ -3,6 +3,7 @@
 Also the one place that maps raw pixels to a quantized input tensor and a quantized output
 back to probabilities; Android's benchmark_model path imports the same two functions.
 """
+import sys
 import time
 
 import numpy as np
@@ -53,11 +54,15 @@ def interpreter_class():
 
 
 class Model:
-    def __init__(self, path: str, threads=None):
+    def __init__(self, path: str, threads=None, op_resolver=None):
+        """op_resolver: an OpResolverType name, e.g. BUILTIN_REF for TFLite's reference kernels."""
         self.runtime, self.runtime_version, interpreter_cls = interpreter_class()
         kwargs = {"model_path": path}
         if threads:
             kwargs["num_threads"] = threads
+        if op_resolver:
+            resolvers = sys.modules[interpreter_cls.__module__].OpResolverType
+            kwargs["experimental_op_resolver_type"] = getattr(resolvers, op_resolver)
         started = time.perf_counter()
         self.interpreter = interpreter_cls(**kwargs)
         self.interpreter.allocate_tensors()
@@ -73,7 +78,10 @@ class Model:
 
     def invoke(self, pixels: np.ndarray) -> np.ndarray:
         """One image (1, H, W, 3) in, one probability vector out."""
+        return dequantize_output(self.invoke_raw(pixels), self._params(self.output))
+
+    def invoke_raw(self, pixels: np.ndarray) -> np.ndarray:
+        """One image (1, H, W, 3) in, the output tensor's values in its own dtype out."""
         self.interpreter.set_tensor(self.input["index"], quantize_input(pixels, self.input["dtype"], self._params(self.input)))
         self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self.output["index"])
-        return dequantize_output(raw, self._params(self.output))[0]
+        return self.interpreter.get_tensor(self.output["index"])[0]

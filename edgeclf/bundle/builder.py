@@ -1,0 +1,146 @@
+"""`edgeclf bundle`: an artefact directory in, a self-checking hand-off bundle (folder or .zip) out.
+
+Everything is written to a temp sibling first; the bundle appears under its name only when
+complete. An existing output is replaced only with --overwrite and only if it is a bundle
+(it carries bundle.json): a folder or file edgeclf did not write is never touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgeclf import __version__, console
+from edgeclf.artefacts import MANIFEST_FILE, Artefact, sha256_file
+from edgeclf.atomic import staged_dir
+from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, card, code, golden
+from edgeclf.errors import ModelError, UsageError
+from edgeclf.pipeline.runs import LABELS_FILE
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def default_out(artefact_dir: Path) -> Path:
+    return artefact_dir.with_name(f"{artefact_dir.name}-bundle")
+
+
+def is_bundle(path: Path) -> bool:
+    """A folder or zip that `edgeclf bundle` wrote: it carries the bundle marker."""
+    if path.is_dir():
+        return (path / BUNDLE_FILE).is_file() and (path / SUMS_FILE).is_file()
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return f"{path.stem}/{BUNDLE_FILE}" in archive.namelist()
+    return False
+
+
+def check_out(out: Path, artefact_dir: Path, overwrite: bool) -> None:
+    if out == artefact_dir or artefact_dir in out.parents or out in artefact_dir.parents:
+        raise UsageError(f"--out {out} overlaps the artefact directory {artefact_dir}", "write the bundle beside it, e.g. the default <artefact>-bundle")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise UsageError(f"{out} already exists", "choose another --out, or pass --overwrite to replace an earlier bundle")
+        if out.is_symlink() or not is_bundle(out):
+            raise UsageError(f"{out} exists and was not written by `edgeclf bundle`", "choose another --out; edgeclf never replaces it")
+
+
+def verify_artefact(artefact_dir: Path, manifest: dict) -> None:
+    """The artefact's files must still be the ones its manifest recorded."""
+    for name, entry in (manifest.get("files") or {}).items():
+        path = artefact_dir / name
+        if not path.is_file():
+            raise ModelError(f"{path} is missing from the artefact", "re-run `edgeclf export`")
+        if sha256_file(path) != entry["sha256"]:
+            raise ModelError(f"{path} does not match the sha256 in its manifest (changed after export?)", "re-run `edgeclf export`")
+
+
+def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, overwrite: bool = False) -> dict:
+    artefact_dir = Path(artefact_dir).expanduser().resolve()
+    if count < 1:
+        raise UsageError(f"--golden {count} must be at least 1", f"e.g. --golden {golden.DEFAULT_COUNT}")
+    if not artefact_dir.is_dir():
+        raise ModelError(f"{artefact_dir} is not an artefact directory", "pass a folder written by `edgeclf export`")
+    artefact = Artefact.open(artefact_dir)
+    manifest = artefact.manifest
+    out = Path(out).expanduser().resolve() if out else default_out(artefact_dir)
+    as_zip = out.suffix.lower() == ".zip"
+    check_out(out, artefact_dir, overwrite)
+    verify_artefact(artefact_dir, manifest)
+    run = golden.source_run(manifest)
+    chosen = golden.choose(run, manifest, count)
+    raw, reference = golden.reference_outputs(artefact.model_path, chosen.split.images)
+    spread = golden.kernel_spread(artefact.model_path, chosen.split.images, raw, manifest["output"]["dtype"])
+    test = card.test_accuracy(run, artefact.model_path)
+
+    def fill(staging: Path) -> dict:
+        files = artefact.format.model_files(artefact.model_path)
+        for path in files:
+            shutil.copyfile(path, staging / path.name)
+        shutil.copyfile(artefact_dir / LABELS_FILE, staging / LABELS_FILE)
+        shutil.copyfile(artefact_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
+        record = golden.write(staging, chosen, raw, reference, manifest, spread)
+        written = code.write(staging, manifest, record)
+        digests = {p.name: sha256_file(p) for p in files}
+        (staging / CARD_FILE).write_text(
+            card.render(manifest, run, record, test, card.device_measurements(run, manifest), digests))
+        summary = {
+            "format": BUNDLE_FORMAT,
+            "created_by": f"edgeclf bundle {__version__}",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "artefact": str(artefact_dir),
+            "model_files": [p.name for p in files],
+            "golden": {k: record[k] for k in ("count", "source", "reference", "tolerance")},
+            "code": written,
+        }
+        (staging / BUNDLE_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_sums(staging)
+        return summary
+
+    if as_zip:
+        summary = _write_zip(out, overwrite, fill)
+    else:
+        with staged_dir(out, overwrite=overwrite) as staging:
+            summary = fill(staging)
+    console.info(f"bundle written to {out}")
+    return summary | {"path": str(out), "test_accuracy": test}
+
+
+def write_sums(directory: Path) -> None:
+    """SHA256SUMS in `sha256sum -c` format, for every file but itself."""
+    lines = [f"{sha256_file(p)}  {p.relative_to(directory).as_posix()}\n"
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != SUMS_FILE]
+    (directory / SUMS_FILE).write_text("".join(lines))
+
+
+def _write_zip(out: Path, overwrite: bool, fill) -> dict:
+    """Build the folder in a temp dir, zip it to a temp sibling of `out`, rename into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeclf-bundle-") as work:
+            staging = Path(work) / out.stem
+            staging.mkdir()
+            summary = fill(staging)
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(staging.rglob("*")):
+                    if path.is_file():
+                        info = zipfile.ZipInfo.from_file(path, f"{out.stem}/{path.relative_to(staging).as_posix()}")
+                        with open(path, "rb") as f:
+                            archive.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
+        check_out_still_free(out, overwrite)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return summary
+
+
+def check_out_still_free(out: Path, overwrite: bool) -> None:
+    """Re-check just before the rename: something may have appeared at `out` meanwhile."""
+    if out.exists() and (not overwrite or not is_bundle(out)):
+        raise BundleError(f"{out} appeared while the bundle was being built", "choose another --out")
