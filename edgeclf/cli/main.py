@@ -8,7 +8,7 @@ import warnings
 import click
 
 from edgeclf import __version__, tfenv
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import EdgeclfError, first_line
 
 
 class EdgeclfGroup(click.Group):
@@ -30,8 +30,7 @@ class EdgeclfGroup(click.Group):
     def _fail(ctx: click.Context, message: str, code: int):
         if ctx.obj and ctx.obj.get("debug"):
             traceback.print_exc()
-        first_line = message.strip().splitlines()[0] if message.strip() else "failed"
-        click.echo(f"error: {first_line}", err=True)
+        click.echo(f"error: {first_line(message, limit=2000)}", err=True)
         sys.exit(code)
 
 

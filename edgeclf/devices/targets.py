@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from edgeclf.errors import UsageError
+from edgeclf.errors import UsageError, first_line
 
 CWD_DEVICES_FILE = Path("edgeclf.yaml")
 HOME_DEVICES_FILE = "~/.config/edgeclf/devices.yaml"
@@ -76,7 +76,7 @@ def load_named_targets(explicit_file: str | None = None) -> dict[str, Target]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UsageError(f"devices file {path} is not valid YAML ({str(exc).splitlines()[0]})", "fix its syntax") from exc
+        raise UsageError(f"devices file {path} is not valid YAML ({first_line(exc)})", "fix its syntax") from exc
     if not isinstance(data, dict) or not isinstance(data.get("targets") or {}, dict):
         raise UsageError(f"devices file {path} has no `targets:` mapping", "see the Devices section of the README")
     targets = {}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeclf import tfenv
-from edgeclf.errors import ModelError, UsageError
+from edgeclf.errors import ModelError, UsageError, first_line
 
 INPUT_NAME = "image"
 
@@ -115,7 +115,7 @@ def _construct(constructor, backbone: Backbone, weights: str, kwargs: dict):
         return constructor(weights=str(path), **kwargs)
     except (ValueError, OSError, KeyError) as exc:
         raise ModelError(
-            f"weights file {path} does not fit {backbone.name}{_alpha_note(backbone, kwargs)}: {_first_line(exc)}",
+            f"weights file {path} does not fit {backbone.name}{_alpha_note(backbone, kwargs)}: {first_line(exc, 200)}",
             "use weights saved from the same backbone with include_top=False",
         ) from exc
 
@@ -123,10 +123,6 @@ def _construct(constructor, backbone: Backbone, weights: str, kwargs: dict):
 def _alpha_note(backbone: Backbone, kwargs: dict) -> str:
     return f" (alpha {kwargs['alpha']})" if backbone.has_alpha else ""
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def configure_trainable(classifier: Classifier, fine_tune_at: int | None, freeze_batchnorm: bool) -> None:

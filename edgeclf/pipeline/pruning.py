@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeclf import console, tfenv
-from edgeclf.errors import ModelError
+from edgeclf.errors import ModelError, first_line
 from edgeclf.pipeline import quant_aware
 
 # The polynomial schedule reaches its target after this fraction of the pruning steps, so the
@@ -107,7 +107,7 @@ def xnnpack_policy(model):
         sparsity.PruneForLatencyOnXNNPack().ensure_model_supports_pruning(model)
         return sparsity.PruneForLatencyOnXNNPack(), {"policy": "PruneForLatencyOnXNNPack", "model_supported": True}
     except ValueError as exc:
-        reason = str(exc).strip().splitlines()[0]
+        reason = first_line(exc)
         console.warn(f"PruneForLatencyOnXNNPack: {reason}; pruning the 1x1 convolutions anyway "
                      "(XNNPACK may not run this model sparse: the export's latency tells)")
         return OnlyOneByOne(), {"policy": "PruneForLatencyOnXNNPack", "model_supported": False, "reason": reason}
