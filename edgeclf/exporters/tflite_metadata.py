@@ -203,52 +203,30 @@ def _new(cls: type, **fields: Any) -> Any:
 def _build_metadata(meta: ImageClassifierMetadata) -> bytes:
     """Serialize a ModelMetadata flatbuffer ("M001") for an image classifier."""
     # Output: class probabilities, labelled by labels.txt.
-    labels_file = _new(
-        fb.AssociatedFileT,
-        name=LABELS_FILE_NAME,
-        description="Labels for the categories the model can recognize.",
-        type=fb.AssociatedFileType.TENSOR_AXIS_LABELS,
-    )
+    labels_file = _new(fb.AssociatedFileT, name=LABELS_FILE_NAME, type=fb.AssociatedFileType.TENSOR_AXIS_LABELS,
+                       description="Labels for the categories the model can recognize.")
     output = _new(
         fb.TensorMetadataT,
         name="probability",
         description=f"Probabilities of the {len(meta.labels)} labels respectively.",
-        content=_new(
-            fb.ContentT,
-            contentPropertiesType=fb.ContentProperties.FeatureProperties,
-            contentProperties=fb.FeaturePropertiesT(),
-        ),
+        content=_new(fb.ContentT, contentPropertiesType=fb.ContentProperties.FeatureProperties,
+                     contentProperties=fb.FeaturePropertiesT()),
         stats=_new(fb.StatsT, max=[1.0], min=[0.0]),
         associatedFiles=[labels_file],
     )
 
     # Input: an RGB image, normalized out of graph by (x - mean) / std.
-    image = _new(
-        fb.ImagePropertiesT,
-        colorSpace=fb.ColorSpaceType.RGB,
-        defaultSize=_new(fb.ImageSizeT, width=meta.width, height=meta.height),
-    )
-    normalization = _new(
-        fb.ProcessUnitT,
-        optionsType=fb.ProcessUnitOptions.NormalizationOptions,
-        options=_new(
-            fb.NormalizationOptionsT,
-            mean=[float(v) for v in meta.input_mean],
-            std=[float(v) for v in meta.input_std],
-        ),
-    )
+    image = _new(fb.ImagePropertiesT, colorSpace=fb.ColorSpaceType.RGB,
+                 defaultSize=_new(fb.ImageSizeT, width=meta.width, height=meta.height))
+    options = _new(fb.NormalizationOptionsT, mean=[float(v) for v in meta.input_mean],
+                   std=[float(v) for v in meta.input_std])
+    normalization = _new(fb.ProcessUnitT, optionsType=fb.ProcessUnitOptions.NormalizationOptions, options=options)
     input_ = _new(
         fb.TensorMetadataT,
         name="image",
-        description=(
-            f"Input image to be classified: {meta.width}x{meta.height} RGB, "
-            f"values in [{meta.input_min:g}, {meta.input_max:g}]."
-        ),
-        content=_new(
-            fb.ContentT,
-            contentPropertiesType=fb.ContentProperties.ImageProperties,
-            contentProperties=image,
-        ),
+        description=f"Input image to be classified: {meta.width}x{meta.height} RGB, "
+        f"values in [{meta.input_min:g}, {meta.input_max:g}].",
+        content=_new(fb.ContentT, contentPropertiesType=fb.ContentProperties.ImageProperties, contentProperties=image),
         processUnits=[normalization],
         stats=_new(fb.StatsT, max=[float(meta.input_max)], min=[float(meta.input_min)]),
     )
@@ -258,9 +236,7 @@ def _build_metadata(meta: ImageClassifierMetadata) -> bytes:
         name=meta.name,
         description=meta.description,
         version=meta.version,
-        subgraphMetadata=[
-            _new(fb.SubGraphMetadataT, inputTensorMetadata=[input_], outputTensorMetadata=[output])
-        ],
+        subgraphMetadata=[_new(fb.SubGraphMetadataT, inputTensorMetadata=[input_], outputTensorMetadata=[output])],
         author=meta.author,
         license=meta.license,
         minParserVersion=MIN_PARSER_VERSION,
