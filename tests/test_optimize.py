@@ -214,16 +214,34 @@ def _agreement_of_int8_export(run_dir, out):
     return float((tflite_top1 == keras_top1).mean()), manifest
 
 
+def _all_zero_channels_with_usable_ranges(qat_model) -> int:
+    """How many output channels of per-channel quantized kernels are all zero; fails if any
+    such kernel channel still has a collapsed (max <= min) range, which int8 cannot encode."""
+    zero_channels = 0
+    for layer in qat_model.layers:
+        ranges = quantizability.weights_by_name(layer)
+        for name in quantizability.KERNELS:
+            high, low = ranges.get(name + "_max"), ranges.get(name + "_min")
+            if high is None or len(high.shape) != 1:
+                continue
+            assert (high.numpy() > low.numpy()).all(), f"{layer.name}.{name} has a collapsed range"
+            # Output channels are the last axis (Conv2D), or the last two flattened (depthwise, multiplier 1).
+            channels = ranges[name].numpy().reshape(-1, high.shape[0])
+            zero_channels += int((~channels.any(axis=0)).sum())
+    return zero_channels
+
+
 def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "qat"
     optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), qat=True, epochs=1))
     info = json.loads((out / "run.json").read_text())["optimization"]
     assert info["qat"] is True and info["scheme"] == "Default8BitQuantizeScheme" and info["prune"] is None
     assert info["batchnorm_folded"] > 0 and info["depthwise_weights"] == "per_channel"
-    assert info["zero_channels_given_a_range"] >= 0
     assert [f["layer"] for f in info["preflight"]] == ["preprocess"]
-    # Depthwise kernels carry one range per channel, as the TFLite export quantizes them.
     model = Run.open(out).load_model()
+    # The count is the kernels' all-zero output channels, and none is left with a [0, 0] range.
+    assert info["zero_channels_given_a_range"] == _all_zero_channels_with_usable_ranges(model)
+    # Depthwise kernels carry one range per channel, as the TFLite export quantizes them.
     depthwise = [layer for layer in model.layers if type(getattr(layer, "layer", None)).__name__ == "DepthwiseConv2D"]
     assert depthwise
     for layer in depthwise:

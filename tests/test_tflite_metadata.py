@@ -169,21 +169,36 @@ def test_embed_refuses_non_tflite_bytes():
         embed_metadata(b"not a model at all", _meta())
 
 
+_MODEL_KEYS = {"name", "description", "version", "author", "license", "min_parser_version",
+               "associated_files", "inputs", "outputs"}
+_TENSOR_KEYS = {"name", "description", "content_type", "color_space", "width", "height",
+                "mean", "std", "min", "max", "associated_files"}
+
+
+def _assert_documented(info) -> None:
+    """What `edgeclf inspect --json` relies on: None, or the documented keys holding plain
+    JSON values (str, not bytes; float, not numpy), plus "error" when the metadata is malformed."""
+    if info is None:
+        return
+    assert set(info) - {"error"} == _MODEL_KEYS
+    assert all(set(tensor) == _TENSOR_KEYS for tensor in info["inputs"] + info["outputs"])
+    assert json.loads(json.dumps(info)) == info
+
+
 def test_reader_survives_foreign_and_corrupt_bytes(plain_model, annotated):
     for junk in (b"", b"TFL3", b"\x00" * 8, b"\xff" * 64, b"PK\x05\x06" + b"\x00" * 18):
         assert read_metadata(junk) is None
         assert read_associated_files(junk) == {}
+    _assert_documented(read_metadata(annotated))
     rng = random.Random(0)
     for _ in range(300):
         corrupt = bytearray(annotated)
         for _ in range(rng.randint(1, 8)):
             corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
-        result = read_metadata(bytes(corrupt))  # must not raise
-        assert result is None or isinstance(result, dict)
+        _assert_documented(read_metadata(bytes(corrupt)))  # must not raise
         assert isinstance(read_associated_files(bytes(corrupt)), dict)
     for cut in range(0, len(annotated), 97):
-        truncated = annotated[:cut]
-        assert read_metadata(truncated) is None or isinstance(read_metadata(truncated), dict)
+        _assert_documented(read_metadata(annotated[:cut]))
 
 
 # Runs with tflite-support on sys.path. TensorFlow is blocked: metadata.py imports it only as

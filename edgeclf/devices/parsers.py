@@ -43,6 +43,28 @@ _APPLIED = re.compile(r"Explicitly applied (?P<name>\S+) delegate, and the model
 _NOT_APPLIED = re.compile(r"Though (?P<name>\S+) delegate is explicitly applied, the model graph will not be")
 _DEFAULT_XNNPACK = re.compile(r"Created TensorFlow Lite XNNPACK delegate for CPU")
 
+# A line is claimed by the first of these it matches (it is then no delegate or parameter
+# line); of lines of one kind, the last wins.
+_VALUE_LINES = (_TIMINGS, _LEGACY_TIMINGS, _MEMORY, _PEAK, _SESSION, _MODEL_SIZE)
+# (result key, line, group, converter) for the values that come straight from a line,
+# in the order the result lists them.
+_LINE_FIELDS = (
+    ("session_init_ms", _SESSION, "ms", float),
+    ("model_size_mb", _MODEL_SIZE, "mb", float),
+    ("init_mb", _MEMORY, "init", float),
+    ("overall_mb", _MEMORY, "overall", float),
+    ("peak_mb", _PEAK, "peak", float),
+)
+# Summary keys and their _TIMINGS groups (microseconds).
+_SUMMARY_FIELDS = (
+    ("init_ms", "init"),
+    ("first_inference_ms", "first"),
+    ("warmup_avg_ms", "warmup"),
+    ("inference_avg_ms", "inference"),
+)
+_RUN_STATS = ("min", "max", "avg", "std", "first", "curr", "p5", "median", "p95")
+_WARMUP_STATS = ("min", "max", "std")
+
 
 class ParseError(ValueError):
     """The text is not a usable benchmark_model result. ``missing`` names what was not found;
@@ -54,10 +76,6 @@ class ParseError(ValueError):
         super().__init__(message)
 
 
-def _f(text: str | None) -> float | None:
-    return None if text is None else float(text)
-
-
 def _ms(us_text: str | None) -> float | None:
     return None if us_text is None else float(us_text) / 1000.0
 
@@ -66,10 +84,8 @@ def _parse_stat(line: str) -> dict:
     fields = {k: float(v) for k, v in _STAT_FIELD.findall(line)}
     if "(all same)" in line or ("curr" in fields and "min" not in fields):
         curr = fields.get("curr")
-        fields.setdefault("first", curr)
-        fields.setdefault("min", curr)
-        fields.setdefault("max", curr)
-        fields.setdefault("avg", curr)
+        for key in ("first", "min", "max", "avg"):
+            fields.setdefault(key, curr)
         fields.setdefault("std", 0.0)
     return fields
 
@@ -105,7 +121,7 @@ def parse_benchmark_model(stdout: str) -> dict:
     warnings: list[str] = []
     delegates: list[str] = []
     fully_delegated: bool | None = None
-    timings = legacy = memory = peak = session = model_size = None
+    found: dict[re.Pattern, re.Match] = {}
 
     for raw in text.split("\n"):
         line = raw.strip()
@@ -120,29 +136,9 @@ def parse_benchmark_model(stdout: str) -> dict:
         if _STAT_LINE.match(body):
             stats.append(_parse_stat(body))
             continue
-        m = _TIMINGS.search(body)
+        m = next((m for pattern in _VALUE_LINES if (m := pattern.search(body))), None)
         if m:
-            timings = m
-            continue
-        m = _LEGACY_TIMINGS.search(body)
-        if m:
-            legacy = m
-            continue
-        m = _MEMORY.search(body)
-        if m:
-            memory = m
-            continue
-        m = _PEAK.search(body)
-        if m:
-            peak = m
-            continue
-        m = _SESSION.search(body)
-        if m:
-            session = m
-            continue
-        m = _MODEL_SIZE.search(body)
-        if m:
-            model_size = m
+            found[m.re] = m
             continue
         m = _APPLIED.search(body)
         if m:
@@ -163,6 +159,7 @@ def parse_benchmark_model(stdout: str) -> dict:
         if m and not _RUNNING.search(body):
             params[m["label"]] = m["value"]
 
+    timings, legacy = found.get(_TIMINGS), found.get(_LEGACY_TIMINGS)
     if timings is None and legacy is None:
         detail = f"; the tool reported: {' | '.join(errors[-5:])}" if errors else ""
         raise ParseError(
@@ -175,13 +172,7 @@ def parse_benchmark_model(stdout: str) -> dict:
     warmup_stat = stats[0] if stats else None
     run_stat = stats[1] if len(stats) >= 2 else None
     if timings is not None:
-        summary = {
-            "init_ms": _ms(timings["init"]),
-            "first_inference_ms": _ms(timings["first"]),
-            "warmup_avg_ms": _ms(timings["warmup"]),
-            "inference_avg_ms": _ms(timings["inference"]),
-            "format": "tflite",
-        }
+        summary = {key: _ms(timings[group]) for key, group in _SUMMARY_FIELDS} | {"format": "tflite"}
     else:
         summary = {
             "init_ms": _ms(legacy["init"]),
@@ -198,24 +189,10 @@ def parse_benchmark_model(stdout: str) -> dict:
     result = {
         **summary,
         "count": int(run_stat["count"]) if run_stat and "count" in run_stat else None,
-        "min_ms": _stat_ms(run_stat, "min"),
-        "max_ms": _stat_ms(run_stat, "max"),
-        "avg_ms": _stat_ms(run_stat, "avg"),
-        "std_ms": _stat_ms(run_stat, "std"),
-        "first_ms": _stat_ms(run_stat, "first"),
-        "curr_ms": _stat_ms(run_stat, "curr"),
-        "p5_ms": _stat_ms(run_stat, "p5"),
-        "median_ms": _stat_ms(run_stat, "median"),
-        "p95_ms": _stat_ms(run_stat, "p95"),
+        **{f"{key}_ms": _stat_ms(run_stat, key) for key in _RUN_STATS},
         "warmup_count": int(warmup_stat["count"]) if warmup_stat and "count" in warmup_stat else None,
-        "warmup_min_ms": _stat_ms(warmup_stat, "min"),
-        "warmup_max_ms": _stat_ms(warmup_stat, "max"),
-        "warmup_std_ms": _stat_ms(warmup_stat, "std"),
-        "session_init_ms": _f(session["ms"]) if session else None,
-        "model_size_mb": _f(model_size["mb"]) if model_size else None,
-        "init_mb": _f(memory["init"]) if memory else None,
-        "overall_mb": _f(memory["overall"]) if memory else None,
-        "peak_mb": _f(peak["peak"]) if peak else None,
+        **{f"warmup_{key}_ms": _stat_ms(warmup_stat, key) for key in _WARMUP_STATS},
+        **{key: convert(found[line][group]) if line in found else None for key, line, group, convert in _LINE_FIELDS},
         "num_threads": num_threads,
         "graph": params.get("Graph"),
         "params": params,

@@ -1,0 +1,1 @@
+"""flatc-generated Python for the TFLite Metadata schema (see PROVENANCE.md; do not edit)."""
