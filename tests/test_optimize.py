@@ -219,8 +219,8 @@ def _all_zero_channels_with_usable_ranges(qat_model) -> int:
     such kernel channel still has a collapsed (max <= min) range, which int8 cannot encode."""
     zero_channels = 0
     for layer in qat_model.layers:
-        ranges = quantizability.weights_by_name(layer)
-        for name in quantizability.KERNELS:
+        ranges = quant_aware.weights_by_name(layer)
+        for name in quant_aware.KERNELS:
             high, low = ranges.get(name + "_max"), ranges.get(name + "_min")
             if high is None or len(high.shape) != 1:
                 continue
