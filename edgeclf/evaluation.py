@@ -19,8 +19,8 @@ def open_model(path, threads: int | None = None):
             return runner.open_model(str(path), threads)
     except runner.RuntimeMissing as exc:
         raise MissingDependency(str(exc), "all") from exc
-    except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}", "check that the file is a valid model") from exc
+    except (runner.ModelInvalid, ValueError) as exc:
+        raise ModelError(f"cannot load {path}: {exc}", "check that the file is a valid model, or re-export it") from exc
 
 
 def predict_file(path, images: np.ndarray, threads: int | None = None, label: str = "evaluating") -> np.ndarray:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
+from edgeclf import tfenv
 from edgeclf.errors import MissingDependency, ModelError
 
 
@@ -46,6 +48,11 @@ def inspect_onnx(path: Path) -> dict:
         model = onnx.load(str(path))
     except Exception as exc:  # DecodeError, or a missing external-data file
         raise ModelError(f"cannot read {path.name} as ONNX: {str(exc).strip()[:200]}", "pass a valid .onnx file") from exc
+    # Protobuf reads an empty (or all-default) file as an empty model without complaint.
+    if not model.graph.output:
+        what = "is empty" if not path.stat().st_size else "has no graph outputs"
+        raise ModelError(f"{path.name} is not an ONNX model (the file {what})",
+                         "pass a valid .onnx file, e.g. one from `edgeclf export --target onnx`")
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # a foreign model may not infer; inspect what is there
@@ -76,10 +83,15 @@ def inspect_openvino(path: Path) -> dict:
     from edgeclf.exporters import openvino as openvino_exporter
 
     weights = path.with_suffix(".bin")
+    _check_openvino_ir(path)
     try:
-        model = ov.Core().read_model(str(path))
+        # OpenVINO offers the file to every frontend; the TensorFlow one logs its parse errors to fd 2.
+        with tfenv.native_stderr_silenced():
+            model = ov.Core().read_model(str(path))
     except RuntimeError as exc:
-        raise ModelError(f"cannot read {path.name} as OpenVINO IR: {str(exc).strip().splitlines()[0][:200]}", f"keep {weights.name} next to {path.name}") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        hint = f"keep {weights.name} next to {path.name}" if not weights.is_file() else "re-export it with `edgeclf export --target openvino`"
+        raise ModelError(f"cannot read {path.name} as OpenVINO IR: {(lines[-1] if lines else 'unknown error')[:200]}", hint) from exc
     io = openvino_exporter.io_tensors(model)
     metadata = openvino_exporter.metadata(model)
     return {
@@ -94,6 +106,20 @@ def inspect_openvino(path: Path) -> dict:
         "metadata": ({"name": model.get_friendly_name(), "description": metadata.get("input")} | metadata) if metadata else None,
         "labels": json.loads(metadata["labels"]) if metadata else None,
     }
+
+
+def _check_openvino_ir(path: Path) -> None:
+    """An OpenVINO IR .xml is an XML document whose root element is <net>."""
+    not_ir = ModelError(f"{path.name} is not an OpenVINO IR model (no XML <net> root element)",
+                        "pass the model.xml written by `edgeclf export --target openvino`")
+    try:
+        for _, element in ElementTree.iterparse(path, events=("start",)):
+            if element.tag != "net":
+                raise not_ir
+            return  # only the root element matters; OpenVINO parses the rest
+    except ElementTree.ParseError:
+        raise not_ir from None
+    raise not_ir
 
 
 INSPECTORS = {".tflite": inspect_tflite, ".onnx": inspect_onnx, ".xml": inspect_openvino}

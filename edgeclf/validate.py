@@ -38,7 +38,11 @@ def input_size(artefact: Artefact) -> int:
         return artefact.img_size
     io = model_io(artefact.model_path)
     if io is not None:
-        return int(io["inputs"][0]["shape"][1])
+        shapes = [tensor["shape"] for tensor in io["inputs"]]
+        if len(shapes) != 1 or len(shapes[0]) != 4 or min(shapes[0][1:3]) <= 0:
+            raise ModelError(f"{artefact.model_path.name} does not take one (1, H, W, C) image (inputs: {shapes})",
+                             "pass an image classifier, e.g. one from `edgeclf export`")
+        return int(shapes[0][1])
     from edgeclf.evaluation import open_model
 
     return int(open_model(artefact.model_path).input_shape[1])

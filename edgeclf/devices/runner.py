@@ -25,6 +25,10 @@ class RuntimeMissing(Exception):
     """No runtime for this model format is installed."""
 
 
+class ModelInvalid(Exception):
+    """The runtime could not load the model file (corrupt, truncated, or not a model)."""
+
+
 # --------------------------------------------------------------------------------------
 # Runtimes: each loads a model and maps raw uint8 pixels (N, H, W, 3) to float probabilities.
 # --------------------------------------------------------------------------------------
@@ -141,7 +145,13 @@ def open_model(path: str, threads: int | None = None):
     extension = os.path.splitext(path)[1].lower()
     if extension not in RUNTIMES:
         raise ValueError(f"unsupported model file {path}: expected .tflite, .onnx or .xml")
-    return RUNTIMES[extension](path, threads)
+    try:
+        return RUNTIMES[extension](path, threads)
+    except RuntimeMissing:
+        raise
+    except Exception as exc:  # each runtime has its own error types for a file it cannot load
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ModelInvalid(lines[-1] if lines else type(exc).__name__) from exc
 
 
 def predict(model, images: np.ndarray) -> np.ndarray:
@@ -257,6 +267,9 @@ def main(argv=None) -> int:
         result = {"protocol": PROTOCOL, "error": "runtime_missing", "missing": str(exc), "device": device_info()}
         print(json.dumps(result))
         return 3
+    except ModelInvalid as exc:
+        print(json.dumps({"protocol": PROTOCOL, "error": "model_invalid", "message": str(exc), "device": device_info()}))
+        return 4
     print(json.dumps(result))
     return 0
 
