@@ -9,13 +9,15 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No markup: messages carry file, folder and tensor names, and "[/x]" in one must print as is.
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False, markup=True)
+    err.print(Text.assemble(("warning:", "yellow"), f" {message}"), highlight=False)
 
 
 def info(message: str) -> None:
@@ -104,5 +106,5 @@ def table(title: str | None, columns: list[str], rows: list[list]) -> None:
     for column in columns:
         t.add_column(column, justify="left" if column == columns[0] else "right")
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+        t.add_row(*[Text("" if v is None else str(v)) for v in row])
     out.print(t)

@@ -153,13 +153,15 @@ def test_manifest_model_file_must_stay_inside_its_folder(tmp_path, escape):
         Artefact.open(artefact)
 
 
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str]:
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """The real entry point in-process: (exit code, stderr, stdout)."""
     from edgeclf.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["edgeclf", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:
         main()
-    return exit_info.value.code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err, captured.out
 
 
 @pytest.mark.parametrize("code, expected", [
@@ -178,7 +180,7 @@ def test_file_system_failures_are_one_clear_line(tmp_path, monkeypatch, capsys, 
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", refusing_mkdir)
-    exit_code, err = run_main(monkeypatch, capsys, "train", data, "--weights", "none", "--img-size", "32",
+    exit_code, err, out = run_main(monkeypatch, capsys, "train", data, "--weights", "none", "--img-size", "32",
                               "--out", tmp_path / "locked" / "run")
     assert exit_code == 1
     assert err.strip().count("\n") == 0 and "unexpected" not in err
@@ -188,7 +190,7 @@ def test_file_system_failures_are_one_clear_line(tmp_path, monkeypatch, capsys, 
 def test_predict_an_unreadable_image_fails(tmp_path, monkeypatch, capsys):
     run_dir = fake_run(tmp_path / "run", GOOD_RECORD)
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
-    exit_code, err = run_main(monkeypatch, capsys, "predict", run_dir, tmp_path / "broken.png")
+    exit_code, err, out = run_main(monkeypatch, capsys, "predict", run_dir, tmp_path / "broken.png")
     assert exit_code == 1
     assert err.strip().splitlines()[-1].startswith(f"error: cannot read {tmp_path / 'broken.png'}")
 
@@ -198,15 +200,17 @@ def test_predict_reports_the_good_images_and_fails_on_the_bad_ones(tiny_run, tmp
     good = data / "red" / "red_000.png"
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 truncated jpeg")
-    exit_code, err = run_main(monkeypatch, capsys, "predict", tiny_run, good, bad, "--json")
+    exit_code, err, out = run_main(monkeypatch, capsys, "predict", tiny_run, good, bad, "--json")
     assert exit_code == 1
     assert err.strip().splitlines()[-1].startswith("error: 1 of 2 images could not be read: ")
+    results = json.loads(out)  # the readable image is still labelled
+    assert results[0]["top"] and results[1]["error"] and not results[1]["top"]
 
 
 def test_predict_a_folder_points_to_evaluate(tmp_path, monkeypatch, capsys):
     run_dir = fake_run(tmp_path / "run", GOOD_RECORD)
     data = make_image_folder(tmp_path / "data", {"red": 1}, size=8)
-    exit_code, err = run_main(monkeypatch, capsys, "predict", run_dir, data)
+    exit_code, err, out = run_main(monkeypatch, capsys, "predict", run_dir, data)
     assert exit_code == 2
     assert f"error: {data} is a folder, not an image" in err and f"edgeclf evaluate {run_dir} --data {data}" in err
 
@@ -245,3 +249,16 @@ def test_restored_epoch_is_counted_within_its_stage(tmp_path, capsys):
     assert len(restored) == 2 and restored[1].startswith("fine_tune: restored epoch ")
     assert restored[1].split("restored epoch ")[1].split(",")[0] in ("1/2", "2/2"), restored
     assert "\n\n" not in err and "fine_tune 2/2  " in err
+
+
+def test_names_from_a_model_are_printed_as_text_not_markup(tiny_int8, tmp_path, monkeypatch, capsys):
+    """A tensor called "[/oops]" must not be taken for rich markup (MarkupError) by `inspect`."""
+    from edgeclf.exporters import tflite_flatbuffer
+
+    model = tflite_flatbuffer.unpack((tiny_int8 / "model.tflite").read_bytes())
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].name = "[/oops]"
+    (tmp_path / "odd [/name].tflite").write_bytes(tflite_flatbuffer.pack(model))
+    exit_code, err, out = run_main(monkeypatch, capsys, "inspect", tmp_path / "odd [/name].tflite")
+    assert exit_code == 0, err
+    assert "[/oops]" in out and "odd [/name].tflite" in out
