@@ -243,7 +243,7 @@ def test_restored_epoch_is_counted_within_its_stage(tmp_path, capsys):
     weights = tmp_path / "backbone.h5"
     keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None).save_weights(weights)
     data = make_image_folder(tmp_path / "data", {"red": 4, "green": 4, "blue": 4}, size=32)
-    train(tiny_config(data, tmp_path / "run", weights=str(weights), head_epochs=2, fine_tune_epochs=2, patience=100))
+    train(tiny_config(data, tmp_path / "run", weights=str(weights), head_epochs=1, fine_tune_epochs=2, patience=100))
     err = capsys.readouterr().err
     restored = [line for line in err.splitlines() if "restored" in line]
     assert len(restored) == 2 and restored[1].startswith("fine_tune: restored epoch ")
