@@ -258,7 +258,7 @@ def test_names_from_a_model_are_printed_as_text_not_markup(tiny_int8, tmp_path, 
     model = tflite_flatbuffer.unpack((tiny_int8 / "model.tflite").read_bytes())
     graph = model.subgraphs[0]
     graph.tensors[graph.inputs[0]].name = "[/oops]"
-    (tmp_path / "odd [/name].tflite").write_bytes(tflite_flatbuffer.pack(model))
-    exit_code, err, out = run_main(monkeypatch, capsys, "inspect", tmp_path / "odd [/name].tflite")
+    (tmp_path / "odd [red].tflite").write_bytes(tflite_flatbuffer.pack(model))
+    exit_code, err, out = run_main(monkeypatch, capsys, "inspect", tmp_path / "odd [red].tflite")
     assert exit_code == 0, err
-    assert "[/oops]" in out and "odd [/name].tflite" in out
+    assert "[/oops]" in out and "odd [red].tflite" in out
