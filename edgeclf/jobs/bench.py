@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import console
-from edgeclf.artefacts import MANIFEST_FILE
+from edgeclf.artefacts import MANIFEST_FILE, read_manifest
 from edgeclf.atomic import staged_dir
 from edgeclf.devices import DeviceOptions
 from edgeclf.errors import EdgeclfError, UsageError
@@ -44,7 +44,7 @@ def _artefact(run: Run, target: str, quant: str) -> Path:
     out = default_out(run, spec)
     manifest_path = out / MANIFEST_FILE
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(manifest_path)
         if manifest.get("target") == target and manifest.get("quant") == quant and manifest.get("io") == spec.io:
             console.info(f"{target}:{quant}: reusing {out}")
             return out

@@ -174,7 +174,11 @@ class Trainer:
                     break
         if self.state["best"] is not None:
             self.model.load_weights(str(self.checkpoints / "best.weights.h5"))
-            console.info(f"{stage.name}: restored the best epoch ({self.state['best']['epoch']}, val_loss {self.state['best']['val_loss']:.4f})")
+            best = self.state["best"]
+            # History counts epochs across stages; the progress lines count them within the stage.
+            first = min(r["epoch"] for r in self.state["history"] if r["stage"] == stage.name)
+            console.info(f"{stage.name}: restored epoch {best['epoch'] - first + 1}/{stage.epochs}, "
+                         f"the best (val_loss {best['val_loss']:.4f})")
 
     def _track_best(self, record: dict) -> bool:
         """Early stopping on val_loss with best-weight restore; returns True to stop the stage."""

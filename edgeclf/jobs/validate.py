@@ -8,7 +8,7 @@ import numpy as np
 from edgeclf import console
 from edgeclf.artefacts import Artefact
 from edgeclf.devices import DeviceOptions, open_device
-from edgeclf.errors import UsageError
+from edgeclf.errors import ModelError, UsageError
 from edgeclf.pipeline.datasets import DecodedSplit, decode, map_to_labels, scan_folder
 from edgeclf.pipeline.metrics import score
 from edgeclf.pipeline.runs import read_labels
@@ -17,6 +17,12 @@ from edgeclf.pipeline.runs import read_labels
 def input_size(artefact: Artefact) -> int:
     if artefact.img_size:
         return artefact.img_size
+    if artefact.format.io_tensors is not None:
+        shapes = [tensor["shape"] for tensor in artefact.format.io_tensors(artefact.model_path)["inputs"]]
+        if len(shapes) != 1 or len(shapes[0]) != 4 or min(shapes[0][1:3]) <= 0:
+            raise ModelError(f"{artefact.model_path.name} does not take one (1, H, W, C) image (inputs: {shapes})",
+                             "pass an image classifier, e.g. one from `edgeclf export`")
+        return int(shapes[0][1])
     from edgeclf.pipeline.predict import open_model
 
     return int(open_model(artefact.model_path).input_shape[1])

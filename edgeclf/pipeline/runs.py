@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from edgeclf import tfenv
+from edgeclf.artefacts import is_image_shape
 from edgeclf.errors import ModelError
 from edgeclf.pipeline.splits import SplitPlan, load_plan
 
@@ -27,6 +28,25 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
+def read_run_record(path: Path) -> dict:
+    """run.json, checked for the keys every reader relies on."""
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})", "re-run `edgeclf train`") from exc
+    if not isinstance(info, dict):
+        missing = "everything (it is not a JSON object)"
+    else:
+        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        input_ = info.get("input") if isinstance(info.get("input"), dict) else {}
+        found = {"config.arch": "arch" in config, "config.seed": isinstance(config.get("seed"), int),
+                 "input.shape": is_image_shape(input_.get("shape")), "input.preprocessing": "preprocessing" in input_}
+        missing = ", ".join(key for key, ok in found.items() if not ok)
+    if missing:
+        raise ModelError(f"{path} is missing {missing}", "re-run `edgeclf train`, or restore the run's original run.json")
+    return info
+
+
 @dataclass
 class Run:
     path: Path
@@ -44,14 +64,13 @@ class Run:
                     f"{path} is not a finished edgeclf run (no {name})",
                     "pass a directory written by `edgeclf train` or `edgeclf optimize`",
                 )
-        return cls(path)
+        run = cls(path)
+        run.info  # a damaged run.json is reported here, not as a KeyError somewhere later
+        return run
 
     @cached_property
     def info(self) -> dict:
-        try:
-            return json.loads((self.path / RUN_FILE).read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{self.path / RUN_FILE} is not valid JSON ({exc})", "re-run `edgeclf train`") from exc
+        return read_run_record(self.path / RUN_FILE)
 
     @cached_property
     def labels(self) -> list[str]:
