@@ -93,7 +93,7 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str = "local", data_d
     }
     target_dir = Path(out) if out else run.path / "bench" / f"{_slug(device)}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     with staged_dir(target_dir, overwrite=bool(out)) as staging:
-        (staging / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (staging / "bench.json").write_text(console.to_json(summary) + "\n")
         _write_csv(rows, staging / "bench.csv")
         _plot(rows, staging / "bench.png", summary)
     summary["path"] = str(target_dir)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from edgeclf.errors import MissingDependency, ModelError
+from edgeclf.pipeline.runs import check_label_count, output_classes
 
 
 def inspect_tflite(path: Path) -> dict:
@@ -110,4 +111,7 @@ def inspect_model(path) -> dict:
     inspector = INSPECTORS.get(path.suffix.lower())
     if inspector is None:
         raise ModelError(f"cannot inspect {path.name}", f"pass a {', '.join(sorted(INSPECTORS))} file")
-    return inspector(path)
+    info = inspector(path)
+    if info.get("labels") is not None:
+        check_label_count(info["labels"], output_classes(info["outputs"]), f"the label list embedded in {path.name}")
+    return info

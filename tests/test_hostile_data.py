@@ -142,7 +142,7 @@ def test_absurd_settings_are_refused_naming_value_and_range(image_folder, tmp_pa
     for field, value, shown in bad_train:
         with pytest.raises(UsageError) as caught:
             tiny_config(image_folder, tmp_path / "run", **{field: value})
-        assert shown in str(caught.value) and ("[" in str(caught.value) or "at least" in str(caught.value)), caught.value
+        assert shown in str(caught.value) and ("]" in str(caught.value) or "at least" in str(caught.value)), caught.value
     for value in (float("nan"), float("inf"), 0.0, -5.0):
         with pytest.raises(UsageError, match=r"--timeout .* \(0, "):
             DeviceOptions(timeout=value)

@@ -59,6 +59,9 @@ def ssh_inventory(timeout: float, ssh_config: str | None = None) -> list[dict]:
 
 
 def inventory(timeout: float = 10, ssh_config: str | None = None) -> dict:
+    from edgeclf.devices import checked_timeout
+
+    checked_timeout(timeout)
     path = devices_file()
     return {
         "devices_file": str(path) if path else None,

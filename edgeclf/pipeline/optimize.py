@@ -30,7 +30,7 @@ import numpy as np
 
 from edgeclf import console, tfenv
 from edgeclf.atomic import check_target_free, staged_dir
-from edgeclf.config import TrainConfig
+from edgeclf.config import MAX_LR, TrainConfig
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.pipeline import plots, quantizability
 from edgeclf.pipeline import train as training
@@ -38,6 +38,7 @@ from edgeclf.pipeline.data import save_plan
 from edgeclf.pipeline.evaluate import predict_probs
 from edgeclf.pipeline.metrics import classification_metrics
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, Run, write_labels
+from edgeclf.ranges import check_range
 
 SCHEDULES = ("polynomial", "constant")
 PRUNE_FOR = ("xnnpack",)
@@ -89,10 +90,10 @@ class OptimizeConfig:
             raise UsageError(f"--epochs {self.epochs} must be at least 1", "e.g. --epochs 2")
         if not 0 <= self.distill < 1:
             raise UsageError(f"--distill {self.distill} is not a weight in [0, 1)", "e.g. --distill 0.5, or 0 to train on the labels alone")
-        if self.lr is not None and self.lr <= 0:
-            raise UsageError("--lr must be positive", "e.g. --lr 1e-5")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1", "e.g. --batch-size 32")
+        if self.lr is not None:
+            check_range("--lr", self.lr, 0, MAX_LR, low_open=True, example="--lr 1e-5")
+        if self.batch_size is not None:
+            check_range("--batch-size", self.batch_size, 1, example="--batch-size 32")
         self.run_dir = str(Path(self.run_dir).expanduser().resolve())
         if self.out:
             self.out = str(Path(self.out).expanduser().resolve())
@@ -473,7 +474,7 @@ def write_run(work: Path, model, run: Run, config: TrainConfig, splits: dict, hi
     save_plan(run.plan, work / SPLIT_FILE)
     info = training.run_record(config, classes, run.plan, splits, history, timing, metrics, optimization=record)
     info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    (work / RUN_FILE).write_text(json.dumps(info, indent=2))
+    (work / RUN_FILE).write_text(console.to_json(info))
     plots.training_curves(history, work / "training.png")
     split_name = "test" if "test" in metrics else "val"
     what = " + ".join(p for p in (

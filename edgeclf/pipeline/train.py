@@ -7,6 +7,7 @@ state), so an interrupted run continues with `--resume`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 from edgeclf import console, tfenv
 from edgeclf.atomic import check_target_free, publish, write_text_atomic
 from edgeclf.config import TrainConfig
-from edgeclf.errors import UsageError
+from edgeclf.errors import ModelError, UsageError
 from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, build_classifier, configure_trainable, get_backbone
 from edgeclf.pipeline.data import SplitPlan, plan_splits, save_plan
@@ -30,6 +31,10 @@ from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE,
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoint"
 RUN_FORMAT = 1
+
+
+class Diverged(ModelError):
+    """The loss became NaN or infinite: the weights are garbage and must not be written as a run."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ def _execute(state: dict, work: Path, overwrite: bool) -> dict:
 def _keep_or_discard(work: Path, exc: BaseException) -> None:
     """Keep a partial run only when it holds a checkpoint worth resuming; never leave debris."""
     state_path = work / STATE_FILE
-    if state_path.is_file():
+    # Resuming a diverged run would replay the same epoch at the same rate.
+    if state_path.is_file() and not isinstance(exc, Diverged):
         out = work.with_name(work.name[: -len(".partial")])
         hint = f"progress is saved in {work}; continue with `edgeclf train --out {out} --resume`"
         console.warn(hint if not isinstance(exc, KeyboardInterrupt) else f"interrupted; {hint}")
@@ -209,7 +215,7 @@ class Trainer:
         timing = self.state["timing"]
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s"), 2)
         info = run_record(self.config, classes, self.plan, self.splits, self.state["history"], timing, metrics)
-        (work / RUN_FILE).write_text(json.dumps(info, indent=2))
+        (work / RUN_FILE).write_text(console.to_json(info))
         plots.training_curves(self.state["history"], work / "training.png")
         split_name = "test" if "test" in metrics else "val"
         plots.confusion_matrix(metrics[split_name]["confusion"], classes, work / "confusion_matrix.png",
@@ -324,6 +330,10 @@ class Epochs:
             "val_accuracy": float(val_acc),
             "lr": lr,
         }
+        if not (math.isfinite(record["loss"]) and math.isfinite(record["val_loss"])):
+            flag = "--fine-tune-lr" if stage == "fine_tune" else "--lr"
+            raise Diverged(f"training diverged in {stage} {label}: loss {record['loss']}, val_loss {record['val_loss']}",
+                           f"lower the learning rate, e.g. {flag} {lr / 10:g}")
         bar.update(task, status=f"loss {record['loss']:.3f} acc {record['accuracy']:.3f} | val {val_loss:.3f} {val_acc:.3f}")
         return record
 
