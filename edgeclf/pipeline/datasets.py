@@ -98,11 +98,11 @@ def scan_folder(root: Path, what: str = "dataset", min_classes: int = 2) -> Imag
 def check_class_name(name: str, root: Path) -> None:
     """Refuse a class folder whose name would not come back unchanged from labels.txt (one label a line)."""
     control = any(unicodedata.category(c) == "Cc" for c in name)
-    if not name or control or name != name.strip() or len(name.splitlines()) != 1:
+    utf8 = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == name  # undecodable bytes come as surrogates
+    if not name or control or not utf8 or name != name.strip() or len(name.splitlines()) != 1:
         raise DatasetError(
-            f"class folder {name!r} in {root} has a name that labels.txt cannot hold "
-            "(control characters, line breaks, or leading/trailing spaces)",
-            "rename the folder",
+            f"the name of class folder {name!r} in {root} would not survive labels.txt",
+            "rename it without line breaks, control characters, leading/trailing spaces or non-UTF-8 bytes",
         )
 
 
