@@ -181,3 +181,22 @@ def test_a_class_with_one_image_warns_that_it_has_no_validation_images(tmp_path,
     plan = plan_splits(tiny_config(data, tmp_path / "run"))
     assert {plan.classes[s.label] for s in plan.samples["val"]} == {"red"}
     assert len(warnings) == 1 and "'lonely'" in warnings[0] and "'solo'" in warnings[0], warnings
+
+
+def test_inspect_refuses_embedded_labels_that_do_not_match_the_outputs(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from edgeclf.inspect import inspect_model
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"edgeclf.labels": json.dumps(["cat", "dog"])})
+    onnx.save(model, tmp_path / "two_labels.onnx")
+    with pytest.raises(ModelError, match=r"2 labels .* 3 outputs"):
+        inspect_model(tmp_path / "two_labels.onnx")
+    helper.set_model_props(model, {"edgeclf.labels": json.dumps(["cat", "dog", "fox"])})
+    onnx.save(model, tmp_path / "three_labels.onnx")
+    assert inspect_model(tmp_path / "three_labels.onnx")["labels"] == ["cat", "dog", "fox"]
