@@ -23,7 +23,7 @@ def check_range(option: str, value, low=None, high=None, *, low_open: bool = Fal
 
 def describe(low, high, low_open: bool = False) -> str:
     if high is None:
-        return f"{'above' if low_open else 'at least'} {_number(low)}"
+        return f"{'above' if low_open else 'of at least'} {_number(low)}"
     return f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}]"
 
 
