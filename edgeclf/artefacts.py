@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from edgeclf import exporters
+from edgeclf import console, exporters
 from edgeclf.errors import ModelError
 
 MANIFEST_FILE = "manifest.json"
@@ -39,7 +39,7 @@ def file_entries(directory: Path) -> dict[str, dict]:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (directory / MANIFEST_FILE).write_text(console.to_json(manifest) + "\n")
 
 
 def read_manifest(path: Path) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import sys
 import time
 
@@ -87,18 +88,29 @@ class PlainProgress:
 
 
 def print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(to_json(data) + "\n")
     sys.stdout.flush()
 
 
-def _json_default(value):
+def to_json(data, indent: int | None = 2) -> str:
+    """Strict JSON that every parser reads: numpy values become plain ones, NaN and infinities null."""
+    return json.dumps(_plain(data), indent=indent, allow_nan=False, default=str)
+
+
+def _plain(value):
     import numpy as np
 
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def table(title: str | None, columns: list[str], rows: list[list]) -> None:

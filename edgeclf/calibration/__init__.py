@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeclf import console
 from edgeclf.errors import DatasetError, ModelError, UsageError
-from edgeclf.pipeline.datasets import Sample, decode, map_to_labels, samples_digest, scan_folder, stratified_sample
+from edgeclf.pipeline.datasets import Sample, decode, samples_digest, scan_for_scoring, stratified_sample
 from edgeclf.pipeline.runs import Run
 
 RECOMMENDED_MIN = 100
@@ -103,7 +103,7 @@ def pixel_range_probe(run: Run) -> CalibrationSet:
 
 def _candidates(run: Run, calib_dir: str | None) -> tuple[list[Sample], Path, str]:
     if calib_dir:
-        folder = map_to_labels(scan_folder(Path(calib_dir), "calibration data"), run.labels, "calibration")
+        folder = scan_for_scoring(Path(calib_dir), run.labels, "calibration")
         return folder.samples, folder.root, str(folder.root)
     if run.plan is None:
         raise ModelError(f"{run.path} records no training split", "pass --calib-dir with images of the run's classes")

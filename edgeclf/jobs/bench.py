@@ -6,7 +6,6 @@ A format that cannot be exported or run becomes a row with its reason, not a cra
 from __future__ import annotations
 
 import csv
-import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +92,7 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str = "local", data_d
     }
     target_dir = Path(out) if out else run.path / "bench" / f"{_slug(device)}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     with staged_dir(target_dir, overwrite=bool(out)) as staging:
-        (staging / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (staging / "bench.json").write_text(console.to_json(summary) + "\n")
         _write_csv(rows, staging / "bench.csv")
         _plot(rows, staging / "bench.png", summary)
     summary["path"] = str(target_dir)

@@ -6,16 +6,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf.errors import DatasetError, UsageError
-from edgeclf.pipeline.datasets import decode, map_to_labels, scan_folder
+from edgeclf.pipeline.datasets import decode, scan_for_scoring
 from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
 from edgeclf.pipeline.metrics import classification_metrics
 from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import Run
+from edgeclf.ranges import check_range
 
 
 def evaluate_run(run_dir, data_dir, batch_size: int = 64) -> dict:
+    check_range("--batch-size", batch_size, 1, example="--batch-size 64")
     run = Run.open(run_dir)
-    folder = map_to_labels(scan_folder(Path(data_dir), "evaluation data"), run.labels, "evaluation")
+    folder = scan_for_scoring(Path(data_dir), run.labels, "evaluation")
     split = decode("evaluation", folder.root, run.labels, folder.samples, run.img_size)
     model = run.load_model()
     metrics = classification_metrics(predict_probs(model, split.images, batch_size), split.labels, run.labels)

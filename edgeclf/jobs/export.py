@@ -10,14 +10,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import calibration, console, exporters, tfenv
-from edgeclf.artefacts import MANIFEST_FORMAT, file_entries, write_manifest
+from edgeclf.artefacts import MANIFEST_FORMAT, file_entries, sha256_file, write_manifest
 from edgeclf.atomic import staged_dir
 from edgeclf.errors import ModelError
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.pipeline.metrics import score
 from edgeclf.pipeline.predict import predict_file, predict_probs
-from edgeclf.pipeline.runs import LABELS_FILE, Run, write_labels
+from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, Run, write_labels
 
 EXPORTS_DIR = "exports"
 
@@ -70,7 +70,8 @@ def export_run(run_dir, spec: ExportSpec) -> dict:
             "labels": run.labels,
             "preprocessing": run.info["input"]["preprocessing"],
             "source_run": {
-                "path": str(run.path),
+                "path": str(run.path.resolve()),
+                "model_sha256": sha256_file(run.path / MODEL_FILE),
                 "arch": run.arch,
                 "metrics": {split: {k: m.get(k) for k in ("top1", "top5", "n_images")} for split, m in run.metrics.items()},
                 "optimization": run.info.get("optimization"),

@@ -31,11 +31,12 @@ from edgeclf.atomic import check_target_free, staged_dir
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.jobs import train as training
 from edgeclf.pipeline import batchnorm, quant_aware
-from edgeclf.pipeline.config import TrainConfig
+from edgeclf.pipeline.config import MAX_LR, TrainConfig
 from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
 from edgeclf.pipeline.run_writer import summary, write_run
 from edgeclf.pipeline.runs import SPLIT_FILE, Run
+from edgeclf.ranges import check_range
 
 SCHEDULES = ("polynomial", "constant")
 PRUNE_FOR = ("xnnpack",)
@@ -83,10 +84,10 @@ class OptimizeConfig:
             raise UsageError(f"--epochs {self.epochs} must be at least 1", "e.g. --epochs 2")
         if not 0 <= self.distill < 1:
             raise UsageError(f"--distill {self.distill} is not a weight in [0, 1)", "e.g. --distill 0.5, or 0 to train on the labels alone")
-        if self.lr is not None and self.lr <= 0:
-            raise UsageError("--lr must be positive", "e.g. --lr 1e-5")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1", "e.g. --batch-size 32")
+        if self.lr is not None:
+            check_range("--lr", self.lr, 0, MAX_LR, low_open=True, example="--lr 1e-5")
+        if self.batch_size is not None:
+            check_range("--batch-size", self.batch_size, 1, example="--batch-size 32")
         self.run_dir = str(Path(self.run_dir).expanduser().resolve())
         if self.out:
             self.out = str(Path(self.out).expanduser().resolve())

@@ -22,7 +22,7 @@ from edgeclf.pipeline.backbones import (
 )
 from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import DecodedSplit
-from edgeclf.pipeline.epochs import Epochs
+from edgeclf.pipeline.epochs import Diverged, Epochs
 from edgeclf.pipeline.run_writer import summary, write_run
 from edgeclf.pipeline.splits import SplitPlan, plan_splits
 
@@ -107,7 +107,8 @@ def _execute(state: dict, work: Path, overwrite: bool) -> dict:
 def _keep_or_discard(work: Path, exc: BaseException) -> None:
     """Keep a partial run only when it holds a checkpoint worth resuming; never leave debris."""
     state_path = work / STATE_FILE
-    if state_path.is_file():
+    # Resuming a diverged run would replay the same epoch at the same rate.
+    if state_path.is_file() and not isinstance(exc, Diverged):
         out = work.with_name(work.name[: -len(".partial")])
         hint = f"progress is saved in {work}; continue with `edgeclf train --out {out} --resume`"
         console.warn(hint if not isinstance(exc, KeyboardInterrupt) else f"interrupted; {hint}")

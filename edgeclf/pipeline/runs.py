@@ -22,6 +22,8 @@ def write_labels(path: Path, labels: list[str]) -> None:
 
 
 def read_labels(path: Path) -> list[str]:
+    if not Path(path).is_file():
+        raise ModelError(f"labels file {path} does not exist", "give one label per line, in class-index order")
     labels = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not labels:
         raise ModelError(f"labels file {path} is empty", "give one label per line, in class-index order")
@@ -45,6 +47,21 @@ def read_run_record(path: Path) -> dict:
     if missing:
         raise ModelError(f"{path} is missing {missing}", "re-run `edgeclf train`, or restore the run's original run.json")
     return info
+
+
+def check_label_count(labels: list[str], outputs: int | None, source: str) -> list[str]:
+    """One label per model output: more would name a phantom class, fewer would leave outputs unnamed."""
+    if outputs is not None and len(labels) != outputs:
+        raise ModelError(f"{source} has {len(labels)} labels but the model has {outputs} outputs",
+                         "give one label per output, in class-index order")
+    return labels
+
+
+def output_classes(outputs: list[dict]) -> int | None:
+    """The class count of a classifier's single output tensor, when its shape states it."""
+    shape = outputs[0].get("shape") if len(outputs) == 1 else None
+    last = shape[-1] if shape else None
+    return last if isinstance(last, int) and last > 0 else None
 
 
 @dataclass
@@ -112,9 +129,11 @@ class Run:
         keras = tfenv.keras()
         try:
             with tfenv.native_stderr_silenced():
-                return _load_keras_model(keras, self.path / MODEL_FILE)
+                model = _load_keras_model(keras, self.path / MODEL_FILE)
         except (ValueError, OSError) as exc:
             raise ModelError(f"cannot load {self.path / MODEL_FILE}: {exc}", "re-run `edgeclf train`") from exc
+        check_label_count(self.labels, model.output_shape[-1], str(self.path / LABELS_FILE))
+        return model
 
 
 def _load_keras_model(keras, path: Path):
