@@ -45,8 +45,25 @@ def export_summary(manifest: dict) -> None:
             [f"float top-1 ({acc['split']}, {acc['n_images']} images)", pct(acc["float_top1"])],
             [f"{manifest['quant']} top-1", pct(acc["top1"])],
             ["agreement with float", pct(acc["agreement"])],
+            *paired_rows(acc),
         ]
     console.table(None, ["", ""], rows)
+
+
+def points(value) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def paired_rows(acc: dict) -> list[list[str]]:
+    """changed/gained/lost and the drop with its 95% interval, when a float reference was scored."""
+    if acc.get("changed") is None:
+        return []
+    low, high = acc["drop_ci95"]
+    noise = ", within noise" if low <= 0 <= high else ""
+    return [
+        ["changed vs float", f"{acc['changed']} of {acc['n_images']} ({acc['gained']} gained, {acc['lost']} lost)"],
+        ["top-1 drop vs float", f"{points(acc['drop'])} points (95% CI {points(low)} to {points(high)}{noise})"],
+    ]
 
 
 def ms(value) -> str:
@@ -74,6 +91,7 @@ def validation_summary(result: dict) -> None:
             [f"top-1 ({acc['n_images']} images, on {acc['where']})", pct(acc["top1"])],
             ["top-5", pct(acc.get("top5"))],
             ["agreement with float", pct(acc.get("agreement"))],
+            *paired_rows(acc),
         ]
     console.table(None, ["", ""], rows)
 

@@ -10,7 +10,7 @@ from edgeclf.artefacts import Artefact
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.datasets import DecodedSplit, decode, map_to_labels, scan_folder
-from edgeclf.pipeline.metrics import score
+from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.runs import read_labels
 
 
@@ -62,6 +62,7 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
             "top1": metrics["top1"],
             "top5": metrics.get("top5"),
             "agreement": metrics["agreement"],
+            **{key: metrics[key] for key in PAIRED_KEYS},
             "n_images": metrics["n_images"],
             "where": "device",
             "confusion": metrics["confusion"],
