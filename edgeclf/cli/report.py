@@ -66,6 +66,15 @@ def paired_rows(acc: dict) -> list[list[str]]:
     ]
 
 
+def budget_table(budget: dict) -> None:
+    rows = [[a["recipe"], pct(a.get("top1")), "-" if a.get("drop") is None else points(a["drop"]), pct(a.get("agreement")),
+             a.get("changed", "-"), f"{a['seconds']:.0f} s"] for a in budget["attempts"]]
+    limits = [f"drop <= {100 * budget['max_drop']:g} points" if budget.get("max_drop") is not None else None,
+              f"agreement >= {pct(budget['min_agreement'])}" if budget.get("min_agreement") is not None else None]
+    console.table(f"accuracy budget on val ({' and '.join(x for x in limits if x)}): shipped {budget['chosen']}",
+                  ["recipe", "top-1", "drop (points)", "agreement", "changed", "time"], rows)
+
+
 def ms(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
