@@ -9,7 +9,7 @@ they miss. If none fits, nothing is published: the attempts go to
 
 Escalation, cheapest first (recipes a target does not offer are skipped):
   tflite    plain PTQ -> improved PTQ (edgeclf.ptq) -> improved PTQ calibrated on every training
-            image -> [--allow-float-layers: the debugger's worst layers kept in float]
+            image -> [--allow-float-layers: the debugger's worst ops kept in float]
             -> QAT (`edgeclf optimize --qat`, defaults) exported as-is
   onnx      ORT static int8 as configured (min/max, per-channel measured) -> percentile ranges
             -> entropy ranges -> min/max on every training image -> QAT
@@ -39,7 +39,7 @@ from edgeclf.pipeline.runs import Run
 
 QAT_DIR = ".budget-qat"
 REPORT_SUFFIX = ".budget-report.json"
-FLOAT_LAYERS = 3  # layers the float-fallback recipe keeps in float: the debugger's worst
+FLOAT_LAYERS = 3  # ops the float-fallback recipe keeps in float: the debugger's worst
 FALLBACK_PTQ = "cle,bias,ranges"  # the improved recipe while edgeclf.ptq.DEFAULT is plain PTQ
 
 
@@ -129,7 +129,7 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
             steps.append(Recipe(f"ptq {improved}, calibration {more} images", using(ptq=improved, calib_size=more)))
         if budget.allow_float_layers:  # ranges need a full-integer model, so this recipe does without
             keras_only = ",".join(t for t in improved.split(",") if t != "ranges") or "none"
-            steps.append(Recipe(f"ptq {keras_only}, worst {FLOAT_LAYERS} layers in float",
+            steps.append(Recipe(f"ptq {keras_only}, worst {FLOAT_LAYERS} ops in float",
                                 lambda: _float_layers(run, spec, keras_only)))
     elif spec.target == "onnx":
         steps.append(Recipe("ort minmax", using()))
@@ -241,7 +241,9 @@ def _float_layers(run: Run, spec: ExportSpec, recipe: str) -> tuple[Path, Export
     with tempfile.TemporaryDirectory(prefix="edgeclf-budget-") as work:
         job = ExportJob(run, model, dataclasses.replace(spec, ptq="none"), calib, Path(work))
         worst = debug_quantization(job, Path(work) / "debug.csv", worst=4 * FLOAT_LAYERS)["worst_layers"]
-    names = list(dict.fromkeys(name for row in worst for name in row["layer"].split("+") if name in layer_names))
-    if not names:
+    ops = [[name for name in row["layer"].split("+") if name in layer_names] for row in worst]
+    ops = [names for names in ops if names][:FLOAT_LAYERS]  # one op (e.g. Conv1+bn_Conv1+Conv1_relu) per entry
+    if not ops:
         raise ExportError("the quantization debugger named no Keras layers to keep in float", "see --debug-quant")
-    return run.path, dataclasses.replace(spec, ptq=recipe, float_layers=tuple(names[:FLOAT_LAYERS]), io=None)
+    names = tuple(dict.fromkeys(name for names in ops for name in names))
+    return run.path, dataclasses.replace(spec, ptq=recipe, float_layers=names, io=None)
