@@ -79,6 +79,11 @@ def build(run: Run, size: int = 300, calib_dir: str | None = None, seed: int | N
     return CalibrationSet(images, source, seed, per_class, samples_digest(kept, root))
 
 
+def available(run: Run, calib_dir: str | None = None) -> int:
+    """How many images a calibration set could be drawn from (the training split, or --calib-dir)."""
+    return len(_candidates(run, calib_dir)[0])
+
+
 def training_images_available(run: Run) -> bool:
     return run.plan is not None and all(s.path.exists() for s in run.plan.samples["train"][:1])
 

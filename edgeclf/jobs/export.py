@@ -15,7 +15,7 @@ from edgeclf.atomic import staged_dir
 from edgeclf.errors import ModelError
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
-from edgeclf.pipeline.metrics import score
+from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.predict import predict_file, predict_probs
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, Run, write_labels
 
@@ -56,6 +56,7 @@ def export_run(run_dir, spec: ExportSpec) -> dict:
                 "top1": metrics["top1"],
                 "top5": metrics.get("top5"),
                 "agreement": metrics["agreement"],
+                **{key: metrics[key] for key in PAIRED_KEYS},
                 "confusion": metrics["confusion"],
             }
         manifest = {

@@ -10,7 +10,7 @@ from edgeclf.artefacts import Artefact, sha256_file
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.pipeline.datasets import DecodedSplit, decode, scan_for_scoring
-from edgeclf.pipeline.metrics import score
+from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.runs import MODEL_FILE, check_label_count, output_classes, read_labels
 
 
@@ -105,6 +105,7 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
             "top1": metrics["top1"],
             "top5": metrics.get("top5"),
             "agreement": metrics["agreement"],
+            **{key: metrics[key] for key in PAIRED_KEYS},
             "n_images": metrics["n_images"],
             "where": "device",
             "confusion": metrics["confusion"],
