@@ -21,14 +21,15 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 @click.option("--dynamic-batch", is_flag=True, help="ONNX: dynamic batch dimension instead of 1.")
 @click.option("--debug-quant", is_flag=True, help="Write per-layer int8 error to quant_debug.csv and print the worst layers.")
 @click.option("--float-layers", default="", help="Comma-separated Keras layer names to keep in float (selective int8).")
-@click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>].")
+@click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>, replaced on every export].")
+@options.overwrite
 @options.json_output
-def command(run_dir, float_layers, as_json, **settings):
+def command(run_dir, float_layers, overwrite, as_json, **settings):
     """Export RUN_DIR's model, score the artefact on the run's val split, and write a manifest."""
     from edgeclf.export import export_run
 
     layers = tuple(name.strip() for name in float_layers.split(",") if name.strip())
-    manifest = export_run(run_dir, ExportSpec(float_layers=layers, **settings))
+    manifest = export_run(run_dir, ExportSpec(float_layers=layers, **settings), overwrite=overwrite)
     if as_json:
         console.print_json(manifest)
         return

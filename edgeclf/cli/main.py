@@ -1,6 +1,7 @@
 """The `edgeclf` command group and its single error boundary."""
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 import warnings
@@ -66,7 +67,12 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a SIGTERM cleans up exactly like Ctrl-C: staged dirs go, checkpoints stay
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = cli.main(prog_name="edgeclf", standalone_mode=False)
     except click.exceptions.Abort:

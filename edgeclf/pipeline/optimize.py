@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console, tfenv
-from edgeclf.atomic import check_target_free, staged_dir
+from edgeclf.atomic import check_output, staged_dir
 from edgeclf.config import TrainConfig
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.pipeline import plots, quantizability
@@ -147,7 +147,8 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     if run.plan is None:
         raise ModelError(f"{run.path} has no {SPLIT_FILE}, so its training data is unknown", "re-train it with `edgeclf train`")
     out = Path(config.out)
-    check_target_free(out, overwrite)
+    images = list(run.plan.roots.values())
+    check_output(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path])
     train_config = TrainConfig.from_dict(run.info["config"] | {"out": str(out)})
     model = run.load_model()
     findings = quantizability.preflight(model) if config.qat else []
@@ -180,7 +181,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
 
     record["batchnorm_folded"] = len(quantizability.fold_batchnorm(model))
     freeze_batchnorm(model)
-    with staged_dir(out, overwrite) as staging:
+    with staged_dir(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
         if config.prune is not None:
             t0 = time.perf_counter()
             model, record["prune"] = prune(model, tuner, config, base_lr)
