@@ -25,10 +25,9 @@ from edgeclf.pipeline.data import SplitPlan, plan_splits, save_plan
 from edgeclf.pipeline.datasets import DecodedSplit
 from edgeclf.pipeline.evaluate import predict_probs
 from edgeclf.pipeline.metrics import classification_metrics
+from edgeclf.pipeline.partial_runs import CHECKPOINT_DIR, STATE_FILE, discard_partial, load_state, partial_dir
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, SPLIT_FILE, write_labels
 
-STATE_FILE = "state.json"
-CHECKPOINT_DIR = "checkpoint"
 RUN_FORMAT = 1
 
 
@@ -51,21 +50,17 @@ def stages(config: TrainConfig) -> list[Stage]:
     return [s for s in planned if s.epochs > 0]
 
 
-def partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
 def train(config: TrainConfig, overwrite: bool = False, restart: bool = False) -> dict:
     """Train a new run into config.out; `restart` first discards an interrupted run there."""
     work = partial_dir(Path(config.out))
     check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
     if work.exists() and not restart:
-        _load_state(work)  # a damaged state gets its own message, naming --restart
+        load_state(work)  # a damaged state gets its own message, naming --restart
         raise UsageError(f"an interrupted run exists at {work}",
                          "pass --resume to continue it, or --restart to discard it and start again")
     plan = plan_splits(config)  # every dataset error surfaces here, before anything is written
     if work.exists():
-        _discard_partial(work)
+        discard_partial(work)
     state = {
         "config": config.to_dict(),
         "plan": plan.to_json(),
@@ -84,7 +79,7 @@ def resume(out: Path, overwrite: bool = False) -> dict:
     work = partial_dir(Path(out).expanduser().resolve())
     if not work.is_dir():
         raise UsageError(f"there is no interrupted run to resume at {work}", "drop --resume to start a new run")
-    state = _load_state(work)
+    state = load_state(work)
     config = TrainConfig.from_dict(state["config"])
     check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
     console.info(f"resuming {work}: stage {state['stage']}, {state['epoch']} epoch(s) done")
@@ -93,39 +88,6 @@ def resume(out: Path, overwrite: bool = False) -> dict:
 
 def _inputs(config: TrainConfig) -> list:
     return [config.data_dir, config.val_dir, config.test_dir]
-
-
-# What a partial run can hold: its checkpoint, and the files `finish` writes before publishing.
-PARTIAL_NAMES = {STATE_FILE, CHECKPOINT_DIR, MODEL_FILE, LABELS_FILE, SPLIT_FILE, RUN_FILE,
-                 "training.png", "confusion_matrix.png"}
-STATE_KEYS = {"config", "plan", "stage", "epoch", "history", "best", "stages_done", "timing"}
-
-
-def _load_state(work: Path) -> dict:
-    """The checkpoint state of a partial run, or a one-line error that names --restart."""
-    path = work / STATE_FILE
-    restart = "pass --restart to discard it and start again"
-    if not path.is_file():
-        raise UsageError(f"the interrupted run at {work} saved no checkpoint (no {STATE_FILE})", restart)
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is unreadable ({exc})", restart) from exc
-    if not isinstance(state, dict) or not STATE_KEYS <= state.keys() or not isinstance(state["config"], dict) \
-            or not {"data_dir", "out"} <= state["config"].keys() or not isinstance(state["plan"], dict):
-        raise UsageError(f"{path} is not an edgeclf training state", restart)
-    return state
-
-
-def _discard_partial(work: Path) -> None:
-    """Remove an interrupted run, but only one that holds nothing `edgeclf train` did not write."""
-    foreign = sorted(p.name for p in work.iterdir() if p.name not in PARTIAL_NAMES
-                     and not p.name.startswith(f".{STATE_FILE}.tmp-")) if work.is_dir() else ["(not a folder)"]
-    if foreign:
-        raise UsageError(f"{work} is not an interrupted edgeclf run (it holds {foreign[0]})",
-                         "move it away or choose another --out")
-    console.info(f"discarding the interrupted run at {work}")
-    shutil.rmtree(work)
 
 
 def _execute(state: dict, work: Path, overwrite: bool) -> dict:
