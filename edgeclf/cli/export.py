@@ -26,9 +26,10 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
               "tries recipes cheapest first (plain PTQ, improved PTQ, more calibration, QAT) and ships the first that fits.")
 @click.option("--min-agreement", type=float, help="int8 accuracy budget: least fraction of val images labelled as the float model does, e.g. 0.97.")
 @click.option("--allow-float-layers", is_flag=True, help="TFLite budget: may keep the worst layers in float as a last resort before QAT.")
-@click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>].")
+@click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>, replaced on every export].")
+@options.overwrite
 @options.json_output
-def command(run_dir, float_layers, as_json, max_drop, min_agreement, allow_float_layers, **settings):
+def command(run_dir, float_layers, overwrite, as_json, max_drop, min_agreement, allow_float_layers, **settings):
     """Export RUN_DIR's model, score the artefact on the run's val split, and write a manifest."""
     from edgeclf.jobs.budget import BudgetSpec, export_within_budget
     from edgeclf.jobs.export import export_run
@@ -36,7 +37,10 @@ def command(run_dir, float_layers, as_json, max_drop, min_agreement, allow_float
     layers = tuple(name.strip() for name in float_layers.split(",") if name.strip())
     spec = ExportSpec(float_layers=layers, **settings)
     budget = BudgetSpec(spec, max_drop, min_agreement, allow_float_layers)
-    manifest = export_within_budget(run_dir, budget) if budget.active else export_run(run_dir, spec)
+    if budget.active:
+        manifest = export_within_budget(run_dir, budget, overwrite=overwrite)
+    else:
+        manifest = export_run(run_dir, spec, overwrite=overwrite)
     if as_json:
         console.print_json(manifest)
         return

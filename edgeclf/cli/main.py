@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 import traceback
 import warnings
@@ -87,7 +88,12 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a SIGTERM cleans up exactly like Ctrl-C: staged dirs go, checkpoints stay
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = cli.main(prog_name="edgeclf", standalone_mode=False)
     except click.exceptions.Abort:

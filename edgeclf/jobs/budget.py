@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 from edgeclf import calibration, console
-from edgeclf.artefacts import write_manifest
-from edgeclf.atomic import publish, write_text_atomic
+from edgeclf.artefacts import MANIFEST_FILE, write_manifest
+from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import EXPORTS_DIR, default_out, export_run
@@ -146,11 +146,16 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
     return steps
 
 
-def export_within_budget(run_dir, budget: BudgetSpec) -> dict:
-    """Try the recipes in order; publish the first that fits. Raises ExportError if none does."""
+def export_within_budget(run_dir, budget: BudgetSpec, overwrite: bool = False) -> dict:
+    """Try the recipes in order; publish the first that fits. Raises ExportError if none does.
+
+    The output follows `export`'s overwrite rule, checked before the first attempt."""
     run = Run.open(run_dir)
     spec = budget.export
     out = Path(spec.out).expanduser().resolve() if spec.out else default_out(run, spec)
+    overwrite = overwrite or not spec.out
+    images = [spec.calib_dir, *(run.plan.roots.values() if run.plan is not None else ())]
+    check_output(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path])
     if run.plan is None or "val" not in run.plan.samples:
         raise UsageError(f"{run.path} records no validation split, so there is nothing to hold a budget on",
                          "export without --max-drop/--min-agreement")
@@ -164,7 +169,8 @@ def export_within_budget(run_dir, budget: BudgetSpec) -> dict:
         started = time.perf_counter()
         try:
             source, attempt_spec = recipe.prepare()
-            manifest = export_run(source, dataclasses.replace(attempt_spec, out=str(attempt_dir)))
+            # attempt folders are ours by their hidden name; one left by a killed budget is replaced
+            manifest = export_run(source, dataclasses.replace(attempt_spec, out=str(attempt_dir)), overwrite=True)
         except EdgeclfError as exc:  # one recipe failing is one missed attempt, not the end
             attempts.append({"recipe": recipe.name, "error": str(exc), "seconds": round(time.perf_counter() - started, 1)})
             console.warn(f"  {recipe.name} failed: {exc}")
@@ -179,17 +185,18 @@ def export_within_budget(run_dir, budget: BudgetSpec) -> dict:
                      f"agreement {100 * attempt['agreement']:.1f}%, {attempt['changed']} changed -> "
                      f"{'fits' if fits else 'misses'}")
         if fits:
-            return _publish(attempt_dir, out, manifest, budget, attempts, report)
+            return _publish(attempt_dir, out, manifest, budget, attempts, report, overwrite)
         shutil.rmtree(attempt_dir, ignore_errors=True)
     _give_up(out, budget, attempts, report)
 
 
-def _publish(attempt_dir: Path, out: Path, manifest: dict, budget: BudgetSpec, attempts: list, report: Path) -> dict:
+def _publish(attempt_dir: Path, out: Path, manifest: dict, budget: BudgetSpec, attempts: list, report: Path,
+             overwrite: bool) -> dict:
     manifest.pop("path", None)
     manifest["export"]["out"] = str(out)
     manifest["budget"] = budget.record() | {"attempts": attempts, "chosen": attempts[-1]["recipe"]}
     write_manifest(attempt_dir, manifest)  # files' hashes exclude the manifest, so they still hold
-    publish(attempt_dir, out, overwrite=True)
+    publish(attempt_dir, out, MANIFEST_FILE, overwrite)
     report.unlink(missing_ok=True)  # a failed earlier budget's report no longer describes this folder
     return manifest | {"path": str(out)}
 

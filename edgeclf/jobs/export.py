@@ -10,9 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import calibration, console, exporters, tfenv
-from edgeclf.artefacts import MANIFEST_FORMAT, file_entries, sha256_file, write_manifest
-from edgeclf.atomic import staged_dir
-from edgeclf.errors import ModelError
+from edgeclf.artefacts import MANIFEST_FILE, MANIFEST_FORMAT, file_entries, sha256_file, write_manifest
+from edgeclf.atomic import check_output, staged_dir, temp_files_in
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
@@ -26,21 +25,24 @@ def default_out(run: Run, spec: ExportSpec) -> Path:
     return run.path / EXPORTS_DIR / spec.default_dir_name()
 
 
-def export_run(run_dir, spec: ExportSpec) -> dict:
+def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
+    """Export a run; an explicit --out replaces an earlier artefact only with `overwrite`, the
+    default location RUN/exports/<target>-<quant> always replaces its own artefact."""
     run = Run.open(run_dir)
     fmt = exporters.load(spec.target)
     out = Path(spec.out).expanduser().resolve() if spec.out else default_out(run, spec)
-    if out == run.path or out in run.path.parents:
-        raise ModelError(f"--out {out} would replace the run directory itself", "use a folder under exports/ or outside the run")
+    overwrite = overwrite or not spec.out
+    images = [spec.calib_dir, *(run.plan.roots.values() if run.plan is not None else ())]
+    check_output(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path])
     model = run.load_model()
     calib = _calibration(run, spec)
     val = _validation_split(run)
     float_probs = predict_probs(model, val.images) if val is not None else None
 
-    with staged_dir(out, overwrite=True) as staging:
+    with staged_dir(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
         job = ExportJob(run, model, spec, calib, staging, prune_policy=run.prune_policy)
         started = time.perf_counter()
-        with console.progress() as bar:
+        with console.progress() as bar, temp_files_in(staging / ".tmp"):
             bar.add_task(f"converting to {spec.target} {spec.quant}", total=None, status="")
             result = fmt.export(job)
         conversion_s = time.perf_counter() - started

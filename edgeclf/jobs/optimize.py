@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console, tfenv
-from edgeclf.atomic import check_target_free, staged_dir
+from edgeclf.atomic import check_output, staged_dir
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.jobs import train as training
 from edgeclf.pipeline import batchnorm, quant_aware
@@ -35,7 +35,7 @@ from edgeclf.pipeline.config import MAX_LR, TrainConfig
 from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
 from edgeclf.pipeline.run_writer import summary, write_run
-from edgeclf.pipeline.runs import SPLIT_FILE, Run
+from edgeclf.pipeline.runs import RUN_FILE, SPLIT_FILE, Run
 from edgeclf.ranges import check_range
 
 SCHEDULES = ("polynomial", "constant")
@@ -142,7 +142,8 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     if run.plan is None:
         raise ModelError(f"{run.path} has no {SPLIT_FILE}, so its training data is unknown", "re-train it with `edgeclf train`")
     out = Path(config.out)
-    check_target_free(out, overwrite)
+    images = list(run.plan.roots.values())
+    check_output(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path])
     train_config = TrainConfig.from_dict(run.info["config"] | {"out": str(out)})
     model = run.load_model()
     findings = quant_aware.preflight(model) if config.qat else []
@@ -175,7 +176,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
 
     record["batchnorm_folded"] = len(batchnorm.fold_batchnorm(model))
     freeze_batchnorm(model)
-    with staged_dir(out, overwrite) as staging:
+    with staged_dir(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
         if config.prune is not None:
             t0 = time.perf_counter()
             model, record["prune"] = prune(model, tuner, config, base_lr)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeclf import console, tfenv
-from edgeclf.atomic import check_target_free, publish, write_text_atomic
+from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import (
     build_classifier,
@@ -23,12 +23,10 @@ from edgeclf.pipeline.backbones import (
 from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import DecodedSplit
 from edgeclf.pipeline.epochs import Diverged, Epochs
+from edgeclf.pipeline.partial_runs import CHECKPOINT_DIR, STATE_FILE, discard_partial, load_state, partial_dir
 from edgeclf.pipeline.run_writer import summary, write_run
+from edgeclf.pipeline.runs import RUN_FILE
 from edgeclf.pipeline.splits import SplitPlan, plan_splits
-
-STATE_FILE = "state.json"
-CHECKPOINT_DIR = "checkpoint"
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -49,17 +47,17 @@ def stages(config: TrainConfig) -> list[Stage]:
     return [s for s in planned if s.epochs > 0]
 
 
-def partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def train(config: TrainConfig, overwrite: bool = False) -> dict:
-    """Train a new run into config.out."""
+def train(config: TrainConfig, overwrite: bool = False, restart: bool = False) -> dict:
+    """Train a new run into config.out; `restart` first discards an interrupted run there."""
     work = partial_dir(Path(config.out))
-    if work.exists():
-        raise UsageError(f"an interrupted run exists at {work}", "pass --resume to continue it, or delete that folder")
-    check_target_free(Path(config.out), overwrite)
+    check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
+    if work.exists() and not restart:
+        load_state(work)  # a damaged state gets its own message, naming --restart
+        raise UsageError(f"an interrupted run exists at {work}",
+                         "pass --resume to continue it, or --restart to discard it and start again")
     plan = plan_splits(config)  # every dataset error surfaces here, before anything is written
+    if work.exists():
+        discard_partial(work)
     state = {
         "config": config.to_dict(),
         "plan": plan.to_json(),
@@ -76,13 +74,17 @@ def train(config: TrainConfig, overwrite: bool = False) -> dict:
 def resume(out: Path, overwrite: bool = False) -> dict:
     """Continue an interrupted run from its last epoch checkpoint, with its original config."""
     work = partial_dir(Path(out).expanduser().resolve())
-    state_path = work / STATE_FILE
-    if not state_path.is_file():
+    if not work.is_dir():
         raise UsageError(f"there is no interrupted run to resume at {work}", "drop --resume to start a new run")
-    state = json.loads(state_path.read_text())
-    check_target_free(Path(state["config"]["out"]), overwrite)
+    state = load_state(work)
+    config = TrainConfig.from_dict(state["config"])
+    check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
     console.info(f"resuming {work}: stage {state['stage']}, {state['epoch']} epoch(s) done")
     return _execute(state, work, overwrite)
+
+
+def _inputs(config: TrainConfig) -> list:
+    return [config.data_dir, config.val_dir, config.test_dir]
 
 
 def _execute(state: dict, work: Path, overwrite: bool) -> dict:
@@ -96,7 +98,7 @@ def _execute(state: dict, work: Path, overwrite: bool) -> dict:
         trainer = Trainer(config, plan, splits, work, state)
         trainer.run()
         result = trainer.finish()
-        publish(work, Path(config.out), overwrite)
+        publish(work, Path(config.out), RUN_FILE, overwrite)
     except BaseException as exc:
         _keep_or_discard(work, exc)
         raise

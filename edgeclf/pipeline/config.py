@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgeclf.atomic import overlaps
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import get_backbone
 from edgeclf.ranges import check_range
@@ -82,7 +83,17 @@ class TrainConfig:
                 if not path.is_dir():
                     raise UsageError(f"{name.replace('_', '-')} {path} is not a folder", "pass a folder with one subfolder per class")
                 setattr(self, name, str(path.resolve()))
+        self._refuse_overlapping_splits()
         self.out = str(Path(self.out).expanduser().resolve())
+
+    def _refuse_overlapping_splits(self) -> None:
+        """Val or test images that are also training images would report training scores."""
+        folders = [(name.replace("_", "-"), getattr(self, name)) for name in ("data_dir", "val_dir", "test_dir")]
+        for i, (name, folder) in enumerate(folders):
+            for other_name, other in folders[:i]:
+                if folder is not None and other is not None and overlaps(Path(folder), Path(other)):
+                    raise UsageError(f"--{name} {folder} overlaps the {other_name} {other}",
+                                     "give each split its own folder, none inside another")
 
     @property
     def pretrained(self) -> bool:

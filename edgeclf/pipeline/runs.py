@@ -73,7 +73,7 @@ class Run:
         path = Path(path)
         if not path.is_dir():
             partial = path.with_name(path.name + ".partial")
-            hint = f"{partial} holds an interrupted run: finish it with `edgeclf train ... --resume`" if partial.exists() else "check the path"
+            hint = f"{partial} holds an interrupted run: finish it with `edgeclf train --out {path} --resume` (or start again with --restart)" if partial.exists() else "check the path"
             raise ModelError(f"run directory {path} does not exist", hint)
         for name in (MODEL_FILE, LABELS_FILE, RUN_FILE):
             if not (path / name).is_file():
