@@ -50,46 +50,56 @@ def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
         accuracy = None
         if val is not None:
             probs = predict_file(staging / result.model_file, val.images, label=f"scoring {spec.target} {spec.quant} on val")
-            metrics = score(probs, val.labels, run.labels, float_probs)
-            accuracy = {
-                "split": "val",
-                "n_images": metrics["n_images"],
-                "float_top1": score(float_probs, val.labels, run.labels)["top1"],
-                "top1": metrics["top1"],
-                "top5": metrics.get("top5"),
-                "agreement": metrics["agreement"],
-                **{key: metrics[key] for key in PAIRED_KEYS},
-                "confusion": metrics["confusion"],
-            }
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "target": spec.target,
-            "quant": spec.quant,
-            "io": spec.io,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model_file": result.model_file,
-            "input": result.input,
-            "output": result.output,
-            "labels": run.labels,
-            "preprocessing": run.info["input"]["preprocessing"],
-            "source_run": {
-                "path": str(run.path.resolve()),
-                "model_sha256": sha256_file(run.path / MODEL_FILE),
-                "arch": run.arch,
-                "metrics": {split: {k: m.get(k) for k in ("top1", "top5", "n_images")} for split, m in run.metrics.items()},
-                "optimization": run.info.get("optimization"),
-            },
-            "export": spec.to_dict() | {"out": str(out)},
-            "calibration": calib.summary() if calib is not None else None,
-            "details": result.details,
-            "versions": tfenv.versions() | result.versions,
-            "conversion_s": round(conversion_s, 2),
-            "accuracy": accuracy,
-        }
+            accuracy = _accuracy("val", probs, float_probs, val.labels, run.labels)
+        manifest = _manifest(run, spec, out, result, calib, conversion_s, accuracy)
         manifest["files"] = file_entries(staging)
         write_manifest(staging, manifest)
     manifest["path"] = str(out)
     return manifest
+
+
+def _accuracy(split: str, probs, float_probs, labels, classes: list[str]) -> dict:
+    """The manifest's accuracy block: the artefact against the labels and the float model."""
+    metrics = score(probs, labels, classes, float_probs)
+    return {
+        "split": split,
+        "n_images": metrics["n_images"],
+        "float_top1": score(float_probs, labels, classes)["top1"],
+        "top1": metrics["top1"],
+        "top5": metrics.get("top5"),
+        "agreement": metrics["agreement"],
+        **{key: metrics[key] for key in PAIRED_KEYS},
+        "confusion": metrics["confusion"],
+    }
+
+
+def _manifest(run: Run, spec: ExportSpec, out: Path, result, calib, conversion_s: float, accuracy: dict | None) -> dict:
+    """manifest.json without `files` (added once every other file is written)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "target": spec.target,
+        "quant": spec.quant,
+        "io": spec.io,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_file": result.model_file,
+        "input": result.input,
+        "output": result.output,
+        "labels": run.labels,
+        "preprocessing": run.info["input"]["preprocessing"],
+        "source_run": {
+            "path": str(run.path.resolve()),
+            "model_sha256": sha256_file(run.path / MODEL_FILE),
+            "arch": run.arch,
+            "metrics": {split: {k: m.get(k) for k in ("top1", "top5", "n_images")} for split, m in run.metrics.items()},
+            "optimization": run.info.get("optimization"),
+        },
+        "export": spec.to_dict() | {"out": str(out)},
+        "calibration": calib.summary() if calib is not None else None,
+        "details": result.details,
+        "versions": tfenv.versions() | result.versions,
+        "conversion_s": round(conversion_s, 2),
+        "accuracy": accuracy,
+    }
 
 
 def _calibration(run: Run, spec: ExportSpec):
