@@ -57,9 +57,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 
 def _register() -> None:
-    from edgeclf.cli import bench, demo, devices, evaluate, export, inspect, optimize, predict, train, validate
+    from edgeclf.cli import bench, demo, devices, evaluate, export, inspect, optimize, predict, run, train, validate
 
-    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, devices, demo):
+    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, devices, demo, run):
         cli.add_command(module.command)
 
 
