@@ -211,3 +211,38 @@ def test_two_backbones_give_one_row_per_backbone_format_and_device(tmp_path):
     assert ok["efficientnetb0"]["params"] > ok["mobilenetv2"]["params"]
     assert all("unreachable" in r["status"] for r in rows if r["device"] == DEAD)
     assert (tmp_path / "runs" / "tiny" / "compare" / "compare.png").is_file()
+
+
+def test_interrupted_training_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """A run stopped during training leaves only <run>.partial; the rerun resumes it, not a fresh train."""
+    from edgeclf.jobs import pipeline, pipeline_file
+    from edgeclf.jobs import train as training
+
+    pf = pipeline_file.load(write_project(tmp_path, FP32, devices="[]"))
+    config = pf.trains[0]
+    calls = []
+
+    def stopped(what):
+        def call(config_or_out, overwrite):
+            calls.append(what if what == "train" else (what, str(config_or_out)))
+            raise KeyboardInterrupt  # as if Ctrl-C came during the epochs
+        return call
+
+    monkeypatch.setattr(training, "train", stopped("train"))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(pf)
+    partial = training.partial_dir(Path(config.out))
+    partial.mkdir(parents=True)  # what an interrupted `edgeclf train` leaves: its state after some epochs
+    (partial / training.STATE_FILE).write_text(json.dumps({"config": config.to_dict(), "stage": "scratch", "epoch": 1}))
+
+    monkeypatch.setattr(training, "resume", stopped("resume"))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(pipeline_file.load(pf.path))  # out holds only our pipeline.json and the partial run: still ours
+    assert calls == ["train", ("resume", config.out)]
+
+    edited = json.loads((partial / training.STATE_FILE).read_text())
+    edited["config"]["seed"] += 1  # a partial run of other settings is not resumed
+    (partial / training.STATE_FILE).write_text(json.dumps(edited))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(pipeline_file.load(pf.path))
+    assert calls[-1] == "train" and not partial.exists()

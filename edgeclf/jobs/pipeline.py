@@ -206,6 +206,7 @@ class _Runner:
 
     def run(self) -> dict:
         self.pf.out.mkdir(parents=True, exist_ok=True)
+        self._save()  # first, so that a run interrupted in its first stage is still ours to resume
         device_stages = [s for s in self.stages if s.kind == "validate"]
         final = self.stages[-len(FINAL_STAGES):] if FINAL_STAGES else []
         for stage in self.stages:
@@ -229,6 +230,9 @@ class _Runner:
         self.records[stage.name] = record
         line = {"ran": f"ran ({seconds:.1f} s)", "cached": "cached", "failed": f"failed: {error}", "skipped": f"skipped: {error}"}
         console.info(f"[{self.position[stage.name] + 1}/{len(self.stages)}] {stage.name}: {line[status]}")
+        self._save()
+
+    def _save(self) -> None:
         write_text_atomic(self.pf.out / STATE_FILE, json.dumps(self.state(), indent=2) + "\n")
 
     def _blocked(self, stage: Stage) -> str | None:
