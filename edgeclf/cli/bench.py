@@ -16,14 +16,17 @@ from edgeclf.cli.report import ms, pct
 @options.overwrite
 @options.device_options
 @options.json_output
-def command(run_dir, formats, data_dir, out, overwrite, device, runs, warmup, threads, as_json, **settings):
+def command(run_dir, formats, data_dir, out, overwrite, devices, runs, warmup, threads, as_json, **settings):
     """Export missing formats of RUN_DIR, validate each on --device, and compare them."""
     from edgeclf.jobs.bench import bench, parse_formats
 
-    summary = bench(run_dir, parse_formats(formats), device, data_dir, runs, warmup, threads,
+    summary = bench(run_dir, parse_formats(formats), list(devices), data_dir, runs, warmup, threads,
                     options.pop_device_options(settings), out, overwrite)
     if as_json:
         console.print_json({**summary, "rows": [{k: v for k, v in r.items() if k != "result"} for r in summary["rows"]]})
+        return
+    if "devices" in summary:
+        _devices_table(summary)
         return
     dev = summary["device"]
     title = f"{dev.get('name', '')} {dev.get('arch', '')}" + (" [EMULATED]" if summary["emulated"] else "")
@@ -36,3 +39,14 @@ def command(run_dir, formats, data_dir, out, overwrite, device, runs, warmup, th
     console.out.print(f"bench directory: {summary['path']}")
     if summary["report"]:
         console.out.print(f"report: {summary['report']}")
+
+
+def _devices_table(summary: dict) -> None:
+    rows = [
+        [r["device"], r["format"], r["quant"], r.get("size_mb"), pct(r.get("top1")), pct(r.get("agreement")),
+         ms(r.get("p50_ms")), ms(r.get("p90_ms")), r.get("peak_rss_mb") or "-", r["status"]]
+        for r in summary["rows"]
+    ]
+    console.table(f"bench on {len(summary['devices'])} devices ({summary['wall_s']:.1f} s wall)",
+                  ["device", "format", "quant", "size MB", "top-1", "agreement", "p50 ms", "p90 ms", "peak RSS MB", "status"], rows)
+    console.out.print(f"bench directory: {summary['path']}")

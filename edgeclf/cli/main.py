@@ -77,9 +77,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 def _register() -> None:
     from edgeclf.cli import (bench, bundle, demo, devices, evaluate, export, html_report, inspect, optimize, predict,
-                             train, validate)
+                             run, train, validate)
 
-    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, html_report, devices, demo):
+    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, html_report, devices, demo, run):
         cli.add_command(module.command)
     cli.add_command(bundle.command)
     cli.add_command(bundle.check_command)

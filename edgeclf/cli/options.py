@@ -37,7 +37,9 @@ devices_file = click.option(
 def device_options(command):
     """--device and the options that say how to reach and run on it."""
     for option in reversed([
-        click.option("--device", default="local", show_default=True, help="local, ssh://[user@]host[:port], adb[://SERIAL], or a name from edgeclf.yaml."),
+        click.option("--device", "devices", multiple=True, default=("local",), show_default=True,
+                     help="local, ssh://[user@]host[:port], adb[://SERIAL], or a target or group name from edgeclf.yaml; "
+                          "repeat it to measure on several devices in parallel."),
         click.option("--runs", default=100, show_default=True, type=int, help="Timed invocations."),
         click.option("--warmup", default=10, show_default=True, type=int, help="Untimed invocations first."),
         click.option("--threads", type=int, help="Inference threads [default: the runtime's choice]."),

@@ -105,6 +105,17 @@ def validation_summary(result: dict) -> None:
     console.table(None, ["", ""], rows)
 
 
+def devices_table(title: str, rows: list[dict]) -> None:
+    """One row per device, from `validate` on several devices; a failed device shows its reason."""
+    table = []
+    for r in rows:
+        acc, lat, device = r.get("accuracy") or {}, r.get("latency_ms") or {}, r.get("device") or {}
+        where = " ".join(str(device[k]) for k in ("arch", "os") if device.get(k)) + (" [EMULATED]" if r.get("emulated") else "")
+        table.append([r["device_name"], where or "-", pct(acc.get("top1")), pct(acc.get("agreement")), ms(lat.get("p50")),
+                      ms(lat.get("p90")), r.get("peak_rss_mb") or "-", r["status"]])
+    console.table(title, ["device", "hardware", "top-1", "agreement", "p50 ms", "p90 ms", "peak RSS MB", "status"], table)
+
+
 def demo_table(shipped: dict) -> None:
     rows = []
     for quant, r in shipped.items():

@@ -13,11 +13,21 @@ from edgeclf.cli import options, report
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False), help="labels.txt for a model file without a manifest.")
 @options.device_options
 @options.json_output
-def command(artefact, data_dir, labels_file, device, runs, warmup, threads, as_json, **settings):
+def command(artefact, data_dir, labels_file, devices, runs, warmup, threads, as_json, **settings):
     """Measure ARTEFACT (export dir, .tflite, .onnx or .xml) on a device: accuracy on --data and latency."""
-    from edgeclf.jobs.validate import validate
+    from edgeclf.devices.targets import expand_devices
+    from edgeclf.jobs.validate import validate, validate_on_devices
 
-    result = validate(artefact, device, data_dir, runs, warmup, threads, labels_file, options.pop_device_options(settings))
+    device_options = options.pop_device_options(settings)
+    devices = expand_devices(devices, device_options.devices_file)
+    if len(devices) > 1:
+        summary = validate_on_devices(artefact, devices, data_dir, runs, warmup, threads, labels_file, device_options)
+        if as_json:
+            console.print_json(summary)
+            return
+        report.devices_table(f"{artefact} on {len(devices)} devices ({summary['wall_s']:.1f} s)", summary["rows"])
+        return
+    result = validate(artefact, devices[0], data_dir, runs, warmup, threads, labels_file, device_options)
     if as_json:
         console.print_json(result)
         return

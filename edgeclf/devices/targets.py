@@ -9,6 +9,8 @@ directory, or ~/.config/edgeclf/devices.yaml, first found wins):
         python: /home/pi/venv/bin/python # Raspberry Pi OS keeps pip packages in a venv
         ssh_config: ~/.ssh/config        # optional; not from an untrusted file
         emulated: false
+    groups:
+      pis: [pi4, pi5]                    # `--device pis` measures on both, in parallel
 
 An `edgeclf.yaml` that merely sits in the working directory came with whatever folder the
 user is in (a cloned repository, say), so it is untrusted: it may not use keys that make the
@@ -68,10 +70,10 @@ def devices_file(explicit_file: str | None = None) -> DevicesFile | None:
     return DevicesFile(home, trusted=True) if home.is_file() else None
 
 
-def load_named_targets(explicit_file: str | None = None) -> dict[str, Target]:
+def _read_devices_file(explicit_file: str | None) -> tuple[DevicesFile | None, dict]:
     found = devices_file(explicit_file)
     if found is None:
-        return {}
+        return None, {}
     path = found.path
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -79,6 +81,48 @@ def load_named_targets(explicit_file: str | None = None) -> dict[str, Target]:
         raise UsageError(f"devices file {path} is not valid YAML ({first_line(exc)})", "fix its syntax") from exc
     if not isinstance(data, dict) or not isinstance(data.get("targets") or {}, dict):
         raise UsageError(f"devices file {path} has no `targets:` mapping", "see the Devices section of the README")
+    if not isinstance(data.get("groups") or {}, dict):
+        raise UsageError(f"devices file {path}: `groups:` is not a mapping", "write e.g. `groups: {pis: [pi4, pi5]}`")
+    return found, data
+
+
+def load_groups(explicit_file: str | None = None) -> dict[str, list[str]]:
+    """Named groups of devices, e.g. `groups: {pis: [pi4, pi5]}`; members are any device names."""
+    found, data = _read_devices_file(explicit_file)
+    groups = {}
+    for name, members in (data.get("groups") or {}).items():
+        if isinstance(members, str):
+            members = [members]
+        if not NAME_PATTERN.match(str(name)) or not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise UsageError(f"devices file {found.path}: group '{name}' is malformed", "give it a simple name and a list of device names")
+        if name in (data.get("targets") or {}):
+            raise UsageError(f"devices file {found.path}: '{name}' is both a target and a group", "rename one of them")
+        groups[str(name)] = list(members)
+    return groups
+
+
+def expand_devices(specs, explicit_file: str | None = None) -> list[str]:
+    """Device names with groups replaced by their members, each device once, in order."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    # Only a plain name can be a group; local and URLs never read the devices file.
+    groups = load_groups(explicit_file) if any(_is_plain_name(s) for s in specs) else {}
+    expanded = []
+    for spec in specs:
+        for name in groups.get(spec, [spec]):
+            if name not in expanded:
+                expanded.append(name)
+    return expanded
+
+
+def _is_plain_name(spec: str) -> bool:
+    return spec not in ("", "local", "adb") and "://" not in spec
+
+
+def load_named_targets(explicit_file: str | None = None) -> dict[str, Target]:
+    found, data = _read_devices_file(explicit_file)
+    if found is None:
+        return {}
+    path = found.path
     targets = {}
     for name, entry in (data.get("targets") or {}).items():
         if not isinstance(entry, dict) or not NAME_PATTERN.match(str(name)):

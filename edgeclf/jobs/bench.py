@@ -1,4 +1,4 @@
-"""`edgeclf bench`: export what is missing, validate every format on one device, one table.
+"""`edgeclf bench`: export what is missing, validate every format on each device, one table.
 
 Results go to a bench directory (bench.json, bench.csv, bench.png), written atomically.
 A format that cannot be exported or run becomes a row with its reason, not a crash.
@@ -6,7 +6,9 @@ A format that cannot be exported or run becomes a row with its reason, not a cra
 from __future__ import annotations
 
 import csv
+import functools
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,10 +16,12 @@ from edgeclf import console
 from edgeclf.artefacts import MANIFEST_FILE, read_manifest
 from edgeclf.atomic import check_output, staged_dir
 from edgeclf.devices import DeviceOptions
+from edgeclf.devices.targets import expand_devices
 from edgeclf.errors import EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import default_out, export_run
-from edgeclf.jobs.validate import validate
+from edgeclf.jobs.fleet import run_on_devices
+from edgeclf.jobs.validate import Prepared, check_counts, measure
 from edgeclf.pipeline.runs import Run
 
 BENCH_FILE = "bench.json"
@@ -53,11 +57,16 @@ def _artefact(run: Run, target: str, quant: str) -> Path:
     return out
 
 
-def bench(run_dir, formats: list[tuple[str, str]], device: str = "local", data_dir: str | None = None,
+def bench(run_dir, formats: list[tuple[str, str]], device: str | list[str] = "local", data_dir: str | None = None,
           runs: int = 100, warmup: int = 10, threads: int | None = None, options: DeviceOptions | None = None,
           out: str | None = None, overwrite: bool = False) -> dict:
+    """One device gives the classic bench record; several give one row per (format, device)."""
+    options = options or DeviceOptions()
+    devices = expand_devices(device, options.devices_file)
+    check_counts(runs, warmup, threads)
     run = Run.open(run_dir)
-    target_dir = Path(out) if out else run.path / "bench" / f"{_slug(device)}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    label = _slug(devices[0]) if len(devices) == 1 else f"{len(devices)}-devices"
+    target_dir = Path(out) if out else run.path / "bench" / f"{label}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     overwrite = overwrite or not out  # the default, timestamped folder may replace its own bench
     if data_dir is None:
         data_dir = run.info["config"].get("test_dir")
@@ -65,38 +74,45 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str = "local", data_d
             data_dir = None
         console.info(f"scoring on {data_dir}" if data_dir else "no --data and no test dir in the run: latency only")
     check_output(target_dir, BENCH_FILE, overwrite, inputs=[data_dir], input_runs=[run.path])  # before any work
-    rows = []
+    prepared, failed = {}, {}
     for target, quant in formats:
-        row = {"format": target, "quant": quant, "status": "ok"}
         try:
-            result = validate(_artefact(run, target, quant), device, data_dir, runs, warmup, threads, options=options)
-            acc = result["accuracy"] or {}
-            row.update(
-                size_mb=round(result["model_bytes"] / 1e6, 3),
-                top1=acc.get("top1"),
-                agreement=acc.get("agreement"),
-                p50_ms=(result["latency_ms"] or {}).get("p50"),
-                result=result,
-            )
+            prepared[(target, quant)] = Prepared(_artefact(run, target, quant), data_dir)
         except EdgeclfError as exc:
-            row["status"] = str(exc)
+            failed[(target, quant)] = str(exc)
             console.warn(f"{target}:{quant}: {exc}")
-        rows.append(row)
-    _add_speedups(rows)
-    measured = next((r["result"] for r in rows if "result" in r), None)
-    summary = {
-        "run_dir": str(run.path),
-        "device": measured["device"] if measured else {"name": device},
-        "emulated": measured["emulated"] if measured else None,
-        "data": data_dir,
-        "threads": threads,
-        "runs": runs,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rows": rows,
-    }
+    if len(devices) > 1:
+        for item in prepared.values():
+            item.reference()  # the float model runs here, once, not in every device's thread
+    started = time.perf_counter()
+    jobs = {name: [functools.partial(measure, item, name, runs, warmup, threads, options) for item in prepared.values()]
+            for name in devices}
+    outcomes = run_on_devices(jobs, on_done=_progress_line if len(devices) > 1 else None)
+    wall_s = round(time.perf_counter() - started, 2)
+    rows = []
+    for name in devices:
+        measured = iter(outcomes[name])
+        device_rows = [_row(target, quant, failed.get((target, quant)) or next(measured), several=len(devices) > 1)
+                       for target, quant in formats]
+        _add_speedups(device_rows)
+        for row in device_rows:
+            if len(devices) > 1:
+                row["device"] = name
+                row["emulated"] = row["result"]["emulated"] if "result" in row else None
+        rows += device_rows
+    summary = {"run_dir": str(run.path)}
+    if len(devices) == 1:
+        measured = next((r["result"] for r in rows if "result" in r), None)
+        summary["device"] = measured["device"] if measured else {"name": devices[0]}
+        summary["emulated"] = measured["emulated"] if measured else None
+    else:
+        summary["devices"] = [_device_record(name, rows) for name in devices]
+        summary["wall_s"] = wall_s
+    summary.update(data=data_dir, threads=threads, runs=runs,
+                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"), rows=rows)
     with staged_dir(target_dir, BENCH_FILE, overwrite, inputs=[data_dir], input_runs=[run.path]) as staging:
         (staging / BENCH_FILE).write_text(console.to_json(summary) + "\n")
-        _write_csv(rows, staging / "bench.csv")
+        _write_csv(rows, staging / "bench.csv", several=len(devices) > 1)
         _plot(rows, staging / "bench.png", summary)
     summary["path"] = str(target_dir)
     summary["report"] = _report(run, target_dir)
@@ -114,6 +130,44 @@ def _report(run: Run, bench_dir: Path) -> str | None:
         return None
 
 
+def _row(target: str, quant: str, outcome, several: bool) -> dict:
+    """A bench row from a measurement, or a failed row with its one-line reason."""
+    row = {"format": target, "quant": quant, "status": "ok"}
+    if isinstance(outcome, str):
+        row["status"] = outcome
+        return row
+    if not outcome.ok:
+        row["status"] = outcome.error
+        console.warn(f"{target}:{quant}" + (f" on {outcome.device}" if several else "") + f": {outcome.error}")
+        return row
+    result = outcome.result
+    acc = result["accuracy"] or {}
+    latency = result["latency_ms"] or {}
+    row.update(
+        size_mb=round(result["model_bytes"] / 1e6, 3),
+        top1=acc.get("top1"),
+        agreement=acc.get("agreement"),
+        p50_ms=latency.get("p50"),
+        result=result,
+    )
+    if several:  # the combined table compares devices, so it carries their spread and memory too
+        row.update(p90_ms=latency.get("p90"), peak_rss_mb=result.get("peak_rss_mb"))
+    return row
+
+
+def _device_record(name: str, rows: list[dict]) -> dict:
+    measured = next((r["result"] for r in rows if r.get("device") == name and "result" in r), None)
+    if measured is None:
+        reason = next((r["status"] for r in rows if r.get("device") == name), "no formats")
+        return {"name": name, "status": reason}
+    return {**measured["device"], "name": name, "emulated": measured["emulated"], "status": "ok"}
+
+
+def _progress_line(outcome) -> None:
+    state = "ok" if outcome.ok else f"failed: {outcome.error}"
+    console.info(f"{outcome.device}: job {outcome.index + 1} {state} ({outcome.seconds:.1f} s)")
+
+
 def _add_speedups(rows: list[dict]) -> None:
     """Speed-up against the same format's fp32 row, else against the first measured row."""
     measured = [r for r in rows if r.get("p50_ms")]
@@ -126,9 +180,9 @@ def _slug(device: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", device.replace("://", "-")).strip("_") or "device"
 
 
-def _write_csv(rows: list[dict], path: Path) -> None:
+def _write_csv(rows: list[dict], path: Path, several: bool = False) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, (["device"] + COLUMNS + ["p90_ms", "peak_rss_mb"]) if several else COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
@@ -144,10 +198,13 @@ def _plot(rows: list[dict], path: Path, summary: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in points:
         ax.scatter(r["p50_ms"], 100 * r["top1"], s=40 + 60 * r["size_mb"], alpha=0.6)
-        ax.annotate(f"{r['format']}:{r['quant']}\n{r['size_mb']:.1f} MB", (r["p50_ms"], 100 * r["top1"]),
+        where = f" @ {r['device']}" if r.get("device") else ""
+        ax.annotate(f"{r['format']}:{r['quant']}{where}\n{r['size_mb']:.1f} MB", (r["p50_ms"], 100 * r["top1"]),
                     textcoords="offset points", xytext=(6, 6), fontsize=8)
-    device = summary["device"]
-    title = f"accuracy vs latency on {device.get('name', '?')}" + (" (emulated)" if summary.get("emulated") else "")
+    if "devices" in summary:
+        title = f"accuracy vs latency on {len(summary['devices'])} devices"
+    else:
+        title = f"accuracy vs latency on {summary['device'].get('name', '?')}" + (" (emulated)" if summary.get("emulated") else "")
     ax.set_title(title if points else title + ": no accuracy measured")
     ax.set_xlabel("p50 latency (ms)")
     ax.set_ylabel("top-1 (%)")

@@ -1,0 +1,59 @@
+"""`edgeclf run`: the whole flow from one pipeline file, rerunning only what changed."""
+from __future__ import annotations
+
+import click
+
+from edgeclf import console
+from edgeclf.cli import options
+from edgeclf.cli.report import ms, pct
+from edgeclf.errors import EdgeclfError
+
+
+@click.command("run")
+@click.argument("pipeline_file", type=click.Path(path_type=str))
+@click.option("--dry-run", is_flag=True, help="Print the plan (cached / will run / why) and do nothing.")
+@click.option("--force", metavar="STAGE", help="Rerun this stage (e.g. train, export/tflite-int8) and everything after it.")
+@options.json_output
+def command(pipeline_file, dry_run, force, as_json):
+    """Train, optimize, export and validate on every device as PIPELINE_FILE says; cached stages are skipped."""
+    from edgeclf.jobs import compare, pipeline, pipeline_file as schema
+
+    pf = schema.load(pipeline_file)
+    result = pipeline.run(pf, force=force, dry_run=dry_run)
+    if as_json:
+        console.print_json(result)
+    elif dry_run:
+        console.table(f"plan for {pf.path} (nothing was run)", ["stage", "status", "why"],
+                      [[s["name"], s["status"], s["why"] or ""] for s in result["stages"]])
+    else:
+        _comparison_table(compare.read(pf.out / "compare"))
+        counts = {status: sum(s["status"] == status for s in result["stages"]) for status in ("ran", "cached", "failed", "skipped")}
+        if counts["cached"] == len(result["stages"]):
+            console.out.print(f"all {len(result['stages'])} stages cached: nothing to do")
+        else:
+            console.out.print(", ".join(f"{n} {status}" for status, n in counts.items() if n))
+        console.out.print(f"pipeline record: {pf.out / pipeline.STATE_FILE}")
+    failed = [s["name"] for s in result["stages"] if s["status"] == "failed"]
+    if failed and not dry_run:
+        raise EdgeclfError(f"{len(failed)} stage(s) failed: {', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}",
+                           f"see the reasons above or in {pf.out / pipeline.STATE_FILE}")
+
+
+def _comparison_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    table = [[r["backbone"], r["export"], r["device"], r["weights"], pct(r["test_top1"]), pct(r["test_top5"]),
+              pct(r["agreement"]), _mb(r["size_mb"]), _mb(r["gzip_mb"]), _millions(r["params"]), ms(r["p50_ms"]),
+              ms(r["p90_ms"]), r["peak_rss_mb"] or "-", r["status"] + (" [EMULATED]" if r["emulated"] else "")]
+             for r in rows]
+    console.table("model choice: per backbone, format and device", [
+        "backbone", "export", "device", "weights", "test top-1", "top-5", "agreement", "MB", "gzip MB", "params",
+        "p50 ms", "p90 ms", "peak RSS MB", "status"], table)
+
+
+def _mb(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _millions(value) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f} M"

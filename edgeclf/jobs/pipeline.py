@@ -1,0 +1,345 @@
+"""`edgeclf run`: the whole flow from one pipeline file, each stage cached by a key.
+
+Stages, per backbone: train -> optimize (optional) -> one export per entry -> one validate per
+(export, device); then `compare` over everything. To add a stage that follows them all (a
+report, a bundle), append a builder to FINAL_STAGES: it gets the plan and returns a Stage.
+
+A stage's key hashes its own settings, its inputs (image file lists with sizes and mtimes, the
+upstream stages' keys) and the edgeclf version. A stage reruns when it is forced, its key or
+output changed, it did not finish last time, or a stage it reads reruns; otherwise it is cached.
+Every stage writes its output atomically, and pipeline.json is rewritten after each one, so
+an interrupted run redoes only what had not finished (training continues from its checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgeclf import __version__, console
+from edgeclf.atomic import staged_dir, write_text_atomic
+from edgeclf.devices.targets import parse_target
+from edgeclf.errors import EdgeclfError, UsageError, first_line
+from edgeclf.jobs import compare
+from edgeclf.jobs.export import export_run
+from edgeclf.jobs.fleet import run_on_devices
+from edgeclf.jobs.optimize import OptimizeConfig, optimize
+from edgeclf.jobs.pipeline_file import PipelineFile
+from edgeclf.jobs.validate import Prepared, measure
+
+STATE_FILE = "pipeline.json"
+RESULT_FILE = "result.json"
+DONE = ("ran", "cached")
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str  # train | optimize | export | validate | compare (| report, bundle ...)
+    settings: dict  # what the stage does
+    upstream: list[str]  # stages whose outputs it reads
+    output: Path
+    work: Callable[["Stage", dict], None] | None  # (stage, records so far) does the job; its output appears only when complete
+    inputs: dict = field(default_factory=dict)  # fingerprints of what it reads besides upstream stages
+    device: str | None = None
+    export: object = None  # validate: the Export it measures
+    key: str = ""
+    settings_hash: str = ""
+    why: str | None = None  # None: cached; else why it runs
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def folder_fingerprint(folder) -> str | None:
+    """The file list of an image folder with sizes and mtimes: any added, removed or edited image changes it."""
+    if not folder:
+        return None
+    root = Path(folder)
+    return _digest(sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                          for p in root.rglob("*") if p.is_file()))
+
+
+def file_fingerprint(path) -> str | None:
+    p = Path(path) if path else None
+    return _digest([p.stat().st_size, p.stat().st_mtime_ns]) if p and p.is_file() else None
+
+
+# --------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------
+def plan(pf: PipelineFile) -> list[Stage]:
+    stages: list[Stage] = []
+    several = len(pf.trains) > 1
+    for config in pf.trains:
+        arch_dir = pf.out / config.arch
+        tag = f"/{config.arch}" if several else ""
+        settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "data_dir", "val_dir", "test_dir")}
+        train = Stage(f"train{tag}", "train", settings, [], Path(config.out), lambda s, r, c=config: _train(c),
+                      inputs={"train images": folder_fingerprint(config.data_dir), "val images": folder_fingerprint(config.val_dir),
+                              "test images": folder_fingerprint(config.test_dir),
+                              "weights file": file_fingerprint(config.weights) if config.pretrained else None})
+        stages.append(train)
+        source = train
+        if pf.optimize is not None:
+            source = Stage(f"optimize{tag}", "optimize", dict(pf.optimize), [train.name], arch_dir / "optimized",
+                           lambda s, r, up=train.output: optimize(OptimizeConfig(run_dir=str(up), out=str(s.output), **s.settings), overwrite=True))
+            stages.append(source)
+        for export in pf.exports:
+            spec = dataclasses.replace(export.spec, out=str(arch_dir / "exports" / export.name))
+            stage = Stage(f"export{tag}/{export.name}", "export", {k: v for k, v in spec.to_dict().items() if k != "out"},
+                          [source.name], Path(spec.out), lambda s, r, up=source.output, sp=spec: export_run(up, sp, overwrite=True),
+                          inputs={"calibration images": folder_fingerprint(spec.calib_dir)}, export=export)
+            stages.append(stage)
+            for device in pf.devices:
+                target = dataclasses.asdict(parse_target(device, pf.device_options.devices_file))
+                stages.append(Stage(
+                    f"validate{tag}/{export.name}@{device}", "validate",
+                    {"device": target, "runs": pf.runs, "warmup": pf.warmup, "threads": pf.threads,
+                     "options": dataclasses.asdict(pf.device_options)},
+                    [stage.name], arch_dir / "validate" / f"{export.name}@{_slug(device)}", None,
+                    inputs={"images": folder_fingerprint(pf.data)}, device=device, export=export))
+    for build in FINAL_STAGES:
+        stages.append(build(pf, stages))
+    return stages
+
+
+def _compare_stage(pf: PipelineFile, stages: list[Stage]) -> Stage:
+    measured = [s.name for s in stages if s.kind in ("export", "validate")]
+    return Stage("compare", "compare", {"table": compare.COLUMNS}, measured, pf.out / "compare",
+                 lambda s, records, stages=stages: compare.write(_comparison_entries(pf, stages, records), s.output))
+
+
+FINAL_STAGES = [_compare_stage]
+
+
+def _slug(device: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in device.replace("://", "-"))
+
+
+def _keys(stages: list[Stage]) -> None:
+    by_name = {s.name: s for s in stages}
+    for stage in stages:
+        stage.settings_hash = _digest(stage.settings)
+        upstream = {name: by_name[name].key for name in stage.upstream}
+        stage.key = _digest({"kind": stage.kind, "settings": stage.settings_hash, "inputs": stage.inputs,
+                             "upstream": upstream, "edgeclf": __version__})
+
+
+def decide(stages: list[Stage], previous: dict, force: str | None) -> None:
+    """Mark each stage cached (why None) or give the reason it runs."""
+    if force and not any(_matches(s.name, force) for s in stages):
+        raise UsageError(f"--force {force} names no stage", f"use one of: {', '.join(s.name for s in stages)}")
+    by_name = {s.name: s for s in stages}
+    for stage in stages:
+        prev = previous.get(stage.name)
+        rerun_upstream = [name for name in stage.upstream if by_name[name].why is not None]
+        changed_inputs = [k for k, v in stage.inputs.items() if prev and (prev.get("inputs") or {}).get(k) != v]
+        if force and _matches(stage.name, force):
+            stage.why = "--force"
+        elif rerun_upstream:
+            stage.why = f"{rerun_upstream[0]} reruns"
+        elif prev is None:
+            stage.why = "never ran"
+        elif prev.get("status") not in DONE:
+            stage.why = f"it {prev.get('status')} last time"
+        elif prev.get("key") != stage.key:
+            stage.why = ("its settings changed" if prev.get("settings_hash") != stage.settings_hash
+                         else f"its inputs changed ({', '.join(changed_inputs)})" if changed_inputs
+                         else "an upstream stage or the edgeclf version changed")
+        elif not stage.output.exists():
+            stage.why = "its output is missing"
+        else:
+            stage.why = None
+
+
+def _matches(name: str, force: str) -> bool:
+    return name == force or name.startswith(force + "/") or name.startswith(force + "@")
+
+
+# --------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------
+def run(pf: PipelineFile, force: str | None = None, dry_run: bool = False) -> dict:
+    stages = plan(pf)
+    _keys(stages)
+    previous = _previous(pf.out)
+    decide(stages, previous, force)
+    if dry_run:
+        return {"file": str(pf.path.resolve()), "out": str(pf.out), "dry_run": True, "stages": [
+            {"name": s.name, "key": s.key, "status": "cached" if s.why is None else "will run", "why": s.why,
+             "output": _relative(s.output, pf.out)} for s in stages]}
+    return _Runner(pf, stages, previous).run()
+
+
+def _previous(out: Path) -> dict:
+    """The last run's stage records, after checking `out` is ours to write in."""
+    state = out / STATE_FILE
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out {out} exists and is not a folder", "choose another `out:` in the pipeline file")
+    if out.is_dir() and any(out.iterdir()) and not state.is_file():
+        raise UsageError(f"out {out} holds files that `edgeclf run` did not write", "choose another `out:` or empty that folder")
+    if not state.is_file():
+        return {}
+    try:
+        return {r["name"]: r for r in json.loads(state.read_text())["stages"]}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        console.warn(f"{state} is unreadable; every stage runs again")
+        return {}
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+class _Runner:
+    def __init__(self, pf: PipelineFile, stages: list[Stage], previous: dict):
+        self.pf, self.stages = pf, stages
+        self.records = {s.name: previous[s.name] for s in stages if s.name in previous}  # kept for unfinished stages
+        self.position = {s.name: i for i, s in enumerate(stages)}
+
+    def run(self) -> dict:
+        self.pf.out.mkdir(parents=True, exist_ok=True)
+        self._save()  # first, so that a run interrupted in its first stage is still ours to resume
+        device_stages = [s for s in self.stages if s.kind == "validate"]
+        final = self.stages[-len(FINAL_STAGES):] if FINAL_STAGES else []
+        for stage in self.stages:
+            if stage.kind != "validate" and stage not in final:
+                self._run_here(stage)
+        self._run_on_devices(device_stages)
+        for stage in final:
+            self._run_here(stage)
+        return self.state()
+
+    def state(self) -> dict:
+        return {"file": str(self.pf.path.resolve()), "out": str(self.pf.out), "edgeclf": __version__,
+                "stages": [self.records[s.name] for s in self.stages if s.name in self.records]}
+
+    def _record(self, stage: Stage, status: str, seconds: float = 0.0, error: str | None = None) -> None:
+        record = {"name": stage.name, "key": stage.key, "status": status, "seconds": round(seconds, 2),
+                  "output": _relative(stage.output, self.pf.out), "why": stage.why,
+                  "settings_hash": stage.settings_hash, "inputs": stage.inputs}
+        if error:
+            record["error"] = error
+        self.records[stage.name] = record
+        line = {"ran": f"ran ({seconds:.1f} s)", "cached": "cached", "failed": f"failed: {error}", "skipped": f"skipped: {error}"}
+        console.info(f"[{self.position[stage.name] + 1}/{len(self.stages)}] {stage.name}: {line[status]}")
+        self._save()
+
+    def _save(self) -> None:
+        write_text_atomic(self.pf.out / STATE_FILE, json.dumps(self.state(), indent=2) + "\n")
+
+    def _blocked(self, stage: Stage) -> str | None:
+        for name in stage.upstream:
+            if self.records.get(name, {}).get("status") in ("failed", "skipped"):
+                return f"{name} did not finish"
+        return None
+
+    def _stage(self, name: str) -> Stage:
+        return self.stages[self.position[name]]
+
+    def _run_here(self, stage: Stage) -> None:
+        blocked = self._blocked(stage)
+        if blocked and stage.kind != "compare":  # the comparison still shows what finished
+            return self._record(stage, "skipped", error=blocked)
+        if stage.why is None:
+            return self._record(stage, "cached")
+        console.info(f"[{self.position[stage.name] + 1}/{len(self.stages)}] {stage.name}: running ({stage.why})")
+        started = time.perf_counter()
+        try:
+            stage.work(stage, self.records)
+        except EdgeclfError as exc:
+            return self._record(stage, "failed", time.perf_counter() - started, first_line(exc))
+        self._record(stage, "ran", time.perf_counter() - started)
+
+    def _run_on_devices(self, stages: list[Stage]) -> None:
+        prepared, jobs = {}, {}
+        for stage in stages:
+            blocked = self._blocked(stage)
+            if blocked or stage.why is None:
+                self._record(stage, "skipped" if blocked else "cached", error=blocked)
+                continue
+            export_dir = self._stage(stage.upstream[0]).output
+            if export_dir not in prepared:
+                try:  # images and the float reference, once per export, here rather than in each device's thread
+                    prepared[export_dir] = Prepared(export_dir, self.pf.data)
+                    prepared[export_dir].reference()
+                except EdgeclfError as exc:
+                    prepared[export_dir] = first_line(exc)
+            if isinstance(prepared[export_dir], str):
+                self._record(stage, "failed", error=prepared[export_dir])
+                continue
+            jobs.setdefault(stage.device, []).append((stage, prepared[export_dir]))
+        runnable = {device: [lambda st=st, p=p: self._validate(st, p) for st, p in items] for device, items in jobs.items()}
+
+        def done(outcome):
+            stage = jobs[outcome.device][outcome.index][0]
+            self._record(stage, "ran" if outcome.ok else "failed", outcome.seconds, outcome.error)
+
+        if len(runnable) == 1:  # fleet re-raises surprises for one device; here they must become rows too
+            runnable = {d: [_catching(job) for job in js] for d, js in runnable.items()}
+        run_on_devices(runnable, on_done=done)
+
+    def _validate(self, stage: Stage, prepared: Prepared) -> None:
+        result = measure(prepared, stage.device, self.pf.runs, self.pf.warmup, self.pf.threads, self.pf.device_options)
+        with staged_dir(stage.output, RESULT_FILE, overwrite=True) as staging:
+            (staging / RESULT_FILE).write_text(console.to_json(result) + "\n")
+
+
+def _catching(job: Callable) -> Callable:
+    def wrapped():
+        try:
+            return job()
+        except EdgeclfError:
+            raise
+        except Exception as exc:
+            raise EdgeclfError(f"unexpected {type(exc).__name__}: {first_line(exc)}") from exc
+    return wrapped
+
+
+def _plain(value):
+    import numpy as np
+
+    return value.item() if isinstance(value, np.generic) else value.tolist() if isinstance(value, np.ndarray) else str(value)
+
+
+def _train(config) -> None:
+    """Train, or continue this very config's interrupted run from its last epoch checkpoint."""
+    from edgeclf.jobs import train as training
+
+    out = Path(config.out)
+    partial = training.partial_dir(out)
+    state = partial / training.STATE_FILE
+    if state.is_file() and _digest(json.loads(state.read_text()).get("config")) == _digest(json.loads(json.dumps(config.to_dict()))):
+        training.resume(out, overwrite=True)
+        return
+    if partial.exists():  # an interrupted run of other settings, inside our own out folder
+        shutil.rmtree(partial)
+    training.train(config, overwrite=True)
+
+
+def _comparison_entries(pf: PipelineFile, stages: list[Stage], records: dict) -> list[dict]:
+    """What the comparison table reads: one entry per (backbone, export, device), with why one did not finish."""
+    by_name = {s.name: s for s in stages}
+    entries = []
+    for config in pf.trains:
+        tag = f"/{config.arch}" if len(pf.trains) > 1 else ""
+        source = by_name.get(f"optimize{tag}") or by_name[f"train{tag}"]
+        for export in pf.exports:
+            export_stage = by_name[f"export{tag}/{export.name}"]
+            base = {"backbone": config.arch, "weights": config.weights, "alpha": config.alpha, "run_dir": source.output,
+                    "optimize": pf.optimize, "export": export.name, "target": export.spec.target, "quant": export.spec.quant,
+                    "export_dir": export_stage.output}
+            for device in pf.devices or [None]:
+                stage = by_name.get(f"validate{tag}/{export.name}@{device}")
+                failed = [records.get(s.name, {}) for s in (export_stage, stage) if s is not None]
+                error = next((r.get("error") for r in failed if r.get("status") in ("failed", "skipped")), None)
+                entries.append({**base, "device": device, "result_file": stage.output / RESULT_FILE if stage else None,
+                                "error": error})
+    return entries
