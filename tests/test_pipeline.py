@@ -87,7 +87,7 @@ def test_pipeline_runs_caches_reruns_only_what_changed_and_resumes(tmp_path, mon
     path = write_project(tmp_path, FP32 + INT8)
     out = tmp_path / "runs" / "tiny"
     names = ["train", "export/tflite-fp32", "validate/tflite-fp32@local", "export/tflite-int8",
-             "validate/tflite-int8@local", "compare"]
+             "validate/tflite-int8@local", "report", "compare"]
 
     plan = json.loads(run_cli("run", path, "--dry-run", "--json").stdout)
     assert [(s["name"], s["status"]) for s in plan["stages"]] == [(n, "will run") for n in names]
@@ -107,12 +107,14 @@ def test_pipeline_runs_caches_reruns_only_what_changed_and_resumes(tmp_path, mon
     assert again.returncode == 0, again.stderr
     assert statuses(json.loads(again.stdout)) == dict.fromkeys(names, "cached")
     assert "train: cached" in again.stderr
-    assert "all 6 stages cached" in run_cli("run", path).stdout
+    assert "all 7 stages cached" in run_cli("run", path).stdout
+    page = out / "mobilenetv2" / "report" / "report.html"  # the run's page, with this pipeline's device results
+    assert page.is_file() and "tflite-int8" in page.read_text() and "local" in page.read_text()
 
     # One export setting changes: only that export and what reads it will run.
     path.write_text(path.read_text().replace("calib_size: 8", "calib_size: 10"))
     plan = {s["name"]: s for s in load_and_run(path, dry_run=True)["stages"]}
-    assert {n for n, s in plan.items() if s["status"] == "will run"} == {"export/tflite-int8", "validate/tflite-int8@local", "compare"}
+    assert {n for n, s in plan.items() if s["status"] == "will run"} == {"export/tflite-int8", "validate/tflite-int8@local", "report", "compare"}
     assert plan["export/tflite-int8"]["why"] == "its settings changed"
 
     # Interrupted in the middle of that export: nothing half-written, and the rerun resumes there.
@@ -128,12 +130,12 @@ def test_pipeline_runs_caches_reruns_only_what_changed_and_resumes(tmp_path, mon
     assert record["key"] == first["stages"][3]["key"]  # still the last finished one, so it reruns next time
     resumed = load_and_run(path)
     assert statuses(resumed) == {**dict.fromkeys(names, "cached"), "export/tflite-int8": "ran",
-                                 "validate/tflite-int8@local": "ran", "compare": "ran"}
-    manifest = json.loads((out / "mobilenetv2" / "exports" / "tflite-int8" / "manifest.json").read_text())
+                                 "validate/tflite-int8@local": "ran", "report": "ran", "compare": "ran"}
+    manifest = json.loads((out / "mobilenetv2" / "run" / "exports" / "tflite-int8" / "manifest.json").read_text())
     assert manifest["calibration"]["count"] == 10
 
     forced = {s["name"]: s for s in load_and_run(path, dry_run=True, force="export/tflite-fp32")["stages"]}
-    assert {n for n, s in forced.items() if s["status"] == "will run"} == {"export/tflite-fp32", "validate/tflite-fp32@local", "compare"}
+    assert {n for n, s in forced.items() if s["status"] == "will run"} == {"export/tflite-fp32", "validate/tflite-fp32@local", "report", "compare"}
     assert forced["export/tflite-fp32"]["why"] == "--force"
     assert "names no stage" in run_cli("run", path, "--force", "bundle").stderr
 

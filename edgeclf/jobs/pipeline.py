@@ -31,6 +31,7 @@ from edgeclf.jobs.fleet import run_on_devices
 from edgeclf.jobs.optimize import OptimizeConfig, optimize
 from edgeclf.jobs.pipeline_file import PipelineFile
 from edgeclf.jobs.validate import Prepared, measure
+from edgeclf.bundle.builder import build_bundle
 
 STATE_FILE = "pipeline.json"
 RESULT_FILE = "result.json"
@@ -40,7 +41,7 @@ DONE = ("ran", "cached")
 @dataclass
 class Stage:
     name: str
-    kind: str  # train | optimize | export | validate | compare (| report, bundle ...)
+    kind: str  # train | optimize | export | validate | report | bundle | compare
     settings: dict  # what the stage does
     upstream: list[str]  # stages whose outputs it reads
     output: Path
@@ -91,12 +92,15 @@ def plan(pf: PipelineFile) -> list[Stage]:
             source = Stage(f"optimize{tag}", "optimize", dict(pf.optimize), [train.name], arch_dir / "optimized",
                            lambda s, r, up=train.output: optimize(OptimizeConfig(run_dir=str(up), out=str(s.output), **s.settings), overwrite=True))
             stages.append(source)
+        measured = []
         for export in pf.exports:
-            spec = dataclasses.replace(export.spec, out=str(arch_dir / "exports" / export.name))
+            # under the run, as `edgeclf export` puts them, so that the run's report finds them
+            spec = dataclasses.replace(export.spec, out=str(source.output / "exports" / export.name))
             stage = Stage(f"export{tag}/{export.name}", "export", {k: v for k, v in spec.to_dict().items() if k != "out"},
                           [source.name], Path(spec.out), lambda s, r, up=source.output, sp=spec: export_run(up, sp, overwrite=True),
                           inputs={"calibration images": folder_fingerprint(spec.calib_dir)}, export=export)
             stages.append(stage)
+            measured.append(stage)
             for device in pf.devices:
                 target = dataclasses.asdict(parse_target(device, pf.device_options.devices_file))
                 stages.append(Stage(
@@ -105,6 +109,15 @@ def plan(pf: PipelineFile) -> list[Stage]:
                      "options": dataclasses.asdict(pf.device_options)},
                     [stage.name], arch_dir / "validate" / f"{export.name}@{_slug(device)}", None,
                     inputs={"images": folder_fingerprint(pf.data)}, device=device, export=export))
+                measured.append(stages[-1])
+        if pf.report:
+            stages.append(Stage(f"report{tag}", "report", {"report": True}, [source.name] + [s.name for s in measured],
+                                arch_dir / "report", lambda s, r, run=source.output, m=measured: _report(run, m, s.output)))
+        for name in pf.bundle:
+            export_stage = next(s for s in measured if s.kind == "export" and s.export.name == name)
+            stages.append(Stage(f"bundle{tag}/{name}", "bundle", {"golden": GOLDEN}, [export_stage.name],
+                                arch_dir / "bundles" / name,
+                                lambda s, r, art=export_stage.output: build_bundle(art, s.output, GOLDEN, overwrite=True)))
     for build in FINAL_STAGES:
         stages.append(build(pf, stages))
     return stages
@@ -117,6 +130,32 @@ def _compare_stage(pf: PipelineFile, stages: list[Stage]) -> Stage:
 
 
 FINAL_STAGES = [_compare_stage]
+AFTER_DEVICES = ("report", "bundle", "compare")  # stages that read what the devices measured
+GOLDEN = 20
+
+
+def _report(run_dir: Path, measured: list[Stage], output: Path) -> None:
+    """The run's `edgeclf report` page, with this pipeline's device results shown as bench folders."""
+    from edgeclf.report import REPORT_FILE, write_report
+
+    with staged_dir(output, REPORT_FILE, overwrite=True) as staging:
+        by_device: dict[str, list] = {}
+        for stage in measured:
+            result_file = stage.output / RESULT_FILE
+            if stage.kind == "validate" and result_file.is_file():
+                result = json.loads(result_file.read_text())
+                by_device.setdefault(stage.device, []).append(
+                    {"format": stage.export.spec.target, "quant": stage.export.spec.quant, "status": "ok", "result": result,
+                     "size_mb": round(result["model_bytes"] / 1e6, 3)})
+        bench_dirs = []
+        for device, rows in by_device.items():
+            folder = staging / f"bench-{_slug(device)}"
+            folder.mkdir()
+            first = rows[0]["result"]
+            (folder / "bench.json").write_text(console.to_json(
+                {"device": first["device"], "emulated": first["emulated"], "rows": rows}) + "\n")
+            bench_dirs.append(folder)
+        write_report(run_dir, out=staging / REPORT_FILE, extra_bench_dirs=bench_dirs)
 
 
 def _slug(device: str) -> str:
@@ -208,7 +247,7 @@ class _Runner:
         self.pf.out.mkdir(parents=True, exist_ok=True)
         self._save()  # first, so that a run interrupted in its first stage is still ours to resume
         device_stages = [s for s in self.stages if s.kind == "validate"]
-        final = self.stages[-len(FINAL_STAGES):] if FINAL_STAGES else []
+        final = [s for s in self.stages if s.kind in AFTER_DEVICES]
         for stage in self.stages:
             if stage.kind != "validate" and stage not in final:
                 self._run_here(stage)
@@ -246,7 +285,7 @@ class _Runner:
 
     def _run_here(self, stage: Stage) -> None:
         blocked = self._blocked(stage)
-        if blocked and stage.kind != "compare":  # the comparison still shows what finished
+        if blocked and stage.kind not in ("compare", "report"):  # they still show what finished
             return self._record(stage, "skipped", error=blocked)
         if stage.why is None:
             return self._record(stage, "cached")

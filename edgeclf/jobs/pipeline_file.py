@@ -38,7 +38,7 @@ TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in (
 OPTIMIZE_KEYS = [f.name for f in dataclasses.fields(OptimizeConfig) if f.name not in ("run_dir", "out", "check")]
 EXPORT_KEYS = ["name"] + [f.name for f in dataclasses.fields(ExportSpec) if f.name != "out"]
 VALIDATE_KEYS = ["data", "runs", "warmup", "threads"] + [f.name for f in dataclasses.fields(DeviceOptions) if f.name != "devices_file"]
-TOP_KEYS = ["data", "train", "optimize", "exports", "devices", "devices_file", "validate", "out"]
+TOP_KEYS = ["data", "train", "optimize", "exports", "devices", "devices_file", "validate", "report", "bundle", "out"]
 # Values that are paths on this machine, resolved against the pipeline file's folder.
 PATH_KEYS = {"weights", "calib_dir", "ssh_config", "benchmark_binary", "data", "devices_file", "out", *DATA_KEYS}
 # Types of the keys that are not fields of a config record.
@@ -67,6 +67,8 @@ class PipelineFile:
     threads: int | None = None
     data: str | None = None  # images validate scores on: validate.data, else data.test
     lines: dict = field(default_factory=dict, repr=False)
+    report: bool = True  # one `edgeclf report` page per backbone, with the pipeline's device results
+    bundle: tuple[str, ...] = ()  # names of TFLite exports to bundle for app teams (`edgeclf bundle`)
 
 
 def load(path) -> PipelineFile:
@@ -180,8 +182,20 @@ class _Checker:
         runs, warmup, threads = validate.get("runs", 100), validate.get("warmup", 10), validate.get("threads")
         if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
             self.fail(("validate",), "validate needs runs >= 1, warmup >= 0 and threads >= 1", "e.g. runs: 100, warmup: 10, threads: 1")
+        report = self.typed(top.get("report", True), ("report",), "bool")
+        bundle = self.bundles(top.get("bundle", False), exports)
         return PipelineFile(self.path, out, trains, optimize, exports, devices, options, runs, warmup, threads,
-                            validate.get("data") or trains[0].test_dir, self.lines)
+                            validate.get("data") or trains[0].test_dir, self.lines, report, bundle)
+
+    def bundles(self, value, exports: list[Export]) -> tuple[str, ...]:
+        """`bundle: true` bundles every TFLite export; a list names the exports to bundle."""
+        tflite = [e.name for e in exports if e.spec.target == "tflite"]
+        names = tuple(tflite) if value is True else () if value is False else self.typed(value, ("bundle",), "tuple[str, ...]")
+        for name in names:
+            if name not in tflite:
+                self.fail(("bundle",), f"bundle names '{name}', which is not a TFLite export of this file",
+                          f"choose from {', '.join(tflite) or '(no TFLite exports)'}, or `bundle: true`")
+        return names
 
     def trains(self, value, data_dirs: dict, out: Path) -> list[TrainConfig]:
         raw = self.mapping(value, ("train",), TRAIN_KEYS)
