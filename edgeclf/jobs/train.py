@@ -15,6 +15,7 @@ from pathlib import Path
 from edgeclf import console, tfenv
 from edgeclf.atomic import check_target_free, publish, write_text_atomic
 from edgeclf.errors import UsageError
+from edgeclf.pipeline import distribute, streaming
 from edgeclf.pipeline.backbones import (
     build_classifier,
     configure_trainable,
@@ -28,6 +29,7 @@ from edgeclf.pipeline.splits import SplitPlan, plan_splits
 
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoint"
+STREAM_DIR = "stream-cache"  # --cache disk: the decoded images, deleted with the checkpoint
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,12 @@ def partial_dir(out: Path) -> Path:
 
 def train(config: TrainConfig, overwrite: bool = False) -> dict:
     """Train a new run into config.out."""
+    role = distribute.cluster_role(config.distribute)
     work = partial_dir(Path(config.out))
-    if work.exists():
-        raise UsageError(f"an interrupted run exists at {work}", "pass --resume to continue it, or delete that folder")
-    check_target_free(Path(config.out), overwrite)
+    if role.chief:  # the other workers of a cluster write only into scratch directories
+        if work.exists():
+            raise UsageError(f"an interrupted run exists at {work}", "pass --resume to continue it, or delete that folder")
+        check_target_free(Path(config.out), overwrite)
     plan = plan_splits(config)  # every dataset error surfaces here, before anything is written
     state = {
         "config": config.to_dict(),
@@ -70,36 +74,46 @@ def train(config: TrainConfig, overwrite: bool = False) -> dict:
         "stages_done": [],
         "timing": {},
     }
-    return _execute(state, work, overwrite)
+    return _execute(state, work, overwrite, role, resuming=False)
 
 
-def resume(out: Path, overwrite: bool = False) -> dict:
-    """Continue an interrupted run from its last epoch checkpoint, with its original config."""
+def resume(out: Path, overwrite: bool = False, cache: str | None = None, strategy: str | None = None) -> dict:
+    """Continue an interrupted run from its last epoch checkpoint, with its original config
+    (but the `cache` and `strategy` given now: the machines may have changed)."""
     work = partial_dir(Path(out).expanduser().resolve())
     state_path = work / STATE_FILE
     if not state_path.is_file():
         raise UsageError(f"there is no interrupted run to resume at {work}", "drop --resume to start a new run")
     state = json.loads(state_path.read_text())
-    check_target_free(Path(state["config"]["out"]), overwrite)
+    state["config"].update({k: v for k, v in (("cache", cache), ("distribute", strategy)) if v is not None})
+    config = TrainConfig.from_dict(state["config"])
+    role = distribute.cluster_role(config.distribute)
+    if role.chief:
+        check_target_free(Path(config.out), overwrite)
     console.info(f"resuming {work}: stage {state['stage']}, {state['epoch']} epoch(s) done")
-    return _execute(state, work, overwrite)
+    return _execute(state, work, overwrite, role, resuming=True)
 
 
-def _execute(state: dict, work: Path, overwrite: bool) -> dict:
+def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, resuming: bool) -> dict:
     config = TrainConfig.from_dict(state["config"])
     plan = SplitPlan.from_json(state["plan"])
-    started = time.perf_counter()
-    splits = {name: plan.decode(name, config.img_size) for name in plan.samples}
-    state["timing"]["decode_s"] = round(time.perf_counter() - started, 2)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        trainer = Trainer(config, plan, splits, work, state)
-        trainer.run()
-        result = trainer.finish()
-        publish(work, Path(config.out), overwrite)
-    except BaseException as exc:
-        _keep_or_discard(work, exc)
-        raise
+    strategy = distribute.strategy(config.distribute)  # before any other TensorFlow work
+    with distribute.place(role, work, Path(config.out), resuming, skip=(STREAM_DIR,)) as place:
+        place.work.mkdir(parents=True, exist_ok=True)
+        try:
+            started = time.perf_counter()
+            splits = streaming.load_splits(plan.samples, plan.roots, plan.classes, config.img_size, config.cache,
+                                           place.work / STREAM_DIR)
+            state["timing"]["decode_s"] = round(time.perf_counter() - started, 2)
+            with strategy.scope():  # model, optimizer and checkpoint variables belong to the strategy
+                trainer = Trainer(config, plan, splits, place.work, state)
+                trainer.run()
+            result = trainer.finish()
+            publish(place.work, place.out, overwrite)
+        except BaseException as exc:
+            if place.chief:
+                _keep_or_discard(place.work, exc)
+            raise
     result["run_dir"] = config.out
     return result
 
@@ -195,5 +209,6 @@ class Trainer:
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s"), 2)
         info = write_run(self.work, self.model, self.config, self.plan, self.splits, self.state["history"], timing)
         shutil.rmtree(self.work / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(self.work / STREAM_DIR, ignore_errors=True)
         (self.work / STATE_FILE).unlink()
         return summary(info)

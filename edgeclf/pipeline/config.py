@@ -6,6 +6,8 @@ from pathlib import Path
 
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import get_backbone
+from edgeclf.pipeline.distribute import STRATEGIES
+from edgeclf.pipeline.streaming import CACHE_MODES
 
 
 @dataclass
@@ -31,6 +33,8 @@ class TrainConfig:
     class_weight: str = "none"  # "none" or "auto"
     patience: int = 5
     seed: int = 42
+    cache: str = "auto"  # decoded images: memory, disk (a file in the run), none (decode per read), auto
+    distribute: str = "none"  # none, mirrored, multi-worker (pipeline/distribute.py)
 
     def __post_init__(self):
         backbone = get_backbone(self.arch)
@@ -59,6 +63,10 @@ class TrainConfig:
             raise UsageError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)", "e.g. --label-smoothing 0.1")
         if self.class_weight not in ("none", "auto"):
             raise UsageError(f"--class-weight {self.class_weight} is not supported", "use 'auto' or 'none'")
+        if self.cache not in CACHE_MODES:
+            raise UsageError(f"--cache {self.cache} is not supported", f"use one of {', '.join(CACHE_MODES)}")
+        if self.distribute not in STRATEGIES:
+            raise UsageError(f"--distribute {self.distribute} is not supported", f"use one of {', '.join(STRATEGIES)}")
         if self.weights.lower() in ("imagenet", "none"):
             self.weights = self.weights.lower()
         else:
