@@ -75,3 +75,59 @@ def test_memory_and_disk_training_agree_exactly(tmp_path):
         assert memory["history"][0][key] == pytest.approx(disk["history"][0][key], rel=1e-5, abs=1e-6)
     assert memory["metrics"]["val"]["confusion"] == disk["metrics"]["val"]["confusion"]
     assert not list(tmp_path.glob("disk/stream-cache*"))  # the decoded-image file does not ship with the run
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_one_run_written_by_the_chief(tmp_path):
+    data = make_image_folder(tmp_path / "data", {"red": 8, "green": 8, "blue": 8})
+    scratch = tmp_path / "worker-tmp"  # where the non-chief's scratch directory goes
+    scratch.mkdir()
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    argv = [sys.executable, "-m", "edgeclf", "train", str(data), "--out", str(tmp_path / "run"), "--json",
+            "--arch", "mobilenetv2", "--weights", "none", "--alpha", "0.35", "--img-size", "32",
+            "--head-epochs", "0", "--fine-tune-epochs", "1", "--batch-size", "8", "--no-augment", "--seed", "1",
+            "--distribute", "multi-worker"]
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="-1", TMPDIR=str(scratch),
+                   TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [w.communicate(timeout=600) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "worker-tmp"]
+    assert list(scratch.iterdir()) == []  # the other worker deleted everything it wrote
+    run = Run.open(tmp_path / "run")
+    model = run.load_model()
+    assert model.output_shape == (None, 3)
+    assert [h["epoch"] for h in run.info["history"]] == [1]
+    assert run.info["config"]["distribute"] == "multi-worker"
+    assert run.metrics["val"]["n_images"] == 6 and 0 <= run.metrics["val"]["top1"] <= 1
+    # Both workers trained the same model: they report the same metrics.
+    assert json.loads(outputs[0][0])["metrics"] == json.loads(outputs[1][0])["metrics"]
+
+
+def test_multi_worker_without_tf_config_is_a_usage_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UsageError, match="needs the TF_CONFIG"):
+        distribute.cluster_role("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}')
+    assert distribute.cluster_role("multi-worker") == distribute.Role(False, "worker 1")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}')
+    assert not distribute.cluster_role("multi-worker").chief
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UsageError, match="not a valid cluster"):
+        distribute.cluster_role("multi-worker")

@@ -7,7 +7,8 @@ import numpy as np
 
 from edgeclf import console
 from edgeclf.errors import DatasetError, UsageError
-from edgeclf.pipeline.datasets import decode, map_to_labels, scan_folder
+from edgeclf.pipeline import streaming
+from edgeclf.pipeline.datasets import map_to_labels, scan_folder
 from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
 from edgeclf.pipeline.metrics import classification_metrics
 from edgeclf.pipeline.predict import predict_probs
@@ -17,7 +18,8 @@ from edgeclf.pipeline.runs import Run
 def evaluate_run(run_dir, data_dir, batch_size: int = 64) -> dict:
     run = Run.open(run_dir)
     folder = map_to_labels(scan_folder(Path(data_dir), "evaluation data"), run.labels, "evaluation")
-    split = decode("evaluation", folder.root, run.labels, folder.samples, run.img_size)
+    mode = streaming.choose_cache("auto", len(folder.samples), run.img_size, streamed="none")
+    split = streaming.load_split("evaluation", folder.root, run.labels, folder.samples, run.img_size, mode)
     model = run.load_model()
     metrics = classification_metrics(predict_probs(model, split.images, batch_size), split.labels, run.labels)
     metrics["skipped"] = split.skipped

@@ -29,6 +29,8 @@ from edgeclf.pipeline.splits import SplitPlan, plan_splits
 
 STATE_FILE = "state.json"
 CHECKPOINT_DIR = "checkpoint"
+# TensorFlow checkpoints, not .h5: tf-keras cannot load .h5 weights into a distributed model.
+BEST_WEIGHTS, STAGE_END_WEIGHTS = "best", "stage_end"
 STREAM_DIR = "stream-cache"  # --cache disk: the decoded images, deleted with the checkpoint
 
 
@@ -158,7 +160,7 @@ class Trainer:
             if self.state["stage"] != stage.name:
                 self.state.update(stage=stage.name, epoch=0, best=None)
             self._run_stage(stage)
-            self.model.save_weights(str(self.checkpoints / "stage_end.weights.h5"))
+            self.model.save_weights(str(self.checkpoints / STAGE_END_WEIGHTS))
             self.state["stages_done"].append(stage.name)
             self._save_state()
 
@@ -170,7 +172,7 @@ class Trainer:
             checkpoint.restore(str(self.checkpoints / "last")).expect_partial()
         elif self.state["stages_done"]:
             # Resumed at a stage boundary: start from the weights the previous stage ended with.
-            self.model.load_weights(str(self.checkpoints / "stage_end.weights.h5"))
+            self.model.load_weights(str(self.checkpoints / STAGE_END_WEIGHTS))
 
         started = time.perf_counter() - self.state["timing"].get(f"{stage.name}_s", 0.0)
         with console.progress(transient=False) as bar:
@@ -187,7 +189,7 @@ class Trainer:
                     console.info(f"early stopping {stage.name}: val_loss has not improved for {self.config.patience} epochs")
                     break
         if self.state["best"] is not None:
-            self.model.load_weights(str(self.checkpoints / "best.weights.h5"))
+            self.model.load_weights(str(self.checkpoints / BEST_WEIGHTS))
             console.info(f"{stage.name}: restored the best epoch ({self.state['best']['epoch']}, val_loss {self.state['best']['val_loss']:.4f})")
 
     def _track_best(self, record: dict) -> bool:
@@ -195,7 +197,7 @@ class Trainer:
         best = self.state["best"]
         if best is None or record["val_loss"] < best["val_loss"]:
             self.state["best"] = {"epoch": record["epoch"], "val_loss": record["val_loss"], "wait": 0}
-            self.model.save_weights(str(self.checkpoints / "best.weights.h5"))
+            self.model.save_weights(str(self.checkpoints / BEST_WEIGHTS))
             return False
         best["wait"] += 1
         return best["wait"] >= self.config.patience

@@ -58,8 +58,6 @@ def load_splits(samples: dict[str, list[Sample]], roots: dict[str, Path], classe
     chosen = choose_cache(mode, total, img_size, streamed)
     if chosen != mode and chosen != "memory":
         console.info(f"--cache auto: {chosen} ({decoded_bytes(total, img_size) / 1e9:.2f} GB of decoded images)")
-    if chosen == "disk" and cache_dir is None:
-        raise UsageError("--cache disk needs a directory for its cache file", "use --cache memory or none here")
     return {name: load_split(name, roots[name], classes, s, img_size, chosen, cache_dir) for name, s in samples.items()}
 
 
@@ -68,6 +66,8 @@ def load_split(name: str, root: Path, classes: list[str], samples: list[Sample],
     if mode == "memory":
         return decode(name, root, classes, samples, img_size)
     if mode == "disk":
+        if cache_dir is None:
+            raise UsageError("--cache disk needs a directory for its cache file", "use --cache memory or none here")
         cache_dir.mkdir(parents=True, exist_ok=True)
         store = DiskImages.create(cache_dir / f"{name}{STORE_SUFFIX}", len(samples), img_size)
         return decode(name, root, classes, samples, img_size, store=store)
@@ -137,7 +137,7 @@ class DiskImages(_Rows):
         self.row_bytes = decoded_bytes(1, img_size)
 
     @classmethod
-    def create(cls, path: Path, n_images: int, img_size: int) -> "DiskImages":
+    def create(cls, path: Path, n_images: int, img_size: int) -> DiskImages:
         with open(path, "wb") as f:
             f.truncate(decoded_bytes(n_images, img_size))
         return cls(path, img_size, np.arange(n_images))
@@ -160,7 +160,7 @@ class DiskImages(_Rows):
             os.close(fd)
         return out
 
-    def select(self, keep: np.ndarray) -> "DiskImages":
+    def select(self, keep: np.ndarray) -> DiskImages:
         return DiskImages(self.path, self.img_size, self.rows[keep])
 
 
@@ -175,7 +175,7 @@ class LazyImages(_Rows):
     def __setitem__(self, index: int, checked) -> None:
         pass  # the scan only checks files; their pixels are decoded when read
 
-    def select(self, keep: np.ndarray) -> "LazyImages":
+    def select(self, keep: np.ndarray) -> LazyImages:
         return LazyImages(self.paths, self.img_size, self.rows[keep])
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
