@@ -131,3 +131,24 @@ def test_multi_worker_without_tf_config_is_a_usage_error(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(UsageError, match="not a valid cluster"):
         distribute.cluster_role("multi-worker")
+
+
+def test_resume_under_mirrored_continues_from_the_checkpoint(tmp_path, monkeypatch):
+    data = make_image_folder(tmp_path / "data", {"red": 6, "green": 6, "blue": 6})
+    original = training.Trainer._save_state
+
+    def interrupt_after_first_epoch(self):
+        original(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Trainer, "_save_state", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_config(data, tmp_path / "run", distribute="mirrored", cache="disk", patience=10))
+    state = json.loads((tmp_path / "run.partial" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["config"]["distribute"] == "mirrored"
+    monkeypatch.setattr(training.Trainer, "_save_state", original)
+    training.resume(tmp_path / "run", cache="disk", strategy="mirrored")
+    run = Run.open(tmp_path / "run")
+    assert [h["epoch"] for h in run.info["history"]] == [1, 2]
+    assert run.info["history"][0] == state["history"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
