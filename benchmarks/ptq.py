@@ -21,6 +21,7 @@ from edgeclf.pipeline.predict import predict_file  # noqa: E402
 from edgeclf.jobs.export import EXPORTS_DIR, export_run  # noqa: E402
 from edgeclf.exporters.spec import ExportSpec  # noqa: E402
 from edgeclf.pipeline.datasets import decode, map_to_labels, scan_folder  # noqa: E402
+from edgeclf.pipeline.metrics import paired_difference  # noqa: E402
 from edgeclf.pipeline.predict import predict_probs  # noqa: E402
 from edgeclf.pipeline.runs import Run  # noqa: E402
 
@@ -31,8 +32,8 @@ def measure(run_dir: str, data: str, recipes: list[str], calib_size: int) -> dic
     run = Run.open(run_dir)
     folder = map_to_labels(scan_folder(Path(data), "test data"), run.labels, "test")
     test = decode("test", folder.root, run.labels, folder.samples, run.img_size)
-    float_pred = predict_probs(run.load_model(), test.images).argmax(1)
-    float_top1 = float((float_pred == test.labels).mean())
+    float_probs = predict_probs(run.load_model(), test.images)
+    float_top1 = float((float_probs.argmax(1) == test.labels).mean())
     rows = []
     for recipe in recipes:
         out = run.path / EXPORTS_DIR / f"tflite-int8-ptq-{recipe.replace(',', '+')}"
@@ -40,17 +41,13 @@ def measure(run_dir: str, data: str, recipes: list[str], calib_size: int) -> dic
         started = time.perf_counter()
         manifest = export_run(run_dir, ExportSpec(quant="int8", ptq=recipe, calib_size=calib_size, out=str(out)))
         seconds = time.perf_counter() - started
-        pred = predict_file(out / manifest["model_file"], test.images, label=f"--ptq {recipe} on test").argmax(1)
-        top1 = float((pred == test.labels).mean())
-        changed = pred != float_pred
+        probs = predict_file(out / manifest["model_file"], test.images, label=f"--ptq {recipe} on test")
+        paired = paired_difference(probs, test.labels, float_probs)
         rows.append({
             "recipe": recipe,
-            "top1": top1,
-            "drop": float_top1 - top1,
-            "agreement": float(1 - changed.mean()),
-            "changed": int(changed.sum()),
-            "gained": int((changed & (pred == test.labels)).sum()),
-            "lost": int((changed & (float_pred == test.labels)).sum()),
+            "top1": float((probs.argmax(1) == test.labels).mean()),
+            "agreement": 1 - paired["changed"] / len(test),
+            **paired,  # changed, gained, lost, drop, drop_ci95 (exact McNemar-based)
             "val": manifest.get("accuracy") and {k: manifest["accuracy"][k] for k in ("top1", "float_top1", "agreement")},
             "export_s": round(seconds, 1),
             "ptq": manifest["details"].get("ptq"),
@@ -62,13 +59,14 @@ def measure(run_dir: str, data: str, recipes: list[str], calib_size: int) -> dic
 def print_table(result: dict) -> None:
     print(f"run {result['run']}  test {result['data']} ({result['n_test_images']} images)  "
           f"Keras float top-1 {100 * result['float_top1']:.2f}%  calibration {result['calib_size']} images")
-    header = f"{'--ptq':<18}{'test top-1':>11}{'drop':>8}{'agree':>8}{'changed':>9}{'gained':>8}{'lost':>6}{'val agree':>11}{'export s':>10}"
+    header = f"{'--ptq':<18}{'test top-1':>11}{'drop':>8}{'agree':>8}{'changed':>9}{'gained':>8}{'lost':>6}{'drop 95% CI':>17}{'val agree':>11}{'export s':>10}"
     print(header)
     print("-" * len(header))
     for row in result["recipes"]:
         val = f"{100 * row['val']['agreement']:.1f}%" if row["val"] else "-"
+        ci = "[{:+.2f}, {:+.2f}]".format(*(100 * x for x in row["drop_ci95"]))
         print(f"{row['recipe']:<18}{100 * row['top1']:>10.2f}%{100 * row['drop']:>+7.2f}p{100 * row['agreement']:>7.1f}%"
-              f"{row['changed']:>9}{row['gained']:>8}{row['lost']:>6}{val:>11}{row['export_s']:>10}")
+              f"{row['changed']:>9}{row['gained']:>8}{row['lost']:>6}{ci:>17}{val:>11}{row['export_s']:>10}")
     for row in result["recipes"]:
         met = row["agreement"] >= 0.97 and row["drop"] <= 0.005
         print(f"goal --ptq {row['recipe']}: agreement >= 97% and drop <= 0.5 point -> {'met' if met else 'NOT met'}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from edgeclf import exporters
+from edgeclf import console, exporters
 from edgeclf.errors import ModelError
 
 MANIFEST_FILE = "manifest.json"
@@ -39,7 +39,50 @@ def file_entries(directory: Path) -> dict[str, dict]:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (directory / MANIFEST_FILE).write_text(console.to_json(manifest) + "\n")
+
+
+def read_manifest(path: Path) -> dict:
+    """A manifest.json, checked for the keys every reader relies on."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})", "re-run `edgeclf export`") from exc
+    problem = None
+    if not isinstance(manifest, dict):
+        problem = f"holds a JSON {type(manifest).__name__}, not an object"
+    elif not isinstance(manifest.get("model_file"), str):
+        problem = "has no model_file"
+    elif not isinstance(manifest.get("labels"), list) or not all(isinstance(label, str) for label in manifest["labels"]):
+        problem = "has no labels list"
+    elif not is_image_shape((manifest.get("input") or {}).get("shape") if isinstance(manifest.get("input"), dict) else None):
+        problem = "has no input.shape [1, H, W, C]"
+    if problem:
+        raise ModelError(f"{path} {problem}", "re-run `edgeclf export` to write a complete artefact")
+    return manifest
+
+
+def is_image_shape(shape) -> bool:
+    return (isinstance(shape, list) and len(shape) == 4
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
+
+
+def model_in_folder(folder: Path, name: str, manifest_path: Path) -> Path:
+    """The manifest's model file, refused if it (or OpenVINO's .bin beside it) lies outside the folder.
+
+    A manifest from someone else must not make us read, or push to a device, an arbitrary file.
+    """
+    relative = Path(name)
+    model = folder / relative
+    if relative.is_absolute() or ".." in relative.parts or relative.suffix.lower() not in exporters.suffixes():
+        raise ModelError(f"{manifest_path} names model_file {name!r}",
+                         f"model_file must be a {'/'.join(exporters.suffixes())} file inside the export directory")
+    root = folder.resolve()
+    for file in [model, *exporters.for_path(model).companions(model)]:
+        if file.exists() and not file.resolve().is_relative_to(root):
+            raise ModelError(f"{file} leads outside {folder} (a symlink)",
+                             "keep the model files themselves inside the export directory")
+    return model
 
 
 @dataclass
@@ -56,11 +99,8 @@ class Artefact:
             manifest_path = path / MANIFEST_FILE
             if not manifest_path.is_file():
                 raise ModelError(f"{path} has no {MANIFEST_FILE}", "pass an export directory from `edgeclf export`, or a model file")
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ModelError(f"{manifest_path} is not valid JSON ({exc})", "re-run `edgeclf export`") from exc
-            model = path / manifest["model_file"]
+            manifest = read_manifest(manifest_path)
+            model = model_in_folder(path, manifest["model_file"], manifest_path)
             if not model.is_file():
                 raise ModelError(f"{model} is missing from the export directory", "re-run `edgeclf export`")
             return cls(model, manifest)

@@ -195,6 +195,18 @@ def test_bad_input_is_one_line(tmp_path):
     assert not (tmp_path / "bad-run" / "report.html").exists()
 
 
+def test_report_never_replaces_a_file_it_did_not_write(tmp_path):
+    run = old_run(tmp_path)
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html>my notes</html>")
+    proc = run_cli("report", run, "--out", notes)
+    assert proc.returncode != 0 and "is not an edgeclf report" in proc.stderr
+    assert notes.read_text() == "<html>my notes</html>"
+    ours = tmp_path / "ours.html"
+    assert run_cli("report", run, "--out", ours).returncode == 0
+    assert run_cli("report", run, "--out", ours).returncode == 0  # its own page: replaced
+
+
 def test_runs_record_the_images_they_get_wrong():
     import numpy as np
 

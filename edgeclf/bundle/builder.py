@@ -104,7 +104,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
     if as_zip:
         summary = _write_zip(out, overwrite, fill)
     else:
-        with staged_dir(out, overwrite=overwrite) as staging:
+        with staged_dir(out, BUNDLE_FILE, overwrite=overwrite, input_runs=[artefact_dir]) as staging:
             summary = fill(staging)
     console.info(f"bundle written to {out}")
     return summary | {"path": str(out), "test_accuracy": test}

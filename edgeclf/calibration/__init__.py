@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeclf import console
 from edgeclf.errors import DatasetError, ModelError, UsageError
-from edgeclf.pipeline.datasets import Sample, decode, map_to_labels, samples_digest, scan_folder, stratified_sample
+from edgeclf.pipeline.datasets import Sample, decode, samples_digest, scan_for_scoring, stratified_sample
 from edgeclf.pipeline.runs import Run
 
 RECOMMENDED_MIN = 100
@@ -79,6 +79,11 @@ def build(run: Run, size: int = 300, calib_dir: str | None = None, seed: int | N
     return CalibrationSet(images, source, seed, per_class, samples_digest(kept, root))
 
 
+def available(run: Run, calib_dir: str | None = None) -> int:
+    """How many images a calibration set could be drawn from (the training split, or --calib-dir)."""
+    return len(_candidates(run, calib_dir)[0])
+
+
 def training_images_available(run: Run) -> bool:
     return run.plan is not None and all(s.path.exists() for s in run.plan.samples["train"][:1])
 
@@ -103,7 +108,7 @@ def pixel_range_probe(run: Run) -> CalibrationSet:
 
 def _candidates(run: Run, calib_dir: str | None) -> tuple[list[Sample], Path, str]:
     if calib_dir:
-        folder = map_to_labels(scan_folder(Path(calib_dir), "calibration data"), run.labels, "calibration")
+        folder = scan_for_scoring(Path(calib_dir), run.labels, "calibration")
         return folder.samples, folder.root, str(folder.root)
     if run.plan is None:
         raise ModelError(f"{run.path} records no training split", "pass --calib-dir with images of the run's classes")

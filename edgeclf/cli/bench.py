@@ -13,14 +13,15 @@ from edgeclf.cli.report import ms, pct
 @click.option("--formats", default="tflite:fp32,tflite:int8", show_default=True, help="Comma-separated target:quant pairs.")
 @click.option("--data", "data_dir", type=options.folder, help="Image folder to score [default: the run's test dir].")
 @click.option("--out", type=click.Path(file_okay=False), help="Bench directory [default: RUN_DIR/bench/<device>-<time>].")
+@options.overwrite
 @options.device_options
 @options.json_output
-def command(run_dir, formats, data_dir, out, device, runs, warmup, threads, as_json, **settings):
+def command(run_dir, formats, data_dir, out, overwrite, device, runs, warmup, threads, as_json, **settings):
     """Export missing formats of RUN_DIR, validate each on --device, and compare them."""
     from edgeclf.jobs.bench import bench, parse_formats
 
     summary = bench(run_dir, parse_formats(formats), device, data_dir, runs, warmup, threads,
-                    options.pop_device_options(settings), out)
+                    options.pop_device_options(settings), out, overwrite)
     if as_json:
         console.print_json({**summary, "rows": [{k: v for k, v in r.items() if k != "result"} for r in summary["rows"]]})
         return

@@ -22,15 +22,28 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 @click.option("--float-layers", default="", help="Comma-separated Keras layer names to keep in float (selective int8).")
 @click.option("--ptq", help="TFLite int8 post-training techniques: comma list of cle, bias, ranges, or none "
               "[default: the measured best recipe, see edgeclf/ptq].")
-@click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>].")
+@click.option("--max-drop", type=float, help="int8 accuracy budget: most val top-1 points below the float model; "
+              "tries recipes cheapest first (plain PTQ, improved PTQ, more calibration, QAT) and ships the first that fits.")
+@click.option("--min-agreement", type=float, help="int8 accuracy budget: least fraction of val images labelled as the float model does, e.g. 0.97.")
+@click.option("--allow-float-layers", is_flag=True, help="TFLite budget: may keep the worst layers in float as a last resort before QAT.")
+@click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>, replaced on every export].")
+@options.overwrite
 @options.json_output
-def command(run_dir, float_layers, as_json, **settings):
+def command(run_dir, float_layers, overwrite, as_json, max_drop, min_agreement, allow_float_layers, **settings):
     """Export RUN_DIR's model, score the artefact on the run's val split, and write a manifest."""
+    from edgeclf.jobs.budget import BudgetSpec, export_within_budget
     from edgeclf.jobs.export import export_run
 
     layers = tuple(name.strip() for name in float_layers.split(",") if name.strip())
-    manifest = export_run(run_dir, ExportSpec(float_layers=layers, **settings))
+    spec = ExportSpec(float_layers=layers, **settings)
+    budget = BudgetSpec(spec, max_drop, min_agreement, allow_float_layers)
+    if budget.active:
+        manifest = export_within_budget(run_dir, budget, overwrite=overwrite)
+    else:
+        manifest = export_run(run_dir, spec, overwrite=overwrite)
     if as_json:
         console.print_json(manifest)
         return
     report.export_summary(manifest)
+    if manifest.get("budget"):
+        report.budget_table(manifest["budget"])

@@ -19,7 +19,7 @@ def command(model, as_json):
     if as_json:
         console.print_json(info)
         return
-    console.out.print(f"[bold]{info['path']}[/bold]  {info['format']}  {size_mb(info['bytes'])} MB")
+    console.out.print(f"{info['path']}  {info['format']}  {size_mb(info['bytes'])} MB")
     rows = []
     for kind in ("inputs", "outputs"):
         for t in info[kind]:

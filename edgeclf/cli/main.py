@@ -1,6 +1,8 @@
 """The `edgeclf` command group and its single error boundary."""
 from __future__ import annotations
 
+import errno
+import signal
 import sys
 import traceback
 import warnings
@@ -21,6 +23,8 @@ class EdgeclfGroup(click.Group):
             raise
         except EdgeclfError as exc:
             self._fail(ctx, str(exc), exc.exit_code)
+        except OSError as exc:  # the file system said no: name the path and what to do about it
+            self._fail(ctx, os_error_message(exc), 1)
         except KeyboardInterrupt:
             self._fail(ctx, "interrupted (nothing half-written was left behind)", 130)
         except Exception as exc:  # an unexpected failure still gets one line, not a stack dump
@@ -32,6 +36,22 @@ class EdgeclfGroup(click.Group):
             traceback.print_exc()
         click.echo(f"error: {first_line(message, limit=2000)}", err=True)
         sys.exit(code)
+
+
+def os_error_message(exc: OSError) -> str:
+    """`<what> (<what to do>)` for a failure the user can fix in their environment."""
+    path = exc.filename
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot access {path} (permission denied: fix its permissions, or choose a writable folder)"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {path} (read-only file system: choose a writable folder)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {path}" if path else ""
+        return f"disk full{where} (free some space, or choose an output folder on another disk)"
+    if exc.errno == errno.ENOENT and path:
+        return f"{path} does not exist (check the path)"
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what}: {path} (check the path and try again)" if path else f"{what} (check the environment and try again)"
 
 
 @click.group(cls=EdgeclfGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -68,7 +88,12 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a SIGTERM cleans up exactly like Ctrl-C: staged dirs go, checkpoints stay
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = cli.main(prog_name="edgeclf", standalone_mode=False)
     except click.exceptions.Abort:

@@ -14,17 +14,20 @@ from edgeclf.cli import options
 @options.json_output
 def command(run_dir, images, top_k, as_json):
     """Print the top-k labels and probabilities for each IMAGE."""
-    from edgeclf.jobs.evaluate import predict_images
+    from edgeclf.jobs.evaluate import predict_images, unreadable_error
 
     results = predict_images(run_dir, images, top_k)
     if as_json:
         console.print_json(results)
-        return
-    rows = []
-    for r in results:
-        if r.get("error"):
-            rows.append([r["image"], "unreadable", r["error"]])
-            continue
-        for rank, (label, p) in enumerate(r["top"]):
-            rows.append([r["image"] if rank == 0 else "", label, f"{p:.3f}"])
-    console.table(None, ["image", "label", "probability"], rows)
+    else:
+        rows = []
+        for r in results:
+            if r.get("error"):
+                rows.append([r["image"], "unreadable", r["error"]])
+                continue
+            for rank, (label, p) in enumerate(r["top"]):
+                rows.append([r["image"] if rank == 0 else "", label, f"{p:.3f}"])
+        console.table(None, ["image", "label", "probability"], rows)
+    error = unreadable_error(results)
+    if error:  # the readable images are still reported above, but the command did not do all it was asked
+        raise error

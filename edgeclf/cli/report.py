@@ -45,8 +45,34 @@ def export_summary(manifest: dict) -> None:
             [f"float top-1 ({acc['split']}, {acc['n_images']} images)", pct(acc["float_top1"])],
             [f"{manifest['quant']} top-1", pct(acc["top1"])],
             ["agreement with float", pct(acc["agreement"])],
+            *paired_rows(acc),
         ]
     console.table(None, ["", ""], rows)
+
+
+def points(value) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def paired_rows(acc: dict) -> list[list[str]]:
+    """changed/gained/lost and the drop with its 95% interval, when a float reference was scored."""
+    if acc.get("changed") is None:
+        return []
+    low, high = acc["drop_ci95"]
+    noise = ", within noise" if low <= 0 <= high else ""
+    return [
+        ["changed vs float", f"{acc['changed']} of {acc['n_images']} ({acc['gained']} gained, {acc['lost']} lost)"],
+        ["top-1 drop vs float", f"{points(acc['drop'])} points (95% CI {points(low)} to {points(high)}{noise})"],
+    ]
+
+
+def budget_table(budget: dict) -> None:
+    rows = [[a["recipe"], pct(a.get("top1")), "-" if a.get("drop") is None else points(a["drop"]), pct(a.get("agreement")),
+             a.get("changed", "-"), f"{a['seconds']:.0f} s"] for a in budget["attempts"]]
+    limits = [f"drop <= {100 * budget['max_drop']:g} points" if budget.get("max_drop") is not None else None,
+              f"agreement >= {pct(budget['min_agreement'])}" if budget.get("min_agreement") is not None else None]
+    console.table(f"accuracy budget on val ({' and '.join(x for x in limits if x)}): shipped {budget['chosen']}",
+                  ["recipe", "top-1", "drop (points)", "agreement", "changed", "time"], rows)
 
 
 def ms(value) -> str:
@@ -74,6 +100,7 @@ def validation_summary(result: dict) -> None:
             [f"top-1 ({acc['n_images']} images, on {acc['where']})", pct(acc["top1"])],
             ["top-5", pct(acc.get("top5"))],
             ["agreement with float", pct(acc.get("agreement"))],
+            *paired_rows(acc),
         ]
     console.table(None, ["", ""], rows)
 

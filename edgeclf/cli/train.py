@@ -40,18 +40,21 @@ from edgeclf.pipeline.streaming import CACHE_MODES
 @click.option("--distribute", default="none", show_default=True, type=click.Choice(STRATEGIES),
               help="mirrored: every local GPU; multi-worker: the cluster in TF_CONFIG. --batch-size is global.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last epoch (with the --cache and --distribute given now).")
+@click.option("--restart", is_flag=True, help="Discard the interrupted run at --out (its .partial folder) and start again.")
 @options.overwrite
 @options.json_output
-def command(data_dir, out, resume, overwrite, as_json, **settings):
+def command(data_dir, out, resume, restart, overwrite, as_json, **settings):
     """Fine-tune a backbone on DATA_DIR (one subfolder per class) into the run directory --out."""
     from edgeclf.jobs import train as training
 
+    if resume and restart:
+        raise UsageError("--resume and --restart exclude each other", "pass --resume to continue, or --restart to start again")
     if resume:
         result = training.resume(out, overwrite=overwrite, cache=settings["cache"], strategy=settings["distribute"])
     else:
         if data_dir is None:
             raise UsageError("DATA_DIR is missing", "pass the training image folder, or --resume")
-        result = training.train(TrainConfig(data_dir=data_dir, out=out, **settings), overwrite=overwrite)
+        result = training.train(TrainConfig(data_dir=data_dir, out=out, **settings), overwrite=overwrite, restart=restart)
     if as_json:
         console.print_json(result)
         return

@@ -15,6 +15,9 @@ import numpy as np
 from edgeclf.devices.base import DeviceRun, Transport
 from edgeclf.devices.targets import Target, parse_target
 from edgeclf.errors import DeviceError
+from edgeclf.ranges import check_range
+
+MAX_TIMEOUT_S = 86400.0  # a day: beyond it a hung device would never be given up on
 
 TRANSPORTS = {"local": "edgeclf.devices.local", "ssh": "edgeclf.devices.ssh", "adb": "edgeclf.devices.adb"}
 RUNNERS = {"python": "edgeclf.devices.python_runner", "benchmark_model": "edgeclf.devices.benchmark_tool"}
@@ -30,6 +33,13 @@ class DeviceOptions:
     delegate: str = "xnnpack"
     emulated: bool | None = None  # None: detect (Android emulator properties) or take the devices file's word
     timeout: float = 600.0
+
+    def __post_init__(self):
+        checked_timeout(self.timeout)
+
+
+def checked_timeout(seconds: float) -> float:
+    return check_range("--timeout", seconds, 0, MAX_TIMEOUT_S, low_open=True, example="--timeout 600")
 
 
 @dataclass

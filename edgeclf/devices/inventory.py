@@ -64,6 +64,9 @@ def ssh_inventory(timeout: float, ssh_config: str | None = None, explicit_file: 
 
 
 def inventory(timeout: float = 10, ssh_config: str | None = None, explicit_file: str | None = None) -> dict:
+    from edgeclf.devices import checked_timeout
+
+    checked_timeout(timeout)
     found = devices_file(explicit_file)
     ssh_rows = ssh_inventory(timeout, ssh_config, explicit_file)  # first: an untrusted file fails before adb is asked
     return {

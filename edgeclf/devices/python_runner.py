@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeclf.devices import runner as runner_module
 from edgeclf.devices.base import DeviceRun, Transport, remove_quietly
-from edgeclf.errors import DeviceError
+from edgeclf.errors import DeviceError, ModelError
 
 RUNNER_FILE = Path(runner_module.__file__)
 
@@ -80,6 +80,9 @@ def _report(transport: Transport, python: str, fmt, result) -> dict:
             f"install {fmt.runtime_hint} for that Python, e.g. "
             f"`{python} -m pip install {fmt.runtime_hint.split(' ')[0]}` (in a venv on Raspberry Pi OS; then pass --remote-python)",
         )
+    if report and report.get("error") == "model_invalid":
+        raise ModelError(f"{transport.name} cannot load the model: {report.get('message')}",
+                         "check that the file is a valid model, or re-export it")
     if result.returncode == 0 and report is not None:
         return report
     stderr = result.stderr.strip()

@@ -30,6 +30,10 @@ class RuntimeMissing(Exception):
     """No runtime for this model format is installed."""
 
 
+class ModelInvalid(Exception):
+    """The runtime could not load the model file (corrupt, truncated, or not a model)."""
+
+
 def open_model(path: str, runtime_file: str, threads=None):
     """Load `path` with the Model class of a runtime file (see edgeclf/exporters/runtimes/__init__.py)."""
     import importlib.util
@@ -45,6 +49,9 @@ def open_model(path: str, runtime_file: str, threads=None):
         return module.Model(path, threads)
     except ImportError as exc:
         raise RuntimeMissing(str(exc.name or exc)) from exc
+    except Exception as exc:  # each runtime has its own error types for a file it cannot load
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ModelInvalid(lines[-1] if lines else type(exc).__name__) from exc
 
 
 def predict(model, images: np.ndarray, raw: bool = False, on_image=None) -> np.ndarray:
@@ -168,6 +175,9 @@ def main(argv=None) -> int:
         result = {"protocol": PROTOCOL, "error": "runtime_missing", "missing": str(exc), "device": device_info()}
         print(json.dumps(result))
         return 3
+    except ModelInvalid as exc:
+        print(json.dumps({"protocol": PROTOCOL, "error": "model_invalid", "message": str(exc), "device": device_info()}))
+        return 4
     print(json.dumps(result))
     return 0
 

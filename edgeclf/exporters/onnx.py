@@ -232,12 +232,15 @@ def inspect_file(path: Path) -> dict:
         import onnx
     except ImportError:
         raise MissingDependency("onnx", FORMAT.extra) from None
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path.name} is empty (0 bytes)", "pass a valid .onnx file")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # DecodeError, or a missing external-data file
         raise ModelError(f"cannot read {path.name} as ONNX: {first_line(exc, 200)}", "pass a valid .onnx file") from exc
+    # Protobuf reads an empty (or all-default) file as an empty model without complaint.
+    if not model.graph.output:
+        what = "is empty" if not path.stat().st_size else "has no graph outputs"
+        raise ModelError(f"{path.name} is not an ONNX model (the file {what})",
+                         "pass a valid .onnx file, e.g. one from `edgeclf export --target onnx`")
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # a foreign model may not infer; inspect what is there

@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -221,12 +222,15 @@ def inspect_file(path: Path) -> dict:
     except ImportError:
         raise MissingDependency("openvino", FORMAT.extra) from None
     weights = path.with_suffix(".bin")
+    _check_ir(path)
     try:
+        # OpenVINO offers the file to every frontend; the TensorFlow one logs its parse errors to fd 2.
         with tfenv.native_stderr_silenced():
             model = ov.Core().read_model(str(path))
     except RuntimeError as exc:
-        fix = f"keep {weights.name} next to {path.name}" if not weights.is_file() else "pass a valid OpenVINO IR (.xml with its .bin)"
-        raise ModelError(f"cannot read {path.name} as OpenVINO IR: {first_line(exc, 200)}", fix) from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        hint = f"keep {weights.name} next to {path.name}" if not weights.is_file() else "re-export it with `edgeclf export --target openvino`"
+        raise ModelError(f"cannot read {path.name} as OpenVINO IR: {(lines[-1] if lines else 'unknown error')[:200]}", hint) from exc
     io = io_tensors(model)
     props = metadata(model)
     return {
@@ -241,6 +245,20 @@ def inspect_file(path: Path) -> dict:
         "metadata": ({"name": model.get_friendly_name(), "description": props.get("input")} | props) if props else None,
         "labels": json.loads(props["labels"]) if props else None,
     }
+
+
+def _check_ir(path: Path) -> None:
+    """An OpenVINO IR .xml is an XML document whose root element is <net>."""
+    not_ir = ModelError(f"{path.name} is not an OpenVINO IR model (no XML <net> root element)",
+                        "pass the model.xml written by `edgeclf export --target openvino`")
+    try:
+        for _, element in ElementTree.iterparse(path, events=("start",)):
+            if element.tag != "net":
+                raise not_ir
+            return  # only the root element matters; OpenVINO parses the rest
+    except ElementTree.ParseError:
+        raise not_ir from None
+    raise not_ir
 
 
 FORMAT = Format(

@@ -5,7 +5,9 @@ writer, and `edgeclf inspect` on any .tflite, including ones edgeclf did not mak
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import struct
 from collections import Counter
 from functools import lru_cache
 
@@ -106,12 +108,31 @@ def aligned_buffer(data, offset: int = 0, size: int = 0):
 # --------------------------------------------------------------------------------------
 # Read-only views
 # --------------------------------------------------------------------------------------
+# The generated readers follow offsets lazily and fail wherever a corrupt one points:
+# these are the errors that surface (out-of-range unpack_from, numpy views past the end,
+# None for absent tables, undecodable names, negative counts).
+_CORRUPT = (struct.error, IndexError, ValueError, TypeError, AttributeError, OverflowError)
+
+
+def _reader(function):
+    """Make a read of untrusted model bytes fail as one ModelError, never as a bare parse error."""
+
+    @functools.wraps(function)
+    def read(buf: bytes, *args, **kwargs):
+        try:
+            return function(buf, *args, **kwargs)
+        except ModelError:
+            raise
+        except _CORRUPT as exc:
+            raise ModelError(f"the TFLite model is corrupt ({type(exc).__name__}: {exc})",
+                             "re-export it, or copy the .tflite file again") from exc
+
+    return read
+
+
 def _root(buf: bytes):
     check_identifier(buf)
-    try:
-        return schema().Model.GetRootAs(buf, 0)
-    except Exception as exc:
-        raise ModelError(f"cannot parse the TFLite model: {exc}", "pass a valid .tflite file") from exc
+    return schema().Model.GetRootAs(buf, 0)
 
 
 def _tensor_info(tensor) -> dict:
@@ -134,6 +155,7 @@ def _tensor_info(tensor) -> dict:
     }
 
 
+@_reader
 def io_tensors(buf: bytes) -> dict:
     graph = _root(buf).Subgraphs(0)
     return {
@@ -142,6 +164,7 @@ def io_tensors(buf: bytes) -> dict:
     }
 
 
+@_reader
 def tensor_names(buf: bytes) -> list[str]:
     graph = _root(buf).Subgraphs(0)
     return [(graph.Tensors(i).Name() or b"").decode("utf-8", "replace") for i in range(graph.TensorsLength())]
@@ -162,6 +185,7 @@ def _ops(model):
             yield name, op, graph
 
 
+@_reader
 def op_counts(buf: bytes) -> dict[str, int]:
     return dict(Counter(name for name, _, _ in _ops(_root(buf))).most_common())
 
@@ -171,6 +195,7 @@ def _is_constant(model, tensor) -> bool:
     return tensor.Buffer() > 0 and buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0)
 
 
+@_reader
 def float_ops(buf: bytes) -> list[dict]:
     """Ops that compute in float: a non-constant float input or output."""
     model = _root(buf)
@@ -184,6 +209,7 @@ def float_ops(buf: bytes) -> list[dict]:
     return found
 
 
+@_reader
 def quantization_coverage(buf: bytes) -> dict:
     """Fraction of ops that compute in int8/uint8, and of weight values stored as int8."""
     model = _root(buf)

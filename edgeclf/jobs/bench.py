@@ -6,14 +6,13 @@ A format that cannot be exported or run becomes a row with its reason, not a cra
 from __future__ import annotations
 
 import csv
-import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import console
-from edgeclf.artefacts import MANIFEST_FILE
-from edgeclf.atomic import staged_dir
+from edgeclf.artefacts import MANIFEST_FILE, read_manifest
+from edgeclf.atomic import check_output, staged_dir
 from edgeclf.devices import DeviceOptions
 from edgeclf.errors import EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
@@ -21,6 +20,7 @@ from edgeclf.jobs.export import default_out, export_run
 from edgeclf.jobs.validate import validate
 from edgeclf.pipeline.runs import Run
 
+BENCH_FILE = "bench.json"
 COLUMNS = ["format", "quant", "size_mb", "top1", "agreement", "p50_ms", "speedup", "status"]
 
 
@@ -44,7 +44,7 @@ def _artefact(run: Run, target: str, quant: str) -> Path:
     out = default_out(run, spec)
     manifest_path = out / MANIFEST_FILE
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(manifest_path)
         if manifest.get("target") == target and manifest.get("quant") == quant and manifest.get("io") == spec.io:
             console.info(f"{target}:{quant}: reusing {out}")
             return out
@@ -55,13 +55,16 @@ def _artefact(run: Run, target: str, quant: str) -> Path:
 
 def bench(run_dir, formats: list[tuple[str, str]], device: str = "local", data_dir: str | None = None,
           runs: int = 100, warmup: int = 10, threads: int | None = None, options: DeviceOptions | None = None,
-          out: str | None = None) -> dict:
+          out: str | None = None, overwrite: bool = False) -> dict:
     run = Run.open(run_dir)
+    target_dir = Path(out) if out else run.path / "bench" / f"{_slug(device)}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    overwrite = overwrite or not out  # the default, timestamped folder may replace its own bench
     if data_dir is None:
         data_dir = run.info["config"].get("test_dir")
         if data_dir and not Path(data_dir).is_dir():
             data_dir = None
         console.info(f"scoring on {data_dir}" if data_dir else "no --data and no test dir in the run: latency only")
+    check_output(target_dir, BENCH_FILE, overwrite, inputs=[data_dir], input_runs=[run.path])  # before any work
     rows = []
     for target, quant in formats:
         row = {"format": target, "quant": quant, "status": "ok"}
@@ -91,9 +94,8 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str = "local", data_d
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": rows,
     }
-    target_dir = Path(out) if out else run.path / "bench" / f"{_slug(device)}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    with staged_dir(target_dir, overwrite=bool(out)) as staging:
-        (staging / "bench.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    with staged_dir(target_dir, BENCH_FILE, overwrite, inputs=[data_dir], input_runs=[run.path]) as staging:
+        (staging / BENCH_FILE).write_text(console.to_json(summary) + "\n")
         _write_csv(rows, staging / "bench.csv")
         _plot(rows, staging / "bench.png", summary)
     summary["path"] = str(target_dir)

@@ -11,8 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgeclf.atomic import staged_dir
+from edgeclf.atomic import DEMO_MARKER, check_replaceable, staged_dir
 from edgeclf.pipeline.config import TrainConfig
+
+
+def claim_demo_folder(root: Path) -> None:
+    """The demo writes only into a new or empty folder, or one an earlier demo wrote (marked)."""
+    check_replaceable(root, DEMO_MARKER, overwrite=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text("written by `edgeclf demo`\n")
 
 
 def write_digits_folder(root: Path, test_every: int = 5) -> tuple[Path, Path]:
@@ -23,7 +30,8 @@ def write_digits_folder(root: Path, test_every: int = 5) -> tuple[Path, Path]:
     train_dir, test_dir = root / "train", root / "test"
     if train_dir.is_dir() and test_dir.is_dir():
         return train_dir, test_dir
-    with staged_dir(root, overwrite=True) as staging:
+    with staged_dir(root, DEMO_MARKER, overwrite=True) as staging:
+        (staging / DEMO_MARKER).write_text("written by `edgeclf demo`\n")
         for index, (pixels, label) in enumerate(zip(digits.images, digits.target)):
             split = "test" if index % test_every == 0 else "train"
             folder = staging / split / str(label)

@@ -10,14 +10,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import calibration, console, exporters, tfenv
-from edgeclf.artefacts import MANIFEST_FORMAT, file_entries, write_manifest
-from edgeclf.atomic import staged_dir
-from edgeclf.errors import ModelError
+from edgeclf.artefacts import MANIFEST_FILE, MANIFEST_FORMAT, file_entries, sha256_file, write_manifest
+from edgeclf.atomic import check_output, staged_dir, temp_files_in
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
-from edgeclf.pipeline.metrics import score
+from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.predict import predict_file, predict_probs
-from edgeclf.pipeline.runs import LABELS_FILE, Run, write_labels
+from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, Run, write_labels
 
 EXPORTS_DIR = "exports"
 
@@ -26,21 +25,24 @@ def default_out(run: Run, spec: ExportSpec) -> Path:
     return run.path / EXPORTS_DIR / spec.default_dir_name()
 
 
-def export_run(run_dir, spec: ExportSpec) -> dict:
+def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
+    """Export a run; an explicit --out replaces an earlier artefact only with `overwrite`, the
+    default location RUN/exports/<target>-<quant> always replaces its own artefact."""
     run = Run.open(run_dir)
     fmt = exporters.load(spec.target)
     out = Path(spec.out).expanduser().resolve() if spec.out else default_out(run, spec)
-    if out == run.path or out in run.path.parents:
-        raise ModelError(f"--out {out} would replace the run directory itself", "use a folder under exports/ or outside the run")
+    overwrite = overwrite or not spec.out
+    images = [spec.calib_dir, *(run.plan.roots.values() if run.plan is not None else ())]
+    check_output(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path])
     model = run.load_model()
     calib = _calibration(run, spec)
     val = _validation_split(run)
     float_probs = predict_probs(model, val.images) if val is not None else None
 
-    with staged_dir(out, overwrite=True) as staging:
+    with staged_dir(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
         job = ExportJob(run, model, spec, calib, staging, prune_policy=run.prune_policy)
         started = time.perf_counter()
-        with console.progress() as bar:
+        with console.progress() as bar, temp_files_in(staging / ".tmp"):
             bar.add_task(f"converting to {spec.target} {spec.quant}", total=None, status="")
             result = fmt.export(job)
         conversion_s = time.perf_counter() - started
@@ -48,44 +50,56 @@ def export_run(run_dir, spec: ExportSpec) -> dict:
         accuracy = None
         if val is not None:
             probs = predict_file(staging / result.model_file, val.images, label=f"scoring {spec.target} {spec.quant} on val")
-            metrics = score(probs, val.labels, run.labels, float_probs)
-            accuracy = {
-                "split": "val",
-                "n_images": metrics["n_images"],
-                "float_top1": score(float_probs, val.labels, run.labels)["top1"],
-                "top1": metrics["top1"],
-                "top5": metrics.get("top5"),
-                "agreement": metrics["agreement"],
-                "confusion": metrics["confusion"],
-            }
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "target": spec.target,
-            "quant": spec.quant,
-            "io": spec.io,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model_file": result.model_file,
-            "input": result.input,
-            "output": result.output,
-            "labels": run.labels,
-            "preprocessing": run.info["input"]["preprocessing"],
-            "source_run": {
-                "path": str(run.path),
-                "arch": run.arch,
-                "metrics": {split: {k: m.get(k) for k in ("top1", "top5", "n_images")} for split, m in run.metrics.items()},
-                "optimization": run.info.get("optimization"),
-            },
-            "export": spec.to_dict() | {"out": str(out)},
-            "calibration": calib.summary() if calib is not None else None,
-            "details": result.details,
-            "versions": tfenv.versions() | result.versions,
-            "conversion_s": round(conversion_s, 2),
-            "accuracy": accuracy,
-        }
+            accuracy = _accuracy("val", probs, float_probs, val.labels, run.labels)
+        manifest = _manifest(run, spec, out, result, calib, conversion_s, accuracy)
         manifest["files"] = file_entries(staging)
         write_manifest(staging, manifest)
     manifest["path"] = str(out)
     return manifest
+
+
+def _accuracy(split: str, probs, float_probs, labels, classes: list[str]) -> dict:
+    """The manifest's accuracy block: the artefact against the labels and the float model."""
+    metrics = score(probs, labels, classes, float_probs)
+    return {
+        "split": split,
+        "n_images": metrics["n_images"],
+        "float_top1": score(float_probs, labels, classes)["top1"],
+        "top1": metrics["top1"],
+        "top5": metrics.get("top5"),
+        "agreement": metrics["agreement"],
+        **{key: metrics[key] for key in PAIRED_KEYS},
+        "confusion": metrics["confusion"],
+    }
+
+
+def _manifest(run: Run, spec: ExportSpec, out: Path, result, calib, conversion_s: float, accuracy: dict | None) -> dict:
+    """manifest.json without `files` (added once every other file is written)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "target": spec.target,
+        "quant": spec.quant,
+        "io": spec.io,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_file": result.model_file,
+        "input": result.input,
+        "output": result.output,
+        "labels": run.labels,
+        "preprocessing": run.info["input"]["preprocessing"],
+        "source_run": {
+            "path": str(run.path.resolve()),
+            "model_sha256": sha256_file(run.path / MODEL_FILE),
+            "arch": run.arch,
+            "metrics": {split: {k: m.get(k) for k in ("top1", "top5", "n_images")} for split, m in run.metrics.items()},
+            "optimization": run.info.get("optimization"),
+        },
+        "export": spec.to_dict() | {"out": str(out)},
+        "calibration": calib.summary() if calib is not None else None,
+        "details": result.details,
+        "versions": tfenv.versions() | result.versions,
+        "conversion_s": round(conversion_s, 2),
+        "accuracy": accuracy,
+    }
 
 
 def _calibration(run: Run, spec: ExportSpec):

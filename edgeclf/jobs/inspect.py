@@ -5,6 +5,7 @@ from pathlib import Path
 
 from edgeclf import exporters
 from edgeclf.errors import ModelError
+from edgeclf.pipeline.runs import check_label_count, output_classes
 
 
 def inspect_model(path) -> dict:
@@ -19,4 +20,7 @@ def inspect_model(path) -> dict:
         fmt = exporters.for_path(path)
     except ModelError:
         raise ModelError(f"cannot inspect {path.name}", f"pass a {', '.join(sorted(exporters.suffixes()))} file") from None
-    return fmt.inspect(path)
+    info = fmt.inspect(path)
+    if info.get("labels") is not None:
+        check_label_count(info["labels"], output_classes(info["outputs"]), f"the label list embedded in {path.name}")
+    return info

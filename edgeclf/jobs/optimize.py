@@ -27,15 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console, tfenv
-from edgeclf.atomic import check_target_free, staged_dir
+from edgeclf.atomic import check_output, staged_dir
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.jobs import train as training
 from edgeclf.pipeline import batchnorm, quant_aware, streaming
-from edgeclf.pipeline.config import TrainConfig
+from edgeclf.pipeline.config import MAX_LR, TrainConfig
 from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
 from edgeclf.pipeline.run_writer import summary, write_run
-from edgeclf.pipeline.runs import SPLIT_FILE, Run
+from edgeclf.pipeline.runs import RUN_FILE, SPLIT_FILE, Run
+from edgeclf.ranges import check_range
 
 SCHEDULES = ("polynomial", "constant")
 PRUNE_FOR = ("xnnpack",)
@@ -83,10 +84,10 @@ class OptimizeConfig:
             raise UsageError(f"--epochs {self.epochs} must be at least 1", "e.g. --epochs 2")
         if not 0 <= self.distill < 1:
             raise UsageError(f"--distill {self.distill} is not a weight in [0, 1)", "e.g. --distill 0.5, or 0 to train on the labels alone")
-        if self.lr is not None and self.lr <= 0:
-            raise UsageError("--lr must be positive", "e.g. --lr 1e-5")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1", "e.g. --batch-size 32")
+        if self.lr is not None:
+            check_range("--lr", self.lr, 0, MAX_LR, low_open=True, example="--lr 1e-5")
+        if self.batch_size is not None:
+            check_range("--batch-size", self.batch_size, 1, example="--batch-size 32")
         self.run_dir = str(Path(self.run_dir).expanduser().resolve())
         if self.out:
             self.out = str(Path(self.out).expanduser().resolve())
@@ -131,17 +132,10 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     """Prune and/or QAT the run at config.run_dir into a new run directory at config.out."""
     run = Run.open(config.run_dir)
     previous = run.info.get("optimization") or {}
-    source = previous.get("source_run") or "its source run"
-    if config.qat and previous.get("qat"):
-        raise UsageError(f"{run.path} already had quantization-aware training",
-                         f"run --qat on {source} instead, or export this run as it is")
-    if config.prune is not None and previous.get("qat"):
-        raise UsageError(f"{run.path} already had quantization-aware training; pruning it now would throw away "
-                         "the ranges QAT learned", f"prune {source} with --prune {config.prune} --qat (PQAT) instead")
-    if run.plan is None:
-        raise ModelError(f"{run.path} has no {SPLIT_FILE}, so its training data is unknown", "re-train it with `edgeclf train`")
+    _check_source(run, config, previous)
     out = Path(config.out)
-    check_target_free(out, overwrite)
+    images = list(run.plan.roots.values())
+    check_output(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path])
     train_config = TrainConfig.from_dict(run.info["config"] | {"out": str(out)})
     model = run.load_model()
     findings = quant_aware.preflight(model) if config.qat else []
@@ -160,6 +154,44 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     # The rate the run last trained at: fine_tune_lr for a pretrained backbone, the full rate
     # for one trained from scratch (at fine_tune_lr such a model does not recover from pruning).
     base_lr = config.lr or training.stages(train_config)[-1].lr
+    record = _new_record(run, config, findings, previous)
+    record["batchnorm_folded"] = len(batchnorm.fold_batchnorm(model))
+    freeze_batchnorm(model)
+    with staged_dir(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
+        if config.prune is not None:
+            t0 = time.perf_counter()
+            model, record["prune"] = prune(model, tuner, config, base_lr)
+            timing["prune_s"] = round(time.perf_counter() - t0, 2)
+        if config.qat:
+            t0 = time.perf_counter()
+            model = _quantization_aware(model, tuner, config, findings, record, previous, base_lr)
+            timing["qat_s"] = round(time.perf_counter() - t0, 2)
+        timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s")), 2)
+        if record["prune"] is not None:
+            record["prune"].pop("layers")
+        what = " + ".join(p for p in (
+            f"{100 * record['prune']['target']:.0f}% pruned" if record["prune"] else None, "QAT" if record["qat"] else None,
+        ) if p)
+        info = write_run(staging, model, train_config, run.plan, splits, tuner.history, timing, record, save_model, what)
+    result = summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
+    return result
+
+
+def _check_source(run: Run, config: OptimizeConfig, previous: dict) -> None:
+    """Refuse what the source run cannot take, before any work."""
+    source = previous.get("source_run") or "its source run"
+    if config.qat and previous.get("qat"):
+        raise UsageError(f"{run.path} already had quantization-aware training",
+                         f"run --qat on {source} instead, or export this run as it is")
+    if config.prune is not None and previous.get("qat"):
+        raise UsageError(f"{run.path} already had quantization-aware training; pruning it now would throw away "
+                         "the ranges QAT learned", f"prune {source} with --prune {config.prune} --qat (PQAT) instead")
+    if run.plan is None:
+        raise ModelError(f"{run.path} has no {SPLIT_FILE}, so its training data is unknown", "re-train it with `edgeclf train`")
+
+
+def _new_record(run: Run, config: OptimizeConfig, findings: list, previous: dict) -> dict:
+    """run.json's `optimization` record, before any phase has run."""
     record: dict = {
         "recipe": config.recipe(),
         "source_run": str(run.path),
@@ -172,37 +204,23 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     }
     if previous:
         record["previous"] = previous
+    return record
 
-    record["batchnorm_folded"] = len(batchnorm.fold_batchnorm(model))
-    freeze_batchnorm(model)
-    with staged_dir(out, overwrite) as staging:
-        if config.prune is not None:
-            t0 = time.perf_counter()
-            model, record["prune"] = prune(model, tuner, config, base_lr)
-            timing["prune_s"] = round(time.perf_counter() - t0, 2)
-        if config.qat:
-            t0 = time.perf_counter()
-            preserve = config.prune is not None or bool(previous.get("prune"))
-            model = quant_aware.quantize(model, findings, preserve_sparsity=preserve,
-                                            calibration_images=tuner.calibration_images())
-            tuner.fit(model, "qat", config.qat_epochs, config.lr or base_lr / 10)
-            record["zero_channels_given_a_range"] = quant_aware.widen_collapsed_weight_ranges(model)
-            record["qat"] = True
-            record["scheme"] = PQAT_SCHEME if preserve else QAT_SCHEME
-            if preserve:
-                record["sparsity_after_qat"] = kernel_sparsity(model, pruned_layers(record["prune"], previous))["overall"]
-                if record["prune"] is not None:
-                    record["prune"]["sparsity_after_qat"] = record["sparsity_after_qat"]
-            timing["qat_s"] = round(time.perf_counter() - t0, 2)
-        timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s")), 2)
+
+def _quantization_aware(model, tuner: FineTuner, config: OptimizeConfig, findings: list, record: dict,
+                        previous: dict, base_lr: float):
+    """quantize_apply (prune-preserving after pruning) and the QAT epochs; fills `record`."""
+    preserve = config.prune is not None or bool(previous.get("prune"))
+    model = quant_aware.quantize(model, findings, preserve_sparsity=preserve, calibration_images=tuner.calibration_images())
+    tuner.fit(model, "qat", config.qat_epochs, config.lr or base_lr / 10)
+    record["zero_channels_given_a_range"] = quant_aware.widen_collapsed_weight_ranges(model)
+    record["qat"] = True
+    record["scheme"] = PQAT_SCHEME if preserve else QAT_SCHEME
+    if preserve:
+        record["sparsity_after_qat"] = kernel_sparsity(model, pruned_layers(record["prune"], previous))["overall"]
         if record["prune"] is not None:
-            record["prune"].pop("layers")
-        what = " + ".join(p for p in (
-            f"{100 * record['prune']['target']:.0f}% pruned" if record["prune"] else None, "QAT" if record["qat"] else None,
-        ) if p)
-        info = write_run(staging, model, train_config, run.plan, splits, tuner.history, timing, record, save_model, what)
-    result = summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
-    return result
+            record["prune"]["sparsity_after_qat"] = record["sparsity_after_qat"]
+    return model
 
 
 def _summary_of(record: dict) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeclf import console, tfenv
-from edgeclf.atomic import check_target_free, publish, write_text_atomic
+from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import UsageError
 from edgeclf.pipeline import distribute, streaming
 from edgeclf.pipeline.backbones import (
@@ -23,12 +23,18 @@ from edgeclf.pipeline.backbones import (
 )
 from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import DecodedSplit
-from edgeclf.pipeline.epochs import Epochs
+from edgeclf.pipeline.epochs import Diverged, Epochs
+from edgeclf.pipeline.partial_runs import (
+    CHECKPOINT_DIR,
+    STATE_FILE,
+    discard_partial,
+    load_state,
+    partial_dir,
+)
 from edgeclf.pipeline.run_writer import summary, write_run
+from edgeclf.pipeline.runs import RUN_FILE
 from edgeclf.pipeline.splits import SplitPlan, plan_splits
 
-STATE_FILE = "state.json"
-CHECKPOINT_DIR = "checkpoint"
 # TensorFlow checkpoints, not .h5: tf-keras cannot load .h5 weights into a distributed model.
 BEST_WEIGHTS, STAGE_END_WEIGHTS = "best", "stage_end"
 STREAM_DIR = "stream-cache"  # --cache disk: the decoded images, deleted with the checkpoint
@@ -53,19 +59,19 @@ def stages(config: TrainConfig) -> list[Stage]:
     return [s for s in planned if s.epochs > 0]
 
 
-def partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def train(config: TrainConfig, overwrite: bool = False) -> dict:
-    """Train a new run into config.out."""
+def train(config: TrainConfig, overwrite: bool = False, restart: bool = False) -> dict:
+    """Train a new run into config.out; `restart` first discards an interrupted run there."""
     role = distribute.cluster_role(config.distribute)
     work = partial_dir(Path(config.out))
     if role.chief:  # the other workers of a cluster write only into scratch directories
-        if work.exists():
-            raise UsageError(f"an interrupted run exists at {work}", "pass --resume to continue it, or delete that folder")
-        check_target_free(Path(config.out), overwrite)
+        check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
+        if work.exists() and not restart:
+            load_state(work)  # a damaged state gets its own message, naming --restart
+            raise UsageError(f"an interrupted run exists at {work}",
+                             "pass --resume to continue it, or --restart to discard it and start again")
     plan = plan_splits(config)  # every dataset error surfaces here, before anything is written
+    if role.chief and work.exists():
+        discard_partial(work)
     state = {
         "config": config.to_dict(),
         "plan": plan.to_json(),
@@ -83,17 +89,20 @@ def resume(out: Path, overwrite: bool = False, cache: str | None = None, strateg
     """Continue an interrupted run from its last epoch checkpoint, with its original config
     (but the `cache` and `strategy` given now: the machines may have changed)."""
     work = partial_dir(Path(out).expanduser().resolve())
-    state_path = work / STATE_FILE
-    if not state_path.is_file():
+    if not work.is_dir():
         raise UsageError(f"there is no interrupted run to resume at {work}", "drop --resume to start a new run")
-    state = json.loads(state_path.read_text())
+    state = load_state(work)
     state["config"].update({k: v for k, v in (("cache", cache), ("distribute", strategy)) if v is not None})
     config = TrainConfig.from_dict(state["config"])
     role = distribute.cluster_role(config.distribute)
     if role.chief:
-        check_target_free(Path(config.out), overwrite)
+        check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
     console.info(f"resuming {work}: stage {state['stage']}, {state['epoch']} epoch(s) done")
     return _execute(state, work, overwrite, role, resuming=True)
+
+
+def _inputs(config: TrainConfig) -> list:
+    return [config.data_dir, config.val_dir, config.test_dir]
 
 
 def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, resuming: bool) -> dict:
@@ -111,7 +120,7 @@ def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, re
                 trainer = Trainer(config, plan, splits, place.work, state)
                 trainer.run()
             result = trainer.finish()
-            publish(place.work, place.out, overwrite)
+            publish(place.work, place.out, RUN_FILE, overwrite)
         except BaseException as exc:
             if place.chief:
                 _keep_or_discard(place.work, exc)
@@ -123,7 +132,8 @@ def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, re
 def _keep_or_discard(work: Path, exc: BaseException) -> None:
     """Keep a partial run only when it holds a checkpoint worth resuming; never leave debris."""
     state_path = work / STATE_FILE
-    if state_path.is_file():
+    # Resuming a diverged run would replay the same epoch at the same rate.
+    if state_path.is_file() and not isinstance(exc, Diverged):
         out = work.with_name(work.name[: -len(".partial")])
         hint = f"progress is saved in {work}; continue with `edgeclf train --out {out} --resume`"
         console.warn(hint if not isinstance(exc, KeyboardInterrupt) else f"interrupted; {hint}")
@@ -190,7 +200,11 @@ class Trainer:
                     break
         if self.state["best"] is not None:
             self.model.load_weights(str(self.checkpoints / BEST_WEIGHTS))
-            console.info(f"{stage.name}: restored the best epoch ({self.state['best']['epoch']}, val_loss {self.state['best']['val_loss']:.4f})")
+            best = self.state["best"]
+            # History counts epochs across stages; the progress lines count them within the stage.
+            first = min(r["epoch"] for r in self.state["history"] if r["stage"] == stage.name)
+            console.info(f"{stage.name}: restored epoch {best['epoch'] - first + 1}/{stage.epochs}, "
+                         f"the best (val_loss {best['val_loss']:.4f})")
 
     def _track_best(self, record: dict) -> bool:
         """Early stopping on val_loss with best-weight restore; returns True to stop the stage."""

@@ -6,36 +6,76 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console
-from edgeclf.artefacts import Artefact
+from edgeclf.artefacts import Artefact, sha256_file
 from edgeclf.devices import DeviceOptions, open_device
-from edgeclf.errors import UsageError
-from edgeclf.pipeline.datasets import DecodedSplit, decode, map_to_labels, scan_folder
-from edgeclf.pipeline.metrics import score
-from edgeclf.pipeline.runs import read_labels
+from edgeclf.errors import ModelError, UsageError
+from edgeclf.pipeline.datasets import DecodedSplit, decode, scan_for_scoring
+from edgeclf.pipeline.metrics import PAIRED_KEYS, score
+from edgeclf.pipeline.runs import MODEL_FILE, check_label_count, output_classes, read_labels
 
 
 def input_size(artefact: Artefact) -> int:
     if artefact.img_size:
         return artefact.img_size
+    if artefact.format.io_tensors is not None:
+        shapes = [tensor["shape"] for tensor in artefact.format.io_tensors(artefact.model_path)["inputs"]]
+        if len(shapes) != 1 or len(shapes[0]) != 4 or min(shapes[0][1:3]) <= 0:
+            raise ModelError(f"{artefact.model_path.name} does not take one (1, H, W, C) image (inputs: {shapes})",
+                             "pass an image classifier, e.g. one from `edgeclf export`")
+        return int(shapes[0][1])
     from edgeclf.pipeline.predict import open_model
 
     return int(open_model(artefact.model_path).input_shape[1])
 
 
+def declared_classes(artefact: Artefact) -> int | None:
+    """The model's class count as its file (or manifest) states it, known before running it."""
+    fmt = artefact.format
+    io = fmt.io_tensors(artefact.model_path) if fmt.io_tensors is not None else None
+    return output_classes(io["outputs"] if io else [(artefact.manifest or {}).get("output") or {}])
+
+
+def labels_of(artefact: Artefact, labels_file: str | None) -> tuple[list[str] | None, str]:
+    """The class names and where they came from: the manifest, else a --labels file."""
+    if artefact.labels:
+        return artefact.labels, f"the manifest of {artefact.model_path.parent}"
+    if labels_file:
+        return read_labels(Path(labels_file)), f"--labels {labels_file}"
+    return None, ""
+
+
 def load_images(data_dir: str, labels: list[str], size: int) -> DecodedSplit:
-    folder = map_to_labels(scan_folder(Path(data_dir), "validation data"), labels, "validation")
+    folder = scan_for_scoring(Path(data_dir), labels, "validation")
     return decode("validation", folder.root, labels, folder.samples, size)
 
 
 def float_reference(artefact: Artefact, images: np.ndarray) -> np.ndarray | None:
-    """The source run's float Keras predictions on the same images, when that run still exists."""
-    source = (artefact.manifest or {}).get("source_run", {}).get("path")
-    if not source or not (Path(source) / "model.keras").is_file():
+    """The source run's float Keras predictions on the same images, when that very run still exists.
+
+    A run whose model.keras no longer has the hash the manifest recorded (retrained, or another
+    run at the same path) is not this artefact's reference: agreement is then null, with a
+    warning, rather than a number measured against the wrong model. The device's own accuracy
+    and latency do not depend on it, so validation goes on.
+    """
+    source = (artefact.manifest or {}).get("source_run") or {}
+    if not source.get("path"):
+        return None
+    model_file = Path(source["path"]) / MODEL_FILE
+    if not model_file.is_file():
+        console.info(f"agreement not measured: the source run {source['path']} is not here")
+        return None
+    if source.get("model_sha256") is None:
+        console.warn("agreement not measured: the manifest records no hash of the source model "
+                     "(re-export with this edgeclf to measure it)")
+        return None
+    if sha256_file(model_file) != source["model_sha256"]:
+        console.warn(f"agreement not measured: {model_file} changed since the export "
+                     "(retrained, or another run at that path); re-export to compare with it")
         return None
     from edgeclf.pipeline.predict import predict_probs
     from edgeclf.pipeline.runs import Run
 
-    return predict_probs(Run.open(source).load_model(), images)
+    return predict_probs(Run.open(source["path"]).load_model(), images)
 
 
 def validate(artefact_path, device: str = "local", data_dir: str | None = None, runs: int = 100, warmup: int = 10,
@@ -45,9 +85,11 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
     if threads is not None and threads < 1:
         raise UsageError("--threads must be at least 1", "e.g. --threads 1")
     artefact = Artefact.open(artefact_path)
-    labels = artefact.labels or (read_labels(Path(labels_file)) if labels_file else None)
+    labels, labels_source = labels_of(artefact, labels_file)
     if data_dir and labels is None:
         raise UsageError(f"{artefact.model_path.name} has no manifest, so its class names are unknown", "pass --labels labels.txt")
+    if labels is not None:
+        check_label_count(labels, declared_classes(artefact), labels_source)
     size = input_size(artefact)
     split = load_images(data_dir, labels, size) if data_dir else None
     target = open_device(device, options or DeviceOptions())
@@ -56,12 +98,14 @@ def validate(artefact_path, device: str = "local", data_dir: str | None = None, 
     result = target.run(artefact.format, files, split.images if split is not None else None, runs, warmup, threads)
     accuracy = None
     if split is not None:
+        check_label_count(labels, result.predictions.shape[-1], labels_source)  # formats whose file does not say
         reference = float_reference(artefact, split.images)
         metrics = score(result.predictions, split.labels, labels, reference)
         accuracy = {
             "top1": metrics["top1"],
             "top5": metrics.get("top5"),
             "agreement": metrics["agreement"],
+            **{key: metrics[key] for key in PAIRED_KEYS},
             "n_images": metrics["n_images"],
             "where": "device",
             "confusion": metrics["confusion"],

@@ -4,10 +4,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgeclf.atomic import overlaps
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import get_backbone
 from edgeclf.pipeline.distribute import STRATEGIES
 from edgeclf.pipeline.streaming import CACHE_MODES
+from edgeclf.ranges import check_range
+
+MAX_IMG_SIZE = 1024  # decoded splits are held in memory: 1000 images at 1024 px are already 3 GB
+MAX_LR = 1.0  # Adam: far above any rate that trains
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (used by Keras) takes no more
 
 
 @dataclass
@@ -41,26 +47,27 @@ class TrainConfig:
         self.arch = backbone.name
         if self.img_size is None:
             self.img_size = backbone.default_size
-        if self.img_size < backbone.min_size:
-            raise UsageError(f"--img-size {self.img_size} is too small for {self.arch}", f"use at least {backbone.min_size}")
+        check_range("--img-size", self.img_size, backbone.min_size, MAX_IMG_SIZE, example=f"--img-size {backbone.default_size} for {self.arch}")
         if self.alpha != 1.0 and not backbone.has_alpha:
             raise UsageError(f"--alpha applies only to mobilenetv2, not {self.arch}", "drop --alpha")
         if not 0 < self.alpha <= 1.4:
             raise UsageError(f"--alpha {self.alpha} is out of range", "use a width multiplier in (0, 1.4], e.g. 0.35, 0.5, 1.0")
         if self.val_dir is None and not 0 < self.val_split < 1:
             raise UsageError(f"--val-split {self.val_split} must be between 0 and 1", "e.g. --val-split 0.2")
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1", "e.g. --batch-size 32")
+        check_range("--batch-size", self.batch_size, 1, example="--batch-size 32")
         if self.head_epochs < 0 or self.fine_tune_epochs < 0 or self.head_epochs + self.fine_tune_epochs == 0:
             raise UsageError("no epochs to train", "set --head-epochs and/or --fine-tune-epochs above 0")
-        if self.lr <= 0 or (self.fine_tune_lr is not None and self.fine_tune_lr <= 0):
-            raise UsageError("learning rates must be positive", "e.g. --lr 1e-3")
+        check_range("--lr", self.lr, 0, MAX_LR, low_open=True, example="--lr 1e-3")
+        if self.fine_tune_lr is not None:
+            check_range("--fine-tune-lr", self.fine_tune_lr, 0, MAX_LR, low_open=True, example="--fine-tune-lr 5e-5")
         if self.fine_tune_lr is None:
             self.fine_tune_lr = self.lr / 20
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout {self.dropout} must be in [0, 1)", "e.g. --dropout 0.2")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)", "e.g. --label-smoothing 0.1")
+        check_range("--patience", self.patience, 0, example="--patience 5")
+        check_range("--seed", self.seed, 0, MAX_SEED, example="--seed 42")
         if self.class_weight not in ("none", "auto"):
             raise UsageError(f"--class-weight {self.class_weight} is not supported", "use 'auto' or 'none'")
         if self.cache not in CACHE_MODES:
@@ -76,6 +83,7 @@ class TrainConfig:
             self.weights = str(path.resolve())
         if self.fine_tune_at is None:
             self.fine_tune_at = backbone.fine_tune_at
+        check_range("--fine-tune-at", self.fine_tune_at, 0, example=f"--fine-tune-at {backbone.fine_tune_at}")
         for name in ("data_dir", "val_dir", "test_dir"):
             value = getattr(self, name)
             if value is not None:
@@ -83,7 +91,17 @@ class TrainConfig:
                 if not path.is_dir():
                     raise UsageError(f"{name.replace('_', '-')} {path} is not a folder", "pass a folder with one subfolder per class")
                 setattr(self, name, str(path.resolve()))
+        self._refuse_overlapping_splits()
         self.out = str(Path(self.out).expanduser().resolve())
+
+    def _refuse_overlapping_splits(self) -> None:
+        """Val or test images that are also training images would report training scores."""
+        folders = [(name.replace("_", "-"), getattr(self, name)) for name in ("data_dir", "val_dir", "test_dir")]
+        for i, (name, folder) in enumerate(folders):
+            for other_name, other in folders[:i]:
+                if folder is not None and other is not None and overlaps(Path(folder), Path(other)):
+                    raise UsageError(f"--{name} {folder} overlaps the {other_name} {other}",
+                                     "give each split its own folder, none inside another")
 
     @property
     def pretrained(self) -> bool:
@@ -93,6 +111,6 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,18 +63,24 @@ class DecodedSplit:
         }
 
 
-def scan_folder(root: Path, what: str = "dataset") -> ImageFolder:
-    """List class subfolders and their image files; non-image files are ignored."""
+def scan_folder(root: Path, what: str = "dataset", min_classes: int = 2) -> ImageFolder:
+    """List class subfolders and their image files; non-image files are ignored.
+
+    Training needs two classes; scoring takes any non-empty subset of a model's classes (min_classes=1).
+    """
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"{what} folder {root} does not exist", "check the path")
     if not root.is_dir():
         raise DatasetError(f"{what} path {root} is not a folder", "pass a folder with one subfolder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        found = f"only class '{classes[0]}'" if classes else "no class subfolders"
+    for name in classes:
+        check_class_name(name, root)
+    if len(classes) < min_classes:
+        if not classes:
+            raise DatasetError(f"{what} folder {root} has no class subfolders", "put each class's images in its own subfolder")
         raise DatasetError(
-            f"{what} folder {root} has {found}; a classifier needs at least 2 classes",
+            f"{what} folder {root} has only class '{classes[0]}'; a classifier needs at least 2 classes",
             "put each class's images in its own subfolder",
         )
     samples = []
@@ -86,6 +93,17 @@ def scan_folder(root: Path, what: str = "dataset") -> ImageFolder:
             )
         samples.extend(Sample(path, label) for path in files)
     return ImageFolder(root, classes, samples)
+
+
+def check_class_name(name: str, root: Path) -> None:
+    """Refuse a class folder whose name would not come back unchanged from labels.txt (one label a line)."""
+    control = any(unicodedata.category(c) == "Cc" for c in name)
+    utf8 = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == name  # undecodable bytes come as surrogates
+    if not name or control or not utf8 or name != name.strip() or len(name.splitlines()) != 1:
+        raise DatasetError(
+            f"the name of class folder {name!r} in {root} would not survive labels.txt",
+            "rename it without line breaks, control characters, leading/trailing spaces or non-UTF-8 bytes",
+        )
 
 
 def check_same_classes(reference: list[str], other: list[str], other_root: Path, what: str) -> None:
@@ -104,6 +122,11 @@ def check_same_classes(reference: list[str], other: list[str], other_root: Path,
     )
 
 
+def scan_for_scoring(root: Path, labels: list[str], what: str) -> ImageFolder:
+    """A folder to score a model on: any non-empty subset of its classes, indexed by the model's labels."""
+    return map_to_labels(scan_folder(Path(root), f"{what} data", min_classes=1), labels, what)
+
+
 def map_to_labels(folder: ImageFolder, labels: list[str], what: str) -> ImageFolder:
     """Re-index a folder whose classes are a subset of `labels` (e.g. an evaluation folder)."""
     unknown = sorted(set(folder.classes) - set(labels))
@@ -120,7 +143,7 @@ def map_to_labels(folder: ImageFolder, labels: list[str], what: str) -> ImageFol
 def stratified_split(folder: ImageFolder, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Split each class by the same fraction; depends only on file names, classes and seed."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train, val, alone = [], [], []
     for label in range(len(folder.classes)):
         members = sorted((s for s in folder.samples if s.label == label), key=lambda s: str(s.path))
         order = rng.permutation(len(members))
@@ -129,8 +152,12 @@ def stratified_split(folder: ImageFolder, val_fraction: float, seed: int) -> tup
             n_val = min(max(n_val, 1), len(members) - 1)
         else:
             n_val = 0
+            alone.append(repr(folder.classes[label]))
         val.extend(members[i] for i in sorted(order[:n_val]))
         train.extend(members[i] for i in sorted(order[n_val:]))
+    if alone:
+        console.warn(f"class(es) {', '.join(alone)} have a single image, which goes to training, so validation "
+                     "will not measure them (add images, or pass --val-dir)")
     return train, val
 
 

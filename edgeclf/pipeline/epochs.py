@@ -2,11 +2,18 @@
 `edgeclf train` and `edgeclf optimize` share (seeded shuffling, augmentation, class weights)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgeclf import tfenv
+from edgeclf.errors import ModelError
 from edgeclf.pipeline import streaming
 from edgeclf.pipeline.config import TrainConfig
+
+
+class Diverged(ModelError):
+    """The loss became NaN or infinite: the weights are garbage and must not be written as a run."""
 
 
 def augmenter(keras, seed: int):
@@ -91,6 +98,10 @@ class Epochs:
             "val_accuracy": float(val_acc),
             "lr": lr,
         }
+        if not (math.isfinite(record["loss"]) and math.isfinite(record["val_loss"])):
+            flag = "--fine-tune-lr" if stage == "fine_tune" else "--lr"
+            raise Diverged(f"training diverged in {stage} {label}: loss {record['loss']}, val_loss {record['val_loss']}",
+                           f"lower the learning rate, e.g. {flag} {lr / 10:g}")
         bar.update(task, status=f"loss {record['loss']:.3f} acc {record['accuracy']:.3f} | val {val_loss:.3f} {val_acc:.3f}")
         return record
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeclf import console, exporters, tfenv
 from edgeclf.devices import runner
-from edgeclf.errors import MissingDependency, ModelError, first_line
+from edgeclf.errors import MissingDependency, ModelError
 from edgeclf.pipeline.metrics import classification_metrics, wrong_predictions
 
 BATCH = 64
@@ -42,8 +42,8 @@ def open_model(path, threads: int | None = None):
             return runner.open_model(str(path), str(fmt.runtime_file), threads)
     except runner.RuntimeMissing as exc:
         raise MissingDependency(str(exc), fmt.extra) from exc
-    except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load {path}: {first_line(exc)}", "check that the file is a valid model") from exc
+    except (runner.ModelInvalid, ValueError) as exc:
+        raise ModelError(f"cannot load {path}: {exc}", "check that the file is a valid model, or re-export it") from exc
 
 
 def predict_file(path, images: np.ndarray, threads: int | None = None, label: str = "evaluating") -> np.ndarray:

@@ -2,11 +2,10 @@
 model, labels, split, run.json, curves and confusion matrix, into a staging directory."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgeclf import tfenv
+from edgeclf import console, tfenv
 from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, get_backbone
 from edgeclf.pipeline.predict import split_metrics
@@ -35,7 +34,7 @@ def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history:
     write_labels(work / LABELS_FILE, classes)
     save_plan(plan, work / SPLIT_FILE)
     info = run_record(config, classes, plan, splits, history, timing, metrics, optimization)
-    (work / RUN_FILE).write_text(json.dumps(info, indent=2))
+    (work / RUN_FILE).write_text(console.to_json(info))
     plots.training_curves(history, work / "training.png")
     split_name = "test" if "test" in metrics else "val"
     plots.confusion_matrix(metrics[split_name]["confusion"], classes, work / "confusion_matrix.png",

@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from edgeclf import tfenv
+from edgeclf.artefacts import is_image_shape
 from edgeclf.errors import ModelError
 from edgeclf.pipeline.splits import SplitPlan, load_plan
 
@@ -21,10 +22,46 @@ def write_labels(path: Path, labels: list[str]) -> None:
 
 
 def read_labels(path: Path) -> list[str]:
+    if not Path(path).is_file():
+        raise ModelError(f"labels file {path} does not exist", "give one label per line, in class-index order")
     labels = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not labels:
         raise ModelError(f"labels file {path} is empty", "give one label per line, in class-index order")
     return labels
+
+
+def read_run_record(path: Path) -> dict:
+    """run.json, checked for the keys every reader relies on."""
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})", "re-run `edgeclf train`") from exc
+    if not isinstance(info, dict):
+        missing = "everything (it is not a JSON object)"
+    else:
+        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        input_ = info.get("input") if isinstance(info.get("input"), dict) else {}
+        found = {"config.arch": "arch" in config, "config.seed": isinstance(config.get("seed"), int),
+                 "input.shape": is_image_shape(input_.get("shape")), "input.preprocessing": "preprocessing" in input_}
+        missing = ", ".join(key for key, ok in found.items() if not ok)
+    if missing:
+        raise ModelError(f"{path} is missing {missing}", "re-run `edgeclf train`, or restore the run's original run.json")
+    return info
+
+
+def check_label_count(labels: list[str], outputs: int | None, source: str) -> list[str]:
+    """One label per model output: more would name a phantom class, fewer would leave outputs unnamed."""
+    if outputs is not None and len(labels) != outputs:
+        raise ModelError(f"{source} has {len(labels)} labels but the model has {outputs} outputs",
+                         "give one label per output, in class-index order")
+    return labels
+
+
+def output_classes(outputs: list[dict]) -> int | None:
+    """The class count of a classifier's single output tensor, when its shape states it."""
+    shape = outputs[0].get("shape") if len(outputs) == 1 else None
+    last = shape[-1] if shape else None
+    return last if isinstance(last, int) and last > 0 else None
 
 
 @dataclass
@@ -36,7 +73,7 @@ class Run:
         path = Path(path)
         if not path.is_dir():
             partial = path.with_name(path.name + ".partial")
-            hint = f"{partial} holds an interrupted run: finish it with `edgeclf train ... --resume`" if partial.exists() else "check the path"
+            hint = f"{partial} holds an interrupted run: finish it with `edgeclf train --out {path} --resume` (or start again with --restart)" if partial.exists() else "check the path"
             raise ModelError(f"run directory {path} does not exist", hint)
         for name in (MODEL_FILE, LABELS_FILE, RUN_FILE):
             if not (path / name).is_file():
@@ -44,14 +81,13 @@ class Run:
                     f"{path} is not a finished edgeclf run (no {name})",
                     "pass a directory written by `edgeclf train` or `edgeclf optimize`",
                 )
-        return cls(path)
+        run = cls(path)
+        run.info  # a damaged run.json is reported here, not as a KeyError somewhere later
+        return run
 
     @cached_property
     def info(self) -> dict:
-        try:
-            return json.loads((self.path / RUN_FILE).read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{self.path / RUN_FILE} is not valid JSON ({exc})", "re-run `edgeclf train`") from exc
+        return read_run_record(self.path / RUN_FILE)
 
     @cached_property
     def labels(self) -> list[str]:
@@ -93,9 +129,11 @@ class Run:
         keras = tfenv.keras()
         try:
             with tfenv.native_stderr_silenced():
-                return _load_keras_model(keras, self.path / MODEL_FILE)
+                model = _load_keras_model(keras, self.path / MODEL_FILE)
         except (ValueError, OSError) as exc:
             raise ModelError(f"cannot load {self.path / MODEL_FILE}: {exc}", "re-run `edgeclf train`") from exc
+        check_label_count(self.labels, model.output_shape[-1], str(self.path / LABELS_FILE))
+        return model
 
 
 def _load_keras_model(keras, path: Path):

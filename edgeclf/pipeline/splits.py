@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeclf import console
+from edgeclf.artefacts import sha256_file
 from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import (
     DecodedSplit,
@@ -74,7 +77,31 @@ def plan_splits(config: TrainConfig) -> SplitPlan:
         test_folder = _checked(train_folder, Path(config.test_dir), "test")
         samples["test"] = test_folder.samples
         roots["test"] = test_folder.root
+    warn_identical_files_across_splits(samples)
     return SplitPlan(train_folder.classes, roots, samples, how)
+
+
+def warn_identical_files_across_splits(samples: dict[str, list[Sample]]) -> None:
+    """Warn when a val or test file has the same bytes as a file of an earlier split (leakage).
+
+    Only files whose size occurs in more than one split are hashed, so this costs little.
+    """
+    by_size: dict[int, list[tuple[str, Path]]] = defaultdict(list)
+    for split, members in samples.items():
+        for sample in members:
+            by_size[sample.path.stat().st_size].append((split, sample.path))
+    seen: dict[str, str] = {}  # sha256 -> the first split holding it
+    copies: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for group in by_size.values():
+        if len({split for split, _ in group}) < 2:
+            continue
+        for split, path in group:
+            first = seen.setdefault(sha256_file(path), split)
+            if first != split:
+                copies[(split, first)].append(path)
+    for (split, first), paths in copies.items():
+        console.warn(f"{len(paths)} file(s) in {split} are identical to files in {first} (e.g. {paths[0]}): "
+                     f"their {split} score is not a fair one")
 
 
 def _checked(train_folder: ImageFolder, root: Path, what: str) -> ImageFolder:

@@ -17,6 +17,9 @@ from edgeclf.report.gather import Report, best_epoch, get, sample_images, wrong_
 
 WRONG_SHOWN = 24
 
+# Marks a page as edgeclf's own: `edgeclf report` replaces only a file that carries it.
+GENERATOR_TAG = "<meta name='generator' content='edgeclf report'>"
+
 
 class Raw(str):
     """HTML that is already safe (built here from escaped parts)."""
@@ -296,6 +299,7 @@ class Page:
         return (
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"{GENERATOR_TAG}"
             f"<title>edgeclf report: {esc(self.report.run_dir.name)}</title>"
             f"<style>{CSS}</style></head><body>"
             f"{self.header()}<nav>{nav}</nav>{self.problems()}<main>{''.join(body)}</main>"
