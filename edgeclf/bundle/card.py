@@ -21,7 +21,7 @@ def test_accuracy(run: Run, model_path: Path) -> dict | None:
         return None
     from edgeclf.pipeline.predict import predict_probs
 
-    split = plan.decode("test", run.img_size)
+    split = plan.decode("test", run.img_size, cache="auto")
     probs = predict_file(model_path, split.images, label="scoring the artefact on test")
     float_probs = predict_probs(run.load_model(), split.images)
     metrics = score(probs, split.labels, run.labels, float_probs)

@@ -8,6 +8,8 @@ from edgeclf.cli import options, report
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import BACKBONES
 from edgeclf.pipeline.config import TrainConfig
+from edgeclf.pipeline.distribute import STRATEGIES
+from edgeclf.pipeline.streaming import CACHE_MODES
 
 
 @click.command("train")
@@ -32,7 +34,12 @@ from edgeclf.pipeline.config import TrainConfig
 @click.option("--class-weight", default="none", show_default=True, type=click.Choice(["none", "auto"]), help="'auto' weights classes by inverse frequency.")
 @click.option("--patience", default=5, show_default=True, type=int, help="Early-stopping patience (epochs without val_loss improvement).")
 @click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last epoch.")
+@click.option("--cache", default="auto", show_default=True, type=click.Choice(CACHE_MODES),
+              help="Decoded images: in memory, in a file in the run (disk), decoded on every read (none); "
+                   "auto: memory while they fit a quarter of the available memory, else disk.")
+@click.option("--distribute", default="none", show_default=True, type=click.Choice(STRATEGIES),
+              help="mirrored: every local GPU; multi-worker: the cluster in TF_CONFIG. --batch-size is global.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last epoch (with the --cache and --distribute given now).")
 @click.option("--restart", is_flag=True, help="Discard the interrupted run at --out (its .partial folder) and start again.")
 @options.overwrite
 @options.json_output
@@ -43,7 +50,7 @@ def command(data_dir, out, resume, restart, overwrite, as_json, **settings):
     if resume and restart:
         raise UsageError("--resume and --restart exclude each other", "pass --resume to continue, or --restart to start again")
     if resume:
-        result = training.resume(out, overwrite=overwrite)
+        result = training.resume(out, overwrite=overwrite, cache=settings["cache"], strategy=settings["distribute"])
     else:
         if data_dir is None:
             raise UsageError("DATA_DIR is missing", "pass the training image folder, or --resume")

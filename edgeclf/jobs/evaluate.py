@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf.errors import DatasetError, UsageError
-from edgeclf.pipeline.datasets import decode, scan_for_scoring
+from edgeclf.pipeline import streaming
+from edgeclf.pipeline.datasets import scan_for_scoring
 from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
 from edgeclf.pipeline.metrics import classification_metrics
 from edgeclf.pipeline.predict import predict_probs
@@ -18,7 +19,8 @@ def evaluate_run(run_dir, data_dir, batch_size: int = 64) -> dict:
     check_range("--batch-size", batch_size, 1, example="--batch-size 64")
     run = Run.open(run_dir)
     folder = scan_for_scoring(Path(data_dir), run.labels, "evaluation")
-    split = decode("evaluation", folder.root, run.labels, folder.samples, run.img_size)
+    mode = streaming.choose_cache("auto", len(folder.samples), run.img_size, streamed="none")
+    split = streaming.load_split("evaluation", folder.root, run.labels, folder.samples, run.img_size, mode)
     model = run.load_model()
     metrics = classification_metrics(predict_probs(model, split.images, batch_size), split.labels, run.labels)
     metrics["skipped"] = split.skipped

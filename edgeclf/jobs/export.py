@@ -122,4 +122,4 @@ def _validation_split(run: Run):
     if missing:
         console.warn(f"{len(missing)} validation image(s) of the run are gone (e.g. {missing[0]}); the manifest will carry no accuracy")
         return None
-    return run.plan.decode("val", run.img_size)
+    return run.plan.decode("val", run.img_size, cache="auto")

@@ -30,7 +30,7 @@ from edgeclf import console, tfenv
 from edgeclf.atomic import check_output, staged_dir
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.jobs import train as training
-from edgeclf.pipeline import batchnorm, quant_aware
+from edgeclf.pipeline import batchnorm, quant_aware, streaming
 from edgeclf.pipeline.config import MAX_LR, TrainConfig
 from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
@@ -145,7 +145,8 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         model = quant_aware.flatten(model)
 
     started = time.perf_counter()
-    splits = {name: run.plan.decode(name, run.img_size) for name in run.plan.samples}
+    # Big splits are decoded per read rather than held in memory (pipeline/streaming.py).
+    splits = streaming.load_splits(run.plan.samples, run.plan.roots, run.plan.classes, run.img_size, "auto", streamed="none")
     timing = {"decode_s": round(time.perf_counter() - started, 2)}
     # The distillation teacher must not share variables: pruning and QAT train `model`'s own layers.
     teacher = quant_aware.independent_copy(model) if config.distill > 0 else None

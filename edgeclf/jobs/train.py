@@ -15,6 +15,7 @@ from pathlib import Path
 from edgeclf import console, tfenv
 from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import UsageError
+from edgeclf.pipeline import distribute, streaming
 from edgeclf.pipeline.backbones import (
     build_classifier,
     configure_trainable,
@@ -23,10 +24,21 @@ from edgeclf.pipeline.backbones import (
 from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import DecodedSplit
 from edgeclf.pipeline.epochs import Diverged, Epochs
-from edgeclf.pipeline.partial_runs import CHECKPOINT_DIR, STATE_FILE, discard_partial, load_state, partial_dir
+from edgeclf.pipeline.partial_runs import (
+    CHECKPOINT_DIR,
+    STATE_FILE,
+    discard_partial,
+    load_state,
+    partial_dir,
+)
 from edgeclf.pipeline.run_writer import summary, write_run
 from edgeclf.pipeline.runs import RUN_FILE
 from edgeclf.pipeline.splits import SplitPlan, plan_splits
+
+# TensorFlow checkpoints, not .h5: tf-keras cannot load .h5 weights into a distributed model.
+BEST_WEIGHTS, STAGE_END_WEIGHTS = "best", "stage_end"
+STREAM_DIR = "stream-cache"  # --cache disk: the decoded images, deleted with the checkpoint
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -49,14 +61,16 @@ def stages(config: TrainConfig) -> list[Stage]:
 
 def train(config: TrainConfig, overwrite: bool = False, restart: bool = False) -> dict:
     """Train a new run into config.out; `restart` first discards an interrupted run there."""
+    role = distribute.cluster_role(config.distribute)
     work = partial_dir(Path(config.out))
-    check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
-    if work.exists() and not restart:
-        load_state(work)  # a damaged state gets its own message, naming --restart
-        raise UsageError(f"an interrupted run exists at {work}",
-                         "pass --resume to continue it, or --restart to discard it and start again")
+    if role.chief:  # the other workers of a cluster write only into scratch directories
+        check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
+        if work.exists() and not restart:
+            load_state(work)  # a damaged state gets its own message, naming --restart
+            raise UsageError(f"an interrupted run exists at {work}",
+                             "pass --resume to continue it, or --restart to discard it and start again")
     plan = plan_splits(config)  # every dataset error surfaces here, before anything is written
-    if work.exists():
+    if role.chief and work.exists():
         discard_partial(work)
     state = {
         "config": config.to_dict(),
@@ -68,40 +82,49 @@ def train(config: TrainConfig, overwrite: bool = False, restart: bool = False) -
         "stages_done": [],
         "timing": {},
     }
-    return _execute(state, work, overwrite)
+    return _execute(state, work, overwrite, role, resuming=False)
 
 
-def resume(out: Path, overwrite: bool = False) -> dict:
-    """Continue an interrupted run from its last epoch checkpoint, with its original config."""
+def resume(out: Path, overwrite: bool = False, cache: str | None = None, strategy: str | None = None) -> dict:
+    """Continue an interrupted run from its last epoch checkpoint, with its original config
+    (but the `cache` and `strategy` given now: the machines may have changed)."""
     work = partial_dir(Path(out).expanduser().resolve())
     if not work.is_dir():
         raise UsageError(f"there is no interrupted run to resume at {work}", "drop --resume to start a new run")
     state = load_state(work)
+    state["config"].update({k: v for k, v in (("cache", cache), ("distribute", strategy)) if v is not None})
     config = TrainConfig.from_dict(state["config"])
-    check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
+    role = distribute.cluster_role(config.distribute)
+    if role.chief:
+        check_output(Path(config.out), RUN_FILE, overwrite, inputs=_inputs(config))
     console.info(f"resuming {work}: stage {state['stage']}, {state['epoch']} epoch(s) done")
-    return _execute(state, work, overwrite)
+    return _execute(state, work, overwrite, role, resuming=True)
 
 
 def _inputs(config: TrainConfig) -> list:
     return [config.data_dir, config.val_dir, config.test_dir]
 
 
-def _execute(state: dict, work: Path, overwrite: bool) -> dict:
+def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, resuming: bool) -> dict:
     config = TrainConfig.from_dict(state["config"])
     plan = SplitPlan.from_json(state["plan"])
-    started = time.perf_counter()
-    splits = {name: plan.decode(name, config.img_size) for name in plan.samples}
-    state["timing"]["decode_s"] = round(time.perf_counter() - started, 2)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        trainer = Trainer(config, plan, splits, work, state)
-        trainer.run()
-        result = trainer.finish()
-        publish(work, Path(config.out), RUN_FILE, overwrite)
-    except BaseException as exc:
-        _keep_or_discard(work, exc)
-        raise
+    strategy = distribute.strategy(config.distribute)  # before any other TensorFlow work
+    with distribute.place(role, work, Path(config.out), resuming, skip=(STREAM_DIR,)) as place:
+        place.work.mkdir(parents=True, exist_ok=True)
+        try:
+            started = time.perf_counter()
+            splits = streaming.load_splits(plan.samples, plan.roots, plan.classes, config.img_size, config.cache,
+                                           place.work / STREAM_DIR)
+            state["timing"]["decode_s"] = round(time.perf_counter() - started, 2)
+            with strategy.scope():  # model, optimizer and checkpoint variables belong to the strategy
+                trainer = Trainer(config, plan, splits, place.work, state)
+                trainer.run()
+            result = trainer.finish()
+            publish(place.work, place.out, RUN_FILE, overwrite)
+        except BaseException as exc:
+            if place.chief:
+                _keep_or_discard(place.work, exc)
+            raise
     result["run_dir"] = config.out
     return result
 
@@ -147,7 +170,7 @@ class Trainer:
             if self.state["stage"] != stage.name:
                 self.state.update(stage=stage.name, epoch=0, best=None)
             self._run_stage(stage)
-            self.model.save_weights(str(self.checkpoints / "stage_end.weights.h5"))
+            self.model.save_weights(str(self.checkpoints / STAGE_END_WEIGHTS))
             self.state["stages_done"].append(stage.name)
             self._save_state()
 
@@ -159,7 +182,7 @@ class Trainer:
             checkpoint.restore(str(self.checkpoints / "last")).expect_partial()
         elif self.state["stages_done"]:
             # Resumed at a stage boundary: start from the weights the previous stage ended with.
-            self.model.load_weights(str(self.checkpoints / "stage_end.weights.h5"))
+            self.model.load_weights(str(self.checkpoints / STAGE_END_WEIGHTS))
 
         started = time.perf_counter() - self.state["timing"].get(f"{stage.name}_s", 0.0)
         with console.progress(transient=False) as bar:
@@ -176,7 +199,7 @@ class Trainer:
                     console.info(f"early stopping {stage.name}: val_loss has not improved for {self.config.patience} epochs")
                     break
         if self.state["best"] is not None:
-            self.model.load_weights(str(self.checkpoints / "best.weights.h5"))
+            self.model.load_weights(str(self.checkpoints / BEST_WEIGHTS))
             best = self.state["best"]
             # History counts epochs across stages; the progress lines count them within the stage.
             first = min(r["epoch"] for r in self.state["history"] if r["stage"] == stage.name)
@@ -188,7 +211,7 @@ class Trainer:
         best = self.state["best"]
         if best is None or record["val_loss"] < best["val_loss"]:
             self.state["best"] = {"epoch": record["epoch"], "val_loss": record["val_loss"], "wait": 0}
-            self.model.save_weights(str(self.checkpoints / "best.weights.h5"))
+            self.model.save_weights(str(self.checkpoints / BEST_WEIGHTS))
             return False
         best["wait"] += 1
         return best["wait"] >= self.config.patience
@@ -202,5 +225,6 @@ class Trainer:
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s"), 2)
         info = write_run(self.work, self.model, self.config, self.plan, self.splits, self.state["history"], timing)
         shutil.rmtree(self.work / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(self.work / STREAM_DIR, ignore_errors=True)
         (self.work / STATE_FILE).unlink()
         return summary(info)

@@ -7,6 +7,8 @@ from pathlib import Path
 from edgeclf.atomic import overlaps
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import get_backbone
+from edgeclf.pipeline.distribute import STRATEGIES
+from edgeclf.pipeline.streaming import CACHE_MODES
 from edgeclf.ranges import check_range
 
 MAX_IMG_SIZE = 1024  # decoded splits are held in memory: 1000 images at 1024 px are already 3 GB
@@ -37,6 +39,8 @@ class TrainConfig:
     class_weight: str = "none"  # "none" or "auto"
     patience: int = 5
     seed: int = 42
+    cache: str = "auto"  # decoded images: memory, disk (a file in the run), none (decode per read), auto
+    distribute: str = "none"  # none, mirrored, multi-worker (pipeline/distribute.py)
 
     def __post_init__(self):
         backbone = get_backbone(self.arch)
@@ -66,6 +70,10 @@ class TrainConfig:
         check_range("--seed", self.seed, 0, MAX_SEED, example="--seed 42")
         if self.class_weight not in ("none", "auto"):
             raise UsageError(f"--class-weight {self.class_weight} is not supported", "use 'auto' or 'none'")
+        if self.cache not in CACHE_MODES:
+            raise UsageError(f"--cache {self.cache} is not supported", f"use one of {', '.join(CACHE_MODES)}")
+        if self.distribute not in STRATEGIES:
+            raise UsageError(f"--distribute {self.distribute} is not supported", f"use one of {', '.join(STRATEGIES)}")
         if self.weights.lower() in ("imagenet", "none"):
             self.weights = self.weights.lower()
         else:
@@ -103,6 +111,6 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)

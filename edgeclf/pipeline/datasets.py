@@ -180,15 +180,20 @@ def stratified_sample(samples: list[Sample], n_classes: int, size: int, seed: in
     return chosen
 
 
-def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img_size: int) -> DecodedSplit:
-    """Decode every sample once (in threads), skipping unreadable files with a warning."""
-    images = np.zeros((len(samples), img_size, img_size, 3), dtype=np.uint8)
+def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img_size: int,
+           store=None, read=load_image) -> DecodedSplit:
+    """Decode every sample once (in threads), skipping unreadable files with a warning.
+
+    `store` receives the pixels (default: an array in memory; pipeline/streaming.py has a file
+    and a decode-on-read store, which take `read=check_image` to only check the files).
+    """
+    images = np.zeros((len(samples), img_size, img_size, 3), dtype=np.uint8) if store is None else store
     ok = np.zeros(len(samples), dtype=bool)
     skipped = []
 
     def work(index: int):
         try:
-            images[index] = load_image(samples[index].path, img_size)
+            images[index] = read(samples[index].path, img_size)
             ok[index] = True
         except UnreadableImage as exc:
             return {"path": _relative(samples[index].path, root), "reason": str(exc)}
@@ -209,7 +214,7 @@ def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img
         name=name,
         root=root,
         classes=classes,
-        images=images[keep],
+        images=images[keep] if store is None else store.select(keep),
         labels=np.array([samples[i].label for i in keep], dtype=np.int64),
         paths=[samples[i].path for i in keep],
         skipped=skipped,

@@ -8,6 +8,7 @@ import numpy as np
 
 from edgeclf import tfenv
 from edgeclf.errors import ModelError
+from edgeclf.pipeline import streaming
 from edgeclf.pipeline.config import TrainConfig
 
 
@@ -52,13 +53,17 @@ class Epochs:
         self.config = config
         self.n_classes = n_classes
         self.batch_size = batch_size
-        self.images = tf.constant(splits["train"].images)
+        train = splits["train"]
+        # In memory: one tensor every epoch reuses. Streamed (--cache disk/none): read per batch.
+        self.images = train.images if streaming.is_streamed(train.images) else tf.constant(train.images)
         self.labels = tf.constant(splits["train"].labels)
         self.augment = augmenter(self.keras, config.seed) if config.augment else None
         self.class_weight = class_weights(splits["train"].labels, n_classes) if config.class_weight == "auto" else None
         val = splits["val"]
-        self.val_x = val.images.astype(np.float32)
-        self.val_y = np.eye(n_classes, dtype=np.float32)[val.labels]
+        self.val = val
+        if not streaming.is_streamed(val.images):
+            self.val_x = val.images.astype(np.float32)
+            self.val_y = np.eye(n_classes, dtype=np.float32)[val.labels]
 
     @property
     def steps(self) -> int:
@@ -79,7 +84,11 @@ class Epochs:
                                 self.teacher, self.teacher_weight)
         fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
                         callbacks=[*callbacks, batch_progress(self.keras, bar, task)])
-        val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
+        if streaming.is_streamed(self.val.images):
+            order = np.arange(len(self.val))
+            val_loss, val_acc = model.evaluate(batches(self.val.images, self.val.labels, order, self.n_classes, 64), verbose=0)
+        else:
+            val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
         record = {
             "stage": stage,
             "epoch": global_epoch + 1,
@@ -107,13 +116,23 @@ def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, gl
     """
     tf = tfenv.tf()
     order = np.random.default_rng([seed, global_epoch]).permutation(int(labels.shape[0]))
-    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-    ds = ds.map(lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.one_hot(tf.gather(labels, idx), n_classes)))
+    ds = batches(images, labels, order, n_classes, batch_size, prefetch=False)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     if teacher is not None and teacher_weight > 0:
         ds = ds.map(lambda x, y: (x, (1.0 - teacher_weight) * y + teacher_weight * teacher(x, training=False)))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def batches(images, labels, order, n_classes: int, batch_size: int, prefetch: bool = True):
+    """(float pixels, one-hot) batches of `images[order]`; a streamed store is read in parallel."""
+    tf = tfenv.tf()
+    read = streaming.reader(tf, images)
+    parallel = tf.data.AUTOTUNE if streaming.is_streamed(images) else None
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    ds = ds.map(lambda idx: (tf.cast(read(idx), tf.float32), tf.one_hot(tf.gather(labels, idx), n_classes)),
+                num_parallel_calls=parallel)
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
 
 def batch_progress(keras, bar, task):

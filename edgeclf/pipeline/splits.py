@@ -14,10 +14,10 @@ from edgeclf.pipeline.datasets import (
     ImageFolder,
     Sample,
     check_same_classes,
-    decode,
     scan_folder,
     stratified_split,
 )
+from edgeclf.pipeline.streaming import choose_cache, load_split
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SplitPlan:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "SplitPlan":
+    def from_json(cls, data: dict) -> SplitPlan:
         roots = {name: Path(split["root"]) for name, split in data["splits"].items()}
         samples = {
             name: [Sample(roots[name] / rel, int(label)) for rel, label in split["files"]]
@@ -51,8 +51,12 @@ class SplitPlan:
         }
         return cls(list(data["classes"]), roots, samples, data["how"])
 
-    def decode(self, name: str, img_size: int) -> DecodedSplit:
-        return decode(name, self.roots[name], self.classes, self.samples[name], img_size)
+    def decode(self, name: str, img_size: int, cache: str = "memory") -> DecodedSplit:
+        """One split's images; `cache="auto"` keeps them in memory if they fit the budget and
+        otherwise decodes them on every read (for one-pass scoring; see pipeline/streaming.py)."""
+        samples = self.samples[name]
+        mode = choose_cache(cache, len(samples), img_size, streamed="none")
+        return load_split(name, self.roots[name], self.classes, samples, img_size, mode)
 
 
 def plan_splits(config: TrainConfig) -> SplitPlan:

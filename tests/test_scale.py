@@ -1,0 +1,154 @@
+"""Past one machine's memory and cores: streamed splits (--cache) and tf.distribute (--distribute)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, make_image_folder, tiny_config
+
+from edgeclf.errors import UsageError
+from edgeclf.jobs import train as training
+from edgeclf.pipeline import distribute, streaming
+from edgeclf.pipeline.datasets import scan_folder
+from edgeclf.pipeline.runs import Run
+
+
+def test_auto_keeps_images_in_memory_only_while_they_fit_the_budget():
+    gb = 1 << 30
+    # 10k images at 160 px are 0.77 GB: a quarter of 4 GB holds them, a quarter of 2 GB does not.
+    assert streaming.choose_cache("auto", 10_000, 160, available=4 * gb) == "memory"
+    assert streaming.choose_cache("auto", 10_000, 160, available=2 * gb) == "disk"
+    assert streaming.choose_cache("auto", 10_000, 160, streamed="none", available=2 * gb) == "none"
+    budget = int(streaming.MEMORY_FRACTION * 8 * gb)
+    per_image = streaming.decoded_bytes(1, 64)
+    assert streaming.choose_cache("auto", budget // per_image, 64, available=8 * gb) == "memory"
+    assert streaming.choose_cache("auto", budget // per_image + 1, 64, available=8 * gb) == "disk"
+    assert streaming.choose_cache("disk", 1, 32, available=0) == "disk"  # explicit modes are kept
+    with pytest.raises(UsageError, match="--cache ram"):
+        streaming.choose_cache("ram", 1, 32)
+
+
+def _folder_with_bad_files(root):
+    folder = make_image_folder(root, {"red": 5, "green": 5, "blue": 5}, size=37, fmt="jpg")
+    (folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = (folder / "green" / "green_000.jpg").read_bytes()
+    (folder / "green" / "truncated.jpg").write_bytes(good[: len(good) // 2])  # passes a header check
+    return folder
+
+
+def test_memory_disk_and_none_hold_exactly_the_same_pixels(tmp_path):
+    folder = scan_folder(_folder_with_bad_files(tmp_path / "data"))
+    splits = {
+        mode: streaming.load_split("train", folder.root, folder.classes, folder.samples, 24, mode, tmp_path / "cache")
+        for mode in ("memory", "disk", "none")
+    }
+    memory = splits["memory"]
+    assert sorted(p["path"] for p in memory.skipped) == ["green/truncated.jpg", "red/broken.jpg"]
+    assert isinstance(memory.images, np.ndarray) and len(memory) == 15
+    for mode in ("disk", "none"):
+        split = splits[mode]
+        assert streaming.is_streamed(split.images)
+        assert split.skipped == memory.skipped  # found before any epoch, the none mode by its cheap scan
+        assert split.paths == memory.paths and np.array_equal(split.labels, memory.labels)
+        assert np.array_equal(split.images[:], memory.images)
+        picks = np.array([14, 0, 7, 7])
+        assert np.array_equal(split.images[picks], memory.images[picks])
+        assert np.array_equal(split.images[3], memory.images[3])
+    assert (tmp_path / "cache" / "train.u8").stat().st_size == 17 * 24 * 24 * 3
+
+
+def test_memory_and_disk_training_agree_exactly(tmp_path):
+    data = make_image_folder(tmp_path / "data", {"red": 8, "green": 8, "blue": 8})
+    results = {}
+    for mode in ("memory", "disk"):
+        result = training.train(tiny_config(data, tmp_path / mode, fine_tune_epochs=1, cache=mode))
+        results[mode] = json.loads((tmp_path / mode / "run.json").read_text())
+        assert result["metrics"]["val"]["n_images"] == 6
+    memory, disk = results["memory"], results["disk"]
+    assert json.loads((tmp_path / "memory" / "split.json").read_text()) == json.loads((tmp_path / "disk" / "split.json").read_text())
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert memory["history"][0][key] == pytest.approx(disk["history"][0][key], rel=1e-5, abs=1e-6)
+    assert memory["metrics"]["val"]["confusion"] == disk["metrics"]["val"]["confusion"]
+    assert not list(tmp_path.glob("disk/stream-cache*"))  # the decoded-image file does not ship with the run
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_one_run_written_by_the_chief(tmp_path):
+    data = make_image_folder(tmp_path / "data", {"red": 8, "green": 8, "blue": 8})
+    scratch = tmp_path / "worker-tmp"  # where the non-chief's scratch directory goes
+    scratch.mkdir()
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    argv = [sys.executable, "-m", "edgeclf", "train", str(data), "--out", str(tmp_path / "run"), "--json",
+            "--arch", "mobilenetv2", "--weights", "none", "--alpha", "0.35", "--img-size", "32",
+            "--head-epochs", "0", "--fine-tune-epochs", "1", "--batch-size", "8", "--no-augment", "--seed", "1",
+            "--distribute", "multi-worker"]
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="-1", TMPDIR=str(scratch),
+                   TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [w.communicate(timeout=600) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "worker-tmp"]
+    assert list(scratch.iterdir()) == []  # the other worker deleted everything it wrote
+    run = Run.open(tmp_path / "run")
+    model = run.load_model()
+    assert model.output_shape == (None, 3)
+    assert [h["epoch"] for h in run.info["history"]] == [1]
+    assert run.info["config"]["distribute"] == "multi-worker"
+    assert run.metrics["val"]["n_images"] == 6 and 0 <= run.metrics["val"]["top1"] <= 1
+    # Both workers trained the same model: they report the same metrics.
+    assert json.loads(outputs[0][0])["metrics"] == json.loads(outputs[1][0])["metrics"]
+
+
+def test_multi_worker_without_tf_config_is_a_usage_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UsageError, match="needs the TF_CONFIG"):
+        distribute.cluster_role("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}')
+    assert distribute.cluster_role("multi-worker") == distribute.Role(False, "worker 1")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}')
+    assert not distribute.cluster_role("multi-worker").chief
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UsageError, match="not a valid cluster"):
+        distribute.cluster_role("multi-worker")
+
+
+def test_resume_under_mirrored_continues_from_the_checkpoint(tmp_path, monkeypatch):
+    data = make_image_folder(tmp_path / "data", {"red": 6, "green": 6, "blue": 6})
+    original = training.Trainer._save_state
+
+    def interrupt_after_first_epoch(self):
+        original(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Trainer, "_save_state", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_config(data, tmp_path / "run", distribute="mirrored", cache="disk", patience=10))
+    state = json.loads((tmp_path / "run.partial" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["config"]["distribute"] == "mirrored"
+    monkeypatch.setattr(training.Trainer, "_save_state", original)
+    training.resume(tmp_path / "run", cache="disk", strategy="mirrored")
+    run = Run.open(tmp_path / "run")
+    assert [h["epoch"] for h in run.info["history"]] == [1, 2]
+    assert run.info["history"][0] == state["history"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
