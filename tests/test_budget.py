@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+
+from edgeclf import ptq
 from test_cli import assert_one_line_error, run_cli
 
 from edgeclf.errors import ExportError, UsageError
@@ -85,8 +87,8 @@ def test_budget_stops_at_the_first_recipe_that_fits(tiny_run, tmp_path):
 def test_budget_escalates_when_a_recipe_misses(tiny_run, tmp_path, monkeypatch):
     real_export = budget_job.export_run
 
-    def export_run(run_dir, spec):  # plain PTQ pretends to lose 10 points; the scorer is otherwise real
-        manifest = real_export(run_dir, spec)
+    def export_run(run_dir, spec, **kwargs):  # plain PTQ pretends to lose 10 points; the scorer is otherwise real
+        manifest = real_export(run_dir, spec, **kwargs)
         if spec.ptq == "none":
             manifest["accuracy"] |= {"drop": 0.1, "agreement": 0.8}
         return manifest
@@ -96,10 +98,11 @@ def test_budget_escalates_when_a_recipe_misses(tiny_run, tmp_path, monkeypatch):
     spec = ExportSpec(quant="int8", calib_size=45, out=str(out))
     manifest = export_within_budget(tiny_run, BudgetSpec(spec, max_drop=5, min_agreement=0.5))
     attempts = manifest["budget"]["attempts"]
-    assert [a["recipe"] for a in attempts] == ["ptq none", f"ptq {budget_job.FALLBACK_PTQ}"]
+    improved = ptq.label(ptq.DEFAULT)
+    assert [a["recipe"] for a in attempts] == ["ptq none", f"ptq {improved}"]
     assert attempts[0]["drop"] == 0.1 and manifest["budget"]["chosen"] == attempts[1]["recipe"]
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk["export"]["ptq"] == budget_job.FALLBACK_PTQ and on_disk["details"]["ptq"]["recipe"] == budget_job.FALLBACK_PTQ
+    assert on_disk["export"]["ptq"] == improved and on_disk["details"]["ptq"]["recipe"] == improved
     assert hidden_leftovers(tmp_path) == []
 
 
@@ -107,9 +110,9 @@ def test_budget_that_nothing_meets_publishes_nothing(tiny_run, tmp_path, monkeyp
     real_export = budget_job.export_run
     seen = []
 
-    def export_run(run_dir, spec):  # every recipe misses; the QAT run stands in for training
+    def export_run(run_dir, spec, **kwargs):  # every recipe misses; the QAT run stands in for training
         seen.append((str(run_dir), spec.ptq))
-        manifest = real_export(run_dir, spec)
+        manifest = real_export(run_dir, spec, **kwargs)
         manifest["accuracy"] |= {"drop": 0.02 if spec.ptq == "none" else 0.04, "agreement": 0.9}
         return manifest
 
@@ -120,7 +123,8 @@ def test_budget_that_nothing_meets_publishes_nothing(tiny_run, tmp_path, monkeyp
     with pytest.raises(ExportError, match=r"closest was 'ptq none' with drop 2.00 points and agreement 90.0%; nothing published") as exc:
         export_within_budget(tiny_run, BudgetSpec(spec, max_drop=1))
     assert "edgeclf optimize --qat" in exc.value.fix
-    assert len(seen) == 2  # plain and improved PTQ; then the QAT attempt failed before exporting
+    assert [recipe for _, recipe in seen] == ["none", *dict.fromkeys([ptq.label(ptq.DEFAULT), *budget_job.IMPROVED_PTQ])]
+    # plain and the improved PTQ recipes; then the QAT attempt failed before exporting
     assert not out.exists() and hidden_leftovers(out.parent) == []
     report = json.loads((out.parent / "tflite-int8.budget-report.json").read_text())["budget"]
     assert report["chosen"] is None and report["published"] is False and report["max_drop"] == 0.01
