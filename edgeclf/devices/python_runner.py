@@ -76,7 +76,7 @@ def _report(transport: Transport, python: str, fmt, result) -> dict:
     if report and report.get("error") == "runtime_missing":
         info = report.get("device", {})
         raise DeviceError(
-            f"{transport.name} has no runtime for {fmt.name} models (Python {info.get('python')}, {info.get('arch')})",
+            f"{transport.name} has no runtime for {fmt.suffixes[0]} models (Python {info.get('python')}, {info.get('arch')})",
             f"install {fmt.runtime_hint} for that Python, e.g. "
             f"`{python} -m pip install {fmt.runtime_hint.split(' ')[0]}` (in a venv on Raspberry Pi OS; then pass --remote-python)",
         )
