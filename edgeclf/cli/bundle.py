@@ -36,10 +36,15 @@ def command(artefact_dir, out, count, overwrite, as_json):
 @click.argument("bundle", type=click.Path(path_type=str))
 @options.device_options
 @options.json_output
-def check_command(bundle, device, runs, warmup, threads, as_json, **settings):
+def check_command(bundle, devices, runs, warmup, threads, as_json, **settings):
     """Replay BUNDLE's golden vectors on a device; exit 0 only if every one is within tolerance."""
     from edgeclf.bundle import BundleError
     from edgeclf.bundle.check import check_bundle
+    from edgeclf.errors import UsageError
+
+    if len(devices) != 1:
+        raise UsageError("check-bundle replays on one device at a time", "pass --device once")
+    device = devices[0]
 
     result = check_bundle(bundle, device, threads, options.pop_device_options(settings))
     if as_json:
