@@ -85,7 +85,7 @@ def test_fp32_parity_and_manifest(tiny_run, images, tmp_path, target):
         shapes = manifest["details"]["shapes_inferred"]
         assert shapes["with_shape"] == shapes["tensors"] > 50
     else:
-        assert manifest["details"]["weight_precision"]["dominant"] == "f32"
+        assert manifest["details"]["quantization_coverage"]["dominant"] == "f32"
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino"])
