@@ -35,8 +35,15 @@ from edgeclf.pipeline.run_writer import summary, write_run
 from edgeclf.pipeline.runs import RUN_FILE
 from edgeclf.pipeline.splits import SplitPlan, plan_splits
 
-# TensorFlow checkpoints, not .h5: tf-keras cannot load .h5 weights into a distributed model.
+# Keras .h5 weights, as before distribution; TensorFlow checkpoints only under a strategy,
+# because tf-keras cannot load .h5 weights into a distributed model. (With TF checkpoints the
+# fine-tune stage of a pretrained run did not start from the head stage's weights: flowers val
+# fell from 48% to 24%, tests/test_train.py::test_real_flowers_subset_beats_chance.)
 BEST_WEIGHTS, STAGE_END_WEIGHTS = "best", "stage_end"
+
+
+def _weights_file(name: str, distributed: bool) -> str:
+    return name if distributed else f"{name}.weights.h5"
 STREAM_DIR = "stream-cache"  # --cache disk: the decoded images, deleted with the checkpoint
 
 
@@ -170,7 +177,7 @@ class Trainer:
             if self.state["stage"] != stage.name:
                 self.state.update(stage=stage.name, epoch=0, best=None)
             self._run_stage(stage)
-            self.model.save_weights(str(self.checkpoints / STAGE_END_WEIGHTS))
+            self.model.save_weights(str(self.checkpoints / _weights_file(STAGE_END_WEIGHTS, self.config.distribute != "none")))
             self.state["stages_done"].append(stage.name)
             self._save_state()
 
@@ -182,7 +189,7 @@ class Trainer:
             checkpoint.restore(str(self.checkpoints / "last")).expect_partial()
         elif self.state["stages_done"]:
             # Resumed at a stage boundary: start from the weights the previous stage ended with.
-            self.model.load_weights(str(self.checkpoints / STAGE_END_WEIGHTS))
+            self.model.load_weights(str(self.checkpoints / _weights_file(STAGE_END_WEIGHTS, self.config.distribute != "none")))
 
         started = time.perf_counter() - self.state["timing"].get(f"{stage.name}_s", 0.0)
         with console.progress(transient=False) as bar:
@@ -199,7 +206,7 @@ class Trainer:
                     console.info(f"early stopping {stage.name}: val_loss has not improved for {self.config.patience} epochs")
                     break
         if self.state["best"] is not None:
-            self.model.load_weights(str(self.checkpoints / BEST_WEIGHTS))
+            self.model.load_weights(str(self.checkpoints / _weights_file(BEST_WEIGHTS, self.config.distribute != "none")))
             best = self.state["best"]
             # History counts epochs across stages; the progress lines count them within the stage.
             first = min(r["epoch"] for r in self.state["history"] if r["stage"] == stage.name)
@@ -211,7 +218,7 @@ class Trainer:
         best = self.state["best"]
         if best is None or record["val_loss"] < best["val_loss"]:
             self.state["best"] = {"epoch": record["epoch"], "val_loss": record["val_loss"], "wait": 0}
-            self.model.save_weights(str(self.checkpoints / BEST_WEIGHTS))
+            self.model.save_weights(str(self.checkpoints / _weights_file(BEST_WEIGHTS, self.config.distribute != "none")))
             return False
         best["wait"] += 1
         return best["wait"] >= self.config.patience
