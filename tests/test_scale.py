@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO, make_image_folder, tiny_config
 
-from edgeclf.errors import UsageError
+from edgeclf.errors import DatasetError, UsageError
 from edgeclf.jobs import train as training
 from edgeclf.pipeline import distribute, streaming
 from edgeclf.pipeline.datasets import scan_folder
@@ -75,6 +75,28 @@ def test_memory_and_disk_training_agree_exactly(tmp_path):
         assert memory["history"][0][key] == pytest.approx(disk["history"][0][key], rel=1e-5, abs=1e-6)
     assert memory["metrics"]["val"]["confusion"] == disk["metrics"]["val"]["confusion"]
     assert not list(tmp_path.glob("disk/stream-cache*"))  # the decoded-image file does not ship with the run
+
+
+def _png_that_passes_the_scan_but_not_decoding(path, good: bytes) -> None:
+    """A PNG whose chunks all have valid CRCs (so the cheap scan passes) but whose pixel data
+    is not a zlib stream: only a full decode finds out, mid-epoch under --cache none."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = good[8:8 + 8 + 13 + 4]  # the IHDR chunk of a real PNG
+    path.write_bytes(good[:8] + header + chunk(b"IDAT", b"this is not zlib data" * 4) + chunk(b"IEND", b""))
+
+
+def test_a_file_that_fails_mid_epoch_is_a_dataset_error_naming_it(tmp_path):
+    data = make_image_folder(tmp_path / "data", {"red": 6, "green": 6})
+    bad = data / "red" / "late_failure.png"
+    _png_that_passes_the_scan_but_not_decoding(bad, (data / "red" / "red_000.png").read_bytes())
+    with pytest.raises(DatasetError, match="late_failure.png passed the scan but cannot be decoded"):
+        training.train(tiny_config(data, tmp_path / "run", fine_tune_epochs=1, cache="none"))
+    assert not (tmp_path / "run").exists()  # nothing that looks like a run
 
 
 def _free_ports(n: int) -> list[int]:

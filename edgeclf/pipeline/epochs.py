@@ -82,13 +82,15 @@ class Epochs:
         dataset = epoch_dataset(self.images, self.labels, self.n_classes, self.batch_size,
                                 self.config.seed, self.order_offset + global_epoch, self.augment,
                                 self.teacher, self.teacher_weight)
-        fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
-                        callbacks=[*callbacks, batch_progress(self.keras, bar, task)])
-        if streaming.is_streamed(self.val.images):
-            order = np.arange(len(self.val))
-            val_loss, val_acc = model.evaluate(batches(self.val.images, self.val.labels, order, self.n_classes, 64), verbose=0)
-        else:
-            val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
+        with streaming.surface_read_errors(tfenv.tf(), self.images, self.val.images):
+            fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
+                            callbacks=[*callbacks, batch_progress(self.keras, bar, task)])
+            if streaming.is_streamed(self.val.images):
+                order = np.arange(len(self.val))
+                val_data = batches(self.val.images, self.val.labels, order, self.n_classes, 64)
+                val_loss, val_acc = model.evaluate(val_data, verbose=0)
+            else:
+                val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
         record = {
             "stage": stage,
             "epoch": global_epoch + 1,

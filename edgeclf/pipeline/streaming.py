@@ -8,6 +8,7 @@ of the run together fits MEMORY_FRACTION of the memory available, and otherwise 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -103,6 +104,7 @@ class _Rows:
 
     dtype = np.dtype(np.uint8)
     ndim = 4
+    failure: DatasetError | None = None  # the last read that failed inside a tf.data pipeline
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -207,9 +209,29 @@ def reader(tf, images):
         return lambda idx: tf.gather(images, idx)
     size = images.img_size
 
+    def fetch(rows):
+        try:
+            return images[rows]
+        except DatasetError as exc:
+            images.failure = exc  # TensorFlow re-raises it as its own error; see surface_read_errors
+            raise
+
     def read(idx):
-        pixels = tf.numpy_function(lambda i: images[i], [idx], tf.uint8, stateful=False)
+        pixels = tf.numpy_function(fetch, [idx], tf.uint8, stateful=False)
         pixels.set_shape([None, size, size, 3])
         return pixels
 
     return read
+
+
+@contextlib.contextmanager
+def surface_read_errors(tf, *stores):
+    """A streamed read that fails inside tf.data reaches Keras as a TensorFlow error with our
+    message buried in it; raise the original DatasetError instead, so the user gets one line."""
+    try:
+        yield
+    except tf.errors.OpError:
+        for store in stores:
+            if is_streamed(store) and store.failure is not None:
+                raise store.failure from None
+        raise
