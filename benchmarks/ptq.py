@@ -1,6 +1,7 @@
-"""Post-training int8 TFLite recipes, each technique alone and combined, on one run's test folder.
+"""Post-training int8 recipes, each technique alone and combined, on one run's test folder.
 
-    python benchmarks/ptq.py RUN_DIR --data TEST_DIR [--recipes none,cle,bias,ranges,...] [--json OUT.json]
+    python benchmarks/ptq.py RUN_DIR --data TEST_DIR [--target tflite|onnx|openvino]
+        [--recipes 'none;bias;cle,bias'] [--json OUT.json]
 
 For each recipe (edgeclf.ptq techniques, see `edgeclf export --ptq`): test top-1 of the int8
 model, its drop from the Keras float model, top-1 agreement with the float model, and how
@@ -25,10 +26,14 @@ from edgeclf.pipeline.metrics import paired_difference  # noqa: E402
 from edgeclf.pipeline.predict import predict_probs  # noqa: E402
 from edgeclf.pipeline.runs import Run  # noqa: E402
 
-RECIPES = ["none", "cle", "bias", "ranges", "cle,bias", "bias,ranges", "cle,bias,ranges"]
+RECIPES = {
+    "tflite": ["none", "cle", "bias", "ranges", "cle,bias", "bias,ranges", "cle,bias,ranges"],
+    "onnx": ["none", "cle", "bias", "cle,bias"],
+    "openvino": ["none", "cle", "bias", "cle,bias"],
+}
 
 
-def measure(run_dir: str, data: str, recipes: list[str], calib_size: int) -> dict:
+def measure(run_dir: str, data: str, target: str, recipes: list[str], calib_size: int) -> dict:
     run = Run.open(run_dir)
     folder = map_to_labels(scan_folder(Path(data), "test data"), run.labels, "test")
     test = decode("test", folder.root, run.labels, folder.samples, run.img_size)
@@ -36,10 +41,11 @@ def measure(run_dir: str, data: str, recipes: list[str], calib_size: int) -> dic
     float_top1 = float((float_probs.argmax(1) == test.labels).mean())
     rows = []
     for recipe in recipes:
-        out = run.path / EXPORTS_DIR / f"tflite-int8-ptq-{recipe.replace(',', '+')}"
-        console.info(f"exporting tflite int8 with --ptq {recipe}")
+        out = run.path / EXPORTS_DIR / f"{target}-int8-ptq-{recipe.replace(',', '+')}"
+        console.info(f"exporting {target} int8 with --ptq {recipe}")
         started = time.perf_counter()
-        manifest = export_run(run_dir, ExportSpec(quant="int8", ptq=recipe, calib_size=calib_size, out=str(out)))
+        spec = ExportSpec(target=target, quant="int8", ptq=recipe, calib_size=calib_size, out=str(out))
+        manifest = export_run(run_dir, spec, overwrite=True)
         seconds = time.perf_counter() - started
         probs = predict_file(out / manifest["model_file"], test.images, label=f"--ptq {recipe} on test")
         paired = paired_difference(probs, test.labels, float_probs)
@@ -52,12 +58,12 @@ def measure(run_dir: str, data: str, recipes: list[str], calib_size: int) -> dic
             "export_s": round(seconds, 1),
             "ptq": manifest["details"].get("ptq"),
         })
-    return {"run": str(run.path), "data": str(folder.root), "n_test_images": len(test), "float_top1": float_top1,
+    return {"run": str(run.path), "target": target, "data": str(folder.root), "n_test_images": len(test), "float_top1": float_top1,
             "calib_size": calib_size, "recipes": rows}
 
 
 def print_table(result: dict) -> None:
-    print(f"run {result['run']}  test {result['data']} ({result['n_test_images']} images)  "
+    print(f"{result['target']} int8  run {result['run']}  test {result['data']} ({result['n_test_images']} images)  "
           f"Keras float top-1 {100 * result['float_top1']:.2f}%  calibration {result['calib_size']} images")
     header = f"{'--ptq':<18}{'test top-1':>11}{'drop':>8}{'agree':>8}{'changed':>9}{'gained':>8}{'lost':>6}{'drop 95% CI':>17}{'val agree':>11}{'export s':>10}"
     print(header)
@@ -76,11 +82,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--data", required=True, help="test folder, one subfolder per class")
-    parser.add_argument("--recipes", default=";".join(RECIPES), help="recipes separated by ';' (each a comma list)")
+    parser.add_argument("--target", default="tflite", choices=sorted(RECIPES))
+    parser.add_argument("--recipes", help="recipes separated by ';' (each a comma list) [default: every combination the target offers]")
     parser.add_argument("--calib-size", type=int, default=300)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    result = measure(args.run_dir, args.data, [r for r in args.recipes.split(";") if r], args.calib_size)
+    recipes = args.recipes.split(";") if args.recipes else RECIPES[args.target]
+    result = measure(args.run_dir, args.data, args.target, [r for r in recipes if r], args.calib_size)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)

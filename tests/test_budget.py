@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from edgeclf import ptq
+from edgeclf import exporters, ptq
 from test_cli import assert_one_line_error, run_cli
 
 from edgeclf.errors import ExportError, UsageError
@@ -98,7 +98,7 @@ def test_budget_escalates_when_a_recipe_misses(tiny_run, tmp_path, monkeypatch):
     spec = ExportSpec(quant="int8", calib_size=45, out=str(out))
     manifest = export_within_budget(tiny_run, BudgetSpec(spec, max_drop=5, min_agreement=0.5))
     attempts = manifest["budget"]["attempts"]
-    improved = ptq.label(ptq.DEFAULT)
+    improved = ptq.label(exporters.get("tflite").ptq_default)
     assert [a["recipe"] for a in attempts] == ["ptq none", f"ptq {improved}"]
     assert attempts[0]["drop"] == 0.1 and manifest["budget"]["chosen"] == attempts[1]["recipe"]
     on_disk = json.loads((out / "manifest.json").read_text())
@@ -123,7 +123,7 @@ def test_budget_that_nothing_meets_publishes_nothing(tiny_run, tmp_path, monkeyp
     with pytest.raises(ExportError, match=r"closest was 'ptq none' with drop 2.00 points and agreement 90.0%; nothing published") as exc:
         export_within_budget(tiny_run, BudgetSpec(spec, max_drop=1))
     assert "edgeclf optimize --qat" in exc.value.fix
-    assert [recipe for _, recipe in seen] == ["none", *dict.fromkeys([ptq.label(ptq.DEFAULT), *budget_job.IMPROVED_PTQ])]
+    assert [recipe for _, recipe in seen] == ["none", *dict.fromkeys([ptq.label(exporters.get("tflite").ptq_default), *budget_job.IMPROVED_PTQ])]
     # plain and the improved PTQ recipes; then the QAT attempt failed before exporting
     assert not out.exists() and hidden_leftovers(out.parent) == []
     report = json.loads((out.parent / "tflite-int8.budget-report.json").read_text())["budget"]

@@ -173,17 +173,22 @@ def test_equalization_keeps_mobilenetv2_logits_on_real_images(flowers, mobilenet
     assert "its output goes to Add (not scale-equivariant or not a convolution)" in details["cle"]["skipped"]
 
 
-def test_ptq_option_is_parsed_and_limited_to_tflite_int8():
+def test_ptq_option_is_parsed_and_limited_to_what_each_format_offers():
     from edgeclf import ptq
     from edgeclf.exporters.spec import ExportSpec
 
     assert ptq.parse("ranges, CLE") == ("cle", "ranges")
     assert ptq.parse("none") == ()
     assert ExportSpec(quant="int8", ptq="bias,cle").ptq == "cle,bias"
+    assert ExportSpec(target="onnx", quant="int8", ptq="bias,cle").ptq == "cle,bias"
+    assert ExportSpec(target="openvino", quant="int8", ptq="bias").ptq == "bias"
     with pytest.raises(UsageError, match="not a technique"):
         ExportSpec(quant="int8", ptq="magic")
     with pytest.raises(UsageError, match="--ptq applies only"):
         ExportSpec(target="tflite", quant="fp32", ptq="bias")
+    with pytest.raises(UsageError, match="--ptq ranges is not available for --target onnx") as exc:
+        ExportSpec(target="onnx", quant="int8", ptq="bias,ranges")
+    assert exc.value.fix == "use a comma list of cle, bias, or none"
 
 
 def test_export_with_all_techniques_records_them_and_stays_integer(tiny_run, tmp_path):
@@ -200,3 +205,16 @@ def test_export_with_all_techniques_records_them_and_stays_integer(tiny_run, tmp
     assert tflite_flatbuffer.io_tensors(model_bytes)["inputs"][0]["dtype"] == "uint8"
     assert manifest["accuracy"]["agreement"] >= 0.8
     json.dumps(manifest)  # the details serialize
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_onnx_and_openvino_int8_take_the_keras_techniques(tiny_run, tmp_path, target):
+    """cle and bias rewrite the Keras model before conversion, so ORT's and NNCF's int8 get it too."""
+    from edgeclf.jobs.export import export_run
+    from edgeclf.exporters.spec import ExportSpec
+
+    manifest = export_run(tiny_run, ExportSpec(target=target, quant="int8", ptq="cle,bias", calib_size=30, out=str(tmp_path / target)))
+    details = manifest["details"]["ptq"]
+    assert manifest["export"]["ptq"] == details["recipe"] == "cle,bias"
+    assert details["batchnorm_folded"] > 0 and details["cle"]["links"] > 0 and details["bias_correction"]["corrected"] > 0
+    assert manifest["accuracy"]["agreement"] >= 0.8  # the rewritten model still is the run's model

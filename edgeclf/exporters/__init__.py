@@ -39,6 +39,8 @@ class Format:
     default_io: str = "float32"  # int8 models' IO tensor type unless --io says otherwise
     io_tensors: Callable | None = None  # (Path) -> {"inputs", "outputs"}: when the runner needs the tensor details
     companions: Callable[[Path], list[Path]] = field(default=lambda model_path: [])  # files the model needs beside it
+    ptq: tuple[str, ...] = ()  # int8 post-training techniques it offers (edgeclf.ptq.TECHNIQUES)
+    ptq_default: tuple[str, ...] = ()  # those it applies when --ptq is not given: the measured best
 
     def accepts(self, option: str, quant: str) -> bool:
         return quant in self.options.get(option, ())

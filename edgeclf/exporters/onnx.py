@@ -38,11 +38,14 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identi
 def export(job: ExportJob) -> ExportOutput:
     import onnx
 
+    from edgeclf import ptq
     from edgeclf.exporters import onnx_quantize
 
     spec = job.spec
     details: dict = {"opset": OPSET, "batch": "dynamic" if spec.dynamic_batch else 1}
     versions = tfenv.versions("tf2onnx", "onnx", "onnxruntime")
+    if spec.quant == "int8":
+        job, _ = ptq.prepare(job, details)
     float_model = convert(job.model, job.run.img_size, spec.dynamic_batch)
     with tempfile.TemporaryDirectory(prefix="edgeclf-onnx-") as work:
         work = Path(work)
@@ -268,7 +271,9 @@ FORMAT = Format(
     suffixes=(".onnx",),
     quant_modes=("fp32", "fp16", "dynamic", "int8"),
     options={"calib_method": ("int8",), "per_channel": ("dynamic", "int8"),
-             "dynamic_batch": ("fp32", "fp16", "dynamic", "int8")},
+             "dynamic_batch": ("fp32", "fp16", "dynamic", "int8"), "ptq": ("int8",)},
+    ptq=("cle", "bias"),
+    ptq_default=(),
     extra="onnx",
     requires=("tf2onnx", "onnx", "onnxruntime"),
     export=export,

@@ -43,9 +43,13 @@ MIN_WEIGHT_VALUES = 16
 def export(job: ExportJob) -> ExportOutput:
     import openvino as ov
 
+    from edgeclf import ptq
+
     spec = job.spec
-    model = convert(job.model, job.run.img_size)
     details: dict = {"batch": 1}
+    if spec.quant == "int8":
+        job, _ = ptq.prepare(job, details)
+    model = convert(job.model, job.run.img_size)
     versions = tfenv.versions("openvino", "nncf")
     if spec.quant == "int8":
         model = quantize(model, job.calibration, details)
@@ -265,7 +269,9 @@ FORMAT = Format(
     name="openvino",
     suffixes=(".xml", ".bin"),
     quant_modes=("fp32", "fp16", "int8"),
-    options={},
+    options={"ptq": ("int8",)},
+    ptq=("cle", "bias"),
+    ptq_default=(),
     extra="openvino",
     requires=("openvino", "nncf"),
     export=export,

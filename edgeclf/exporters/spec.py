@@ -34,7 +34,7 @@ class ExportSpec:
     dynamic_batch: bool = False
     debug_quant: bool = False
     float_layers: tuple[str, ...] = ()
-    ptq: str | None = None  # TFLite int8: comma list of edgeclf.ptq.TECHNIQUES, "none"; None: the default recipe
+    ptq: str | None = None  # int8: comma list of the format's edgeclf.ptq techniques, "none"; None: its default
     out: str | None = None
 
     def __post_init__(self):
@@ -68,7 +68,7 @@ class ExportSpec:
         if self.ptq is not None:
             from edgeclf import ptq
 
-            self.ptq = ptq.label(ptq.parse(self.ptq))
+            self.ptq = ptq.label(ptq.for_format(fmt, self.ptq))
         if self.calib_dir is not None:
             path = Path(self.calib_dir).expanduser()
             if not path.is_dir():

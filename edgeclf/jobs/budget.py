@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from edgeclf import calibration, console
+from edgeclf import calibration, console, exporters
 from edgeclf.artefacts import MANIFEST_FILE, write_manifest
 from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
@@ -41,7 +41,8 @@ QAT_DIR = ".budget-qat"
 REPORT_SUFFIX = ".budget-report.json"
 FLOAT_LAYERS = 3  # ops the float-fallback recipe keeps in float: the debugger's worst
 # Improved PTQ recipes after plain PTQ, in the order they measured on flowers (benchmarks/ptq.py):
-# edgeclf.ptq.DEFAULT first, then bias correction with MSE ranges (best on test, 96.9% agreement).
+# the format's default (its Format record's ptq_default) first, then bias correction with MSE
+# ranges (best on test, 96.9% agreement).
 IMPROVED_PTQ = ("bias,ranges", "cle,bias,ranges")
 
 
@@ -119,7 +120,7 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
     if spec.target == "tflite":
         from edgeclf import ptq
 
-        improved = [r for r in dict.fromkeys([ptq.label(ptq.DEFAULT), *IMPROVED_PTQ]) if r != ptq.NONE]
+        improved = [r for r in dict.fromkeys([ptq.label(exporters.get("tflite").ptq_default), *IMPROVED_PTQ]) if r != ptq.NONE]
         if run.qat:  # its learned ranges and weights are kept as trained
             steps.append(Recipe("QAT ranges as trained", using(ptq=None)))
             if more:

@@ -4,9 +4,10 @@
 - `bias`: bias correction of the weight-rounding shift (bias_correction.py);
 - `ranges`: MSE-optimal activation ranges instead of absolute min/max (ranges.py, TFLite only).
 
-`cle` and `bias` rewrite a copy of the Keras model before conversion; `ranges` changes how the
-TFLite converter's calibration is turned into int8. benchmarks/ptq.py measures each alone and
-combined; DEFAULT is the combination that measured best on the flowers reference run's val split.
+`cle` and `bias` rewrite a copy of the Keras model before conversion, so every format can use
+them; `ranges` changes how the TFLite converter's calibration is turned into int8. Each format's
+Format record lists the techniques it offers (`ptq`) and its default (`ptq_default`), the
+combination that measured best on the flowers reference run's val split (benchmarks/ptq.py).
 """
 from __future__ import annotations
 
@@ -14,18 +15,11 @@ from edgeclf import console
 from edgeclf.errors import UsageError
 
 TECHNIQUES = ("cle", "bias", "ranges")
-# Chosen on the val split of the flowers reference run (MobileNetV2 160 px, float test top-1
-# 80.7%; benchmarks/ptq.py): agreement with float on val 93.9% plain, 96.7% with bias correction,
-# 96.3% with bias + ranges, 94.3% with cle or ranges alone (test: 94.5%, 96.6%, 96.9%). Bias
-# correction alone is best on val, the split decisions are made on, and the simplest.
-DEFAULT: tuple[str, ...] = ("bias",)
 NONE = "none"
 
 
-def parse(text: str | None) -> tuple[str, ...]:
-    """'cle,bias' -> ('cle', 'bias') in canonical order; 'none' -> (); None -> DEFAULT."""
-    if text is None:
-        return DEFAULT
+def parse(text: str) -> tuple[str, ...]:
+    """'cle,bias' -> ('cle', 'bias') in canonical order; 'none' -> ()."""
     if text.strip().lower() in (NONE, ""):
         return ()
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
@@ -35,8 +29,43 @@ def parse(text: str | None) -> tuple[str, ...]:
     return tuple(t for t in TECHNIQUES if t in names)
 
 
+def for_format(fmt, text: str | None) -> tuple[str, ...]:
+    """--ptq for one export format: None is the format's measured default (its Format record's
+    `ptq_default`); a technique the format does not offer is a usage error."""
+    if text is None:
+        return fmt.ptq_default
+    chosen = parse(text)
+    unsupported = [t for t in chosen if t not in fmt.ptq]
+    if unsupported:
+        offered = ", ".join(fmt.ptq) or "no technique"
+        raise UsageError(f"--ptq {','.join(unsupported)} is not available for --target {fmt.name}",
+                         f"use a comma list of {offered}, or none")
+    return chosen
+
+
 def label(techniques) -> str:
     return ",".join(techniques) or NONE
+
+
+def prepare(job, details: dict, excluded: dict[str, str] | None = None):
+    """The export job with the chosen techniques' Keras model, and the techniques; fills
+    details["ptq"]. `excluded` maps techniques this export cannot apply to the reason why."""
+    import dataclasses
+
+    from edgeclf import exporters
+
+    techniques = for_format(exporters.get(job.spec.target), job.spec.ptq)
+    notes = []
+    if job.spec.ptq is None and job.run.qat:
+        techniques = ()
+        notes.append("QAT run: its learned ranges and weights are kept as trained")
+    for name, why in (excluded or {}).items():
+        if name in techniques:
+            techniques = tuple(t for t in techniques if t != name)
+            notes.append(f"{name}: {why}")
+    model, keras_details = prepare_keras(job.model, job.calibration.images, techniques)
+    details["ptq"] = {"recipe": label(techniques), **keras_details} | ({"notes": notes} if notes else {})
+    return dataclasses.replace(job, model=model), techniques
 
 
 def prepare_keras(model, images, techniques) -> tuple[object, dict]:
