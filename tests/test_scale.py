@@ -174,3 +174,28 @@ def test_resume_under_mirrored_continues_from_the_checkpoint(tmp_path, monkeypat
     assert [h["epoch"] for h in run.info["history"]] == [1, 2]
     assert run.info["history"][0] == state["history"][0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]
+
+
+def test_each_stage_trains_at_its_own_rate_under_mirrored(tmp_path, monkeypatch):
+    """The stage-end weights must not bring the head stage's optimizer (and its learning rate)
+    into the fine-tune stage: under a strategy that once made fine-tuning run at the head's rate."""
+    from edgeclf import tfenv
+    from edgeclf.pipeline.epochs import Epochs
+
+    keras = tfenv.keras()
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    weights = tmp_path / "backbone.weights.h5"
+    backbone.save_weights(str(weights))
+    data = make_image_folder(tmp_path / "data", {"red": 6, "green": 6, "blue": 6})
+    seen = []
+    original = Epochs.run
+
+    def record_rate(self, model, *args, **kwargs):
+        seen.append(float(model.optimizer.learning_rate.numpy()))
+        return original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(Epochs, "run", record_rate)
+    config = tiny_config(data, tmp_path / "run", weights=str(weights), head_epochs=1, fine_tune_epochs=1,
+                         lr=1e-3, fine_tune_lr=1e-5, distribute="mirrored")
+    training.train(config)
+    assert seen == pytest.approx([1e-3, 1e-5])

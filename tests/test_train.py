@@ -99,4 +99,6 @@ def test_real_flowers_subset_beats_chance(flowers, mobilenet_weights, tmp_path):
     result = training.train(config)
     top1 = result["metrics"]["val"]["top1"]
     assert result["metrics"]["val"]["n_images"] == 50
-    assert top1 >= 0.5, f"val top-1 {top1:.2f} is not clearly above chance (0.20)"
+    # 50 val images: repeated runs gave 0.44-0.54 (CPU training is not bit-reproducible), so
+    # 0.5 would fail about one run in three. 20 of 50 right has p < 0.001 under chance (0.20).
+    assert top1 >= 0.4, f"val top-1 {top1:.2f} is not clearly above chance (0.20)"
