@@ -13,6 +13,7 @@ from edgeclf.errors import ExportError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs import budget as budget_job
 from edgeclf.jobs.budget import BudgetSpec, export_within_budget
+from edgeclf.pipeline.runs import Run
 from edgeclf.pipeline.metrics import clopper_pearson, paired_difference, score
 
 
@@ -62,8 +63,22 @@ def test_budget_flags_are_checked_with_one_line_errors(tiny_run):
     ]
     for args, pattern in cases:
         assert_one_line_error(run_cli("export", tiny_run, *args), pattern)
-    with pytest.raises(UsageError, match="applies only to --target tflite"):
+    with pytest.raises(UsageError, match="applies only to --target tflite or openvino"):
         BudgetSpec(ExportSpec(target="onnx", quant="int8"), max_drop=0.5, allow_float_layers=True)
+    with pytest.raises(UsageError, match="--accuracy-control picks a recipe"):
+        BudgetSpec(ExportSpec(target="openvino", quant="int8", accuracy_control=1.0), max_drop=0.5)
+
+
+def test_openvino_float_layers_mean_nncf_accuracy_control_before_qat(tiny_run):
+    spec = ExportSpec(target="openvino", quant="int8", calib_size=45)
+    names = [r.name for r in budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, max_drop=0.5))]
+    assert not any("accuracy control" in n for n in names)
+    allowed = budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, max_drop=0.5, allow_float_layers=True))
+    assert [r.name for r in allowed][-2:] == ["nncf accuracy control, ops in float until drop <= 0.5",
+                                             "QAT (edgeclf optimize --qat), exported as-is"]
+    assert allowed[-2].prepare()[1].accuracy_control == 0.5
+    agreement_only = budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, min_agreement=0.97, allow_float_layers=True))
+    assert agreement_only[-2].prepare()[1].accuracy_control == pytest.approx(3.0)
 
 
 def hidden_leftovers(folder):

@@ -218,3 +218,17 @@ def test_onnx_and_openvino_int8_take_the_keras_techniques(tiny_run, tmp_path, ta
     assert manifest["export"]["ptq"] == details["recipe"] == "cle,bias"
     assert details["batchnorm_folded"] > 0 and details["cle"]["links"] > 0 and details["bias_correction"]["corrected"] > 0
     assert manifest["accuracy"]["agreement"] >= 0.8  # the rewritten model still is the run's model
+
+
+def test_openvino_accuracy_control_keeps_the_measured_drop_within_its_limit(tiny_run, tmp_path):
+    """NNCF's quantize_with_accuracy_control, checked by our own scoring of the artefact on val."""
+    from edgeclf.jobs.export import export_run
+    from edgeclf.exporters.spec import ExportSpec
+
+    spec = ExportSpec(target="openvino", quant="int8", accuracy_control=0.0, calib_size=30, out=str(tmp_path / "ac"))
+    manifest = export_run(tiny_run, spec)
+    assert manifest["details"]["quantization"]["tool"] == "nncf.quantize_with_accuracy_control"
+    assert manifest["details"]["quantization"]["max_drop"] == 0.0
+    assert manifest["accuracy"]["top1"] >= manifest["accuracy"]["float_top1"]
+    with pytest.raises(UsageError, match="--accuracy-control applies only to --target openvino --quant int8"):
+        ExportSpec(target="tflite", quant="int8", accuracy_control=0.5)

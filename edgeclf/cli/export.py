@@ -20,12 +20,15 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 @click.option("--dynamic-batch", is_flag=True, help="ONNX: dynamic batch dimension instead of 1.")
 @click.option("--debug-quant", is_flag=True, help="Write per-layer int8 error to quant_debug.csv and print the worst layers.")
 @click.option("--float-layers", default="", help="Comma-separated Keras layer names to keep in float (selective int8).")
-@click.option("--ptq", help="TFLite int8 post-training techniques: comma list of cle, bias, ranges, or none "
-              "[default: the measured best recipe, see edgeclf/ptq].")
+@click.option("--ptq", help="int8 post-training techniques: comma list of cle, bias (every target), ranges (TFLite), "
+              "or none [default: the target's measured best recipe, see edgeclf/ptq].")
+@click.option("--accuracy-control", type=float, metavar="POINTS",
+              help="OpenVINO int8: NNCF keeps the costliest ops in float until val top-1 is within POINTS of the float model.")
 @click.option("--max-drop", type=float, help="int8 accuracy budget: most val top-1 points below the float model; "
               "tries recipes cheapest first (plain PTQ, improved PTQ, more calibration, QAT) and ships the first that fits.")
 @click.option("--min-agreement", type=float, help="int8 accuracy budget: least fraction of val images labelled as the float model does, e.g. 0.97.")
-@click.option("--allow-float-layers", is_flag=True, help="TFLite budget: may keep the worst layers in float as a last resort before QAT.")
+@click.option("--allow-float-layers", is_flag=True, help="int8 budget: may keep the worst layers in float as a last resort before QAT "
+              "(TFLite: the debugger's worst ops; OpenVINO: NNCF accuracy control).")
 @click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>, replaced on every export].")
 @options.overwrite
 @options.json_output

@@ -20,6 +20,7 @@ class ExportJob:
     calibration: CalibrationSet | None
     staging: Path  # write files here; the directory is published only if everything succeeds
     prune_policy: str | None = None  # the run's pruning policy ("xnnpack" when pruned for XNNPACK's sparse kernels)
+    validation: object | None = None  # the run's decoded val split (DecodedSplit), for accuracy-controlled int8
 
 
 @dataclass

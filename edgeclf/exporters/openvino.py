@@ -51,7 +51,9 @@ def export(job: ExportJob) -> ExportOutput:
         job, _ = ptq.prepare(job, details)
     model = convert(job.model, job.run.img_size)
     versions = tfenv.versions("openvino", "nncf")
-    if spec.quant == "int8":
+    if spec.quant == "int8" and spec.accuracy_control is not None:
+        model = quantize_with_accuracy_control(model, job, details)
+    elif spec.quant == "int8":
         model = quantize(model, job.calibration, details)
     elif spec.quant == "fp16":
         details["weights"] = "float16 (save_model compress_to_fp16), float32 input and output"
@@ -167,6 +169,64 @@ def quantize(model, calibration: CalibrationSet, details: dict):
     return quantized
 
 
+class ValidationItems:
+    """The run's val split for NNCF's accuracy control: (1, H, W, 3) float32 image and label pairs."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __iter__(self):
+        for i in range(len(self.split)):
+            yield self.split.images[i][None].astype(np.float32), int(self.split.labels[i])
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+
+def top1_per_image(compiled_model, items) -> tuple[float, list[float]]:
+    """NNCF's validation_fn: val top-1, and 1/0 per image (which lets NNCF rank ops faster)."""
+    output = compiled_model.outputs[0]
+    hits = [float(np.argmax(compiled_model(image)[output]) == label) for image, label in items]
+    return (sum(hits) / len(hits) if hits else 0.0), hits
+
+
+def quantize_with_accuracy_control(model, job: ExportJob, details: dict):
+    """nncf.quantize_with_accuracy_control on the run's val split: the int8 model, with the ops
+    that cost the most top-1 kept in float until the drop is at most spec.accuracy_control."""
+    import nncf
+
+    if job.validation is None:
+        raise ExportError("--accuracy-control needs the run's val split, and its images are gone",
+                          "export without --accuracy-control, or restore the run's images")
+    max_drop = job.spec.accuracy_control / 100
+    try:
+        with tfenv.quiet_tools("nncf", level=logging.ERROR):
+            quantized = nncf.quantize_with_accuracy_control(
+                model,
+                nncf.Dataset(CalibrationBatches(job.calibration)),
+                nncf.Dataset(ValidationItems(job.validation), lambda item: item[0]),
+                top1_per_image,
+                max_drop=max_drop,
+                drop_type=nncf.DropType.ABSOLUTE,
+                subset_size=len(job.calibration),
+                fast_bias_correction=FAST_BIAS_CORRECTION,
+            )
+    except Exception as exc:
+        raise ExportError(f"NNCF quantization with accuracy control failed: {first_line(exc)}",
+                          "see --verbose, or export without --accuracy-control") from exc
+    quantizers = len([op for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize"])
+    details["quantization"] = {
+        "tool": "nncf.quantize_with_accuracy_control",
+        "preset": "performance (symmetric weights and activations)",
+        "weights": "int8, per-channel, except the ops kept in float",
+        "subset_size": len(job.calibration),
+        "max_drop": max_drop,
+        "validation": f"the run's val split ({len(job.validation)} images, top-1)",
+        "fake_quantize_ops": quantizers,  # details.quantization_coverage says which ops stayed float
+    }
+    return quantized
+
+
 # --------------------------------------------------------------------------------------
 # Readers shared with `edgeclf inspect`
 # --------------------------------------------------------------------------------------
@@ -269,7 +329,7 @@ FORMAT = Format(
     name="openvino",
     suffixes=(".xml", ".bin"),
     quant_modes=("fp32", "fp16", "int8"),
-    options={"ptq": ("int8",)},
+    options={"ptq": ("int8",), "accuracy_control": ("int8",)},
     ptq=("cle", "bias"),
     ptq_default=(),
     extra="openvino",

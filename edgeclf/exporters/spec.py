@@ -19,6 +19,7 @@ FORMAT_OPTIONS = {
     "debug_quant": ((False,), "--debug-quant"),
     "float_layers": (((),), "--float-layers"),
     "ptq": ((None,), "--ptq"),
+    "accuracy_control": ((None,), "--accuracy-control"),
 }
 
 
@@ -35,6 +36,9 @@ class ExportSpec:
     debug_quant: bool = False
     float_layers: tuple[str, ...] = ()
     ptq: str | None = None  # int8: comma list of the format's edgeclf.ptq techniques, "none"; None: its default
+    # OpenVINO int8: NNCF keeps the ops that cost the most accuracy in float until val top-1
+    # is at most this many points below the float model (quantize_with_accuracy_control).
+    accuracy_control: float | None = None
     out: str | None = None
 
     def __post_init__(self):
@@ -63,6 +67,9 @@ class ExportSpec:
             self.io = "float32"
         if self.io is None:
             self.io = fmt.default_io if self.needs_calibration else "float32"
+        if self.accuracy_control is not None and not 0 <= self.accuracy_control <= 100:
+            raise UsageError(f"--accuracy-control {self.accuracy_control} is not a number of points in [0, 100]",
+                             "e.g. --accuracy-control 0.5")
         if self.calib_size < 1:
             raise UsageError(f"--calib-size {self.calib_size} must be at least 1", "e.g. --calib-size 300")
         if self.ptq is not None:

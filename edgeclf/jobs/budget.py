@@ -13,7 +13,8 @@ Escalation, cheapest first (recipes a target does not offer are skipped):
             -> QAT (`edgeclf optimize --qat`, defaults) exported as-is
   onnx      ORT static int8 as configured (min/max, per-channel measured) -> percentile ranges
             -> entropy ranges -> min/max on every training image -> QAT
-  openvino  nncf.quantize -> nncf.quantize on every training image -> QAT
+  openvino  nncf.quantize -> nncf.quantize on every training image
+            -> [--allow-float-layers: nncf.quantize_with_accuracy_control on val] -> QAT
 Every recipe is full-integer (TFLite refuses float ops; ONNX and OpenVINO quantize every
 conv and matmul) except the float-layers one, which runs only when the user allows it.
 The QAT run is written once to RUN/exports/.budget-qat and reused by later budgets.
@@ -68,12 +69,14 @@ class BudgetSpec:
         if spec.quant != "int8":
             raise UsageError(f"an accuracy budget needs --quant int8, not {spec.quant}", "add --quant int8 or drop --max-drop/--min-agreement")
         chosen = {"--ptq": spec.ptq is not None, "--float-layers": bool(spec.float_layers),
+                  "--accuracy-control": spec.accuracy_control is not None,
                   "--per-channel/--per-tensor": spec.per_channel is not None, "--calib-method": spec.calib_method != "minmax"}
         for flag, given in chosen.items():
             if given:
                 raise UsageError(f"{flag} picks a recipe, and the budget picks its own", f"drop {flag} or drop the budget")
-        if self.allow_float_layers and spec.target != "tflite":
-            raise UsageError(f"--allow-float-layers applies only to --target tflite, not {spec.target}", "drop --allow-float-layers")
+        if self.allow_float_layers and spec.target not in ("tflite", "openvino"):
+            raise UsageError(f"--allow-float-layers applies only to --target tflite or openvino, not {spec.target}",
+                             "drop --allow-float-layers")
 
     @property
     def active(self) -> bool:
@@ -144,6 +147,11 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
         steps.append(Recipe("nncf", using()))
         if more:
             steps.append(Recipe(f"nncf, calibration {more} images", using(calib_size=more)))
+        if budget.allow_float_layers:
+            # NNCF's target is val top-1; an agreement-only budget asks for the drop that agreement implies at most.
+            points = budget.max_drop if budget.max_drop is not None else 100 * (1 - budget.min_agreement)
+            steps.append(Recipe(f"nncf accuracy control, ops in float until drop <= {points:g}",
+                                using(accuracy_control=points)))
     if not run.qat:
         steps.append(Recipe("QAT (edgeclf optimize --qat), exported as-is", lambda: (_qat_run(run), spec)))
     return steps

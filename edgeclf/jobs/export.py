@@ -40,7 +40,7 @@ def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
     float_probs = predict_probs(model, val.images) if val is not None else None
 
     with staged_dir(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
-        job = ExportJob(run, model, spec, calib, staging, prune_policy=run.prune_policy)
+        job = ExportJob(run, model, spec, calib, staging, prune_policy=run.prune_policy, validation=val)
         started = time.perf_counter()
         with console.progress() as bar, temp_files_in(staging / ".tmp"):
             bar.add_task(f"converting to {spec.target} {spec.quant}", total=None, status="")
