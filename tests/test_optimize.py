@@ -1,8 +1,10 @@
 """`edgeclf optimize`: pruning, QAT and PQAT on tiny runs, the quantizability pre-flight, and export."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs import optimize as optimizing
 from edgeclf.jobs.export import export_run
 from edgeclf.jobs.optimize import OptimizeConfig, optimize
-from edgeclf.pipeline import batchnorm, quant_aware
+from edgeclf.pipeline import batchnorm, distribute, quant_aware, streaming
 from edgeclf.pipeline.predict import predict_file, predict_probs
 from edgeclf.pipeline.runs import Run
 
@@ -61,6 +63,26 @@ def test_other_bad_options(tmp_path):
     with pytest.raises(UsageError, match="--distill 1.0 is not a weight in"):
         OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"), qat=True, distill=1.0)
     OptimizeConfig(run_dir=str(tmp_path), check=True)  # the pre-flight alone needs no --out
+
+
+def test_bad_cache_and_distribute_are_one_line_usage_errors(tmp_path, monkeypatch, capsys):
+    with pytest.raises(UsageError, match="--cache ram is not supported") as error:
+        OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"), qat=True, cache="ram")
+    assert "use one of auto, memory, disk, none" in str(error.value)
+    with pytest.raises(UsageError, match="--distribute tpu is not supported") as error:
+        OptimizeConfig(run_dir=str(tmp_path), out=str(tmp_path / "o"), qat=True, distribute="tpu")
+    assert "use one of none, mirrored, multi-worker" in str(error.value)
+    from edgeclf.cli.main import main
+
+    for flag, value in (("--cache", "ram"), ("--distribute", "tpu")):
+        monkeypatch.setattr("sys.argv", ["edgeclf", "optimize", str(tmp_path), "--qat", "--out", str(tmp_path / "o"), flag, value])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: Invalid value for '{flag}': '{value}'"), err
+        assert "see `edgeclf optimize --help`" in err[0]
+    assert os.listdir(tmp_path) == []
 
 
 def test_distillation_mixes_the_teachers_probabilities_into_the_targets():
@@ -188,6 +210,80 @@ def test_pruning_reaches_the_target_and_strips_the_wrappers(tiny_run, tmp_path):
     assert abs(zeros - 0.6) <= 0.01
 
 
+def test_disk_cache_lives_in_the_staging_directory_and_does_not_ship(tiny_run, tmp_path, monkeypatch):
+    created = []
+    original = streaming.DiskImages.create
+
+    def spy(path, *args):
+        created.append(path)
+        return original(path, *args)
+
+    monkeypatch.setattr(streaming.DiskImages, "create", staticmethod(spy))
+    source = _snapshot(tiny_run)
+    out = tmp_path / "pruned"
+    result = optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), prune=0.5, epochs=1, cache="disk"))
+    assert sorted(p.parent.name for p in created) == ["stream-cache", "stream-cache"]  # train and val
+    assert {p.parent.parent.name[: len(".pruned.tmp-")] for p in created} == {".pruned.tmp-"}
+    assert sorted(os.listdir(out)) == RUN_FILES and os.listdir(tmp_path) == ["pruned"]
+    run = Run.open(out)
+    assert run.load_model().output_shape == (None, 3)
+    assert run.metrics["val"]["n_images"] == result["metrics"]["val"]["n_images"] == 15
+    assert run.info["optimization"]["recipe"]["cache"] == "disk"
+    assert abs(run.info["optimization"]["prune"]["sparsity"]["overall"] - 0.5) <= 0.01
+    assert _snapshot(tiny_run) == source  # the source run is only read
+
+
+def _snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_pqat_under_mirrored_strategy(tiny_run, tmp_path, monkeypatch):
+    """Pruning, then QAT, with the model and both wrappers built under tf.distribute.MirroredStrategy
+    (one replica on a machine without GPUs)."""
+    strategies = []
+    original = optimizing.FineTuner.fit
+
+    def fit(self, model, *args, **kwargs):
+        strategies.append((type(model.distribute_strategy).__name__, type(model.trainable_variables[0]).__name__))
+        return original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(optimizing.FineTuner, "fit", fit)
+    out = tmp_path / "mirrored"
+    optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), prune=0.5, qat=True, epochs=1, distribute="mirrored"))
+    assert sorted(os.listdir(out)) == RUN_FILES
+    run = Run.open(out)
+    record = run.info["optimization"]
+    assert record["recipe"]["distribute"] == "mirrored" and record["scheme"] == "Default8BitPrunePreserveQuantizeScheme"
+    assert abs(record["sparsity_after_qat"] - 0.5) <= 0.01
+    assert [h["stage"] for h in run.info["history"]] == ["prune", "qat"]
+    assert strategies == [("MirroredStrategy", "MirroredVariable")] * 2  # both phases really trained distributed
+    model = run.load_model()
+    split = run.plan.decode("val", run.img_size)
+    assert len(set(predict_probs(model, split.images).argmax(1))) > 1  # still input-dependent
+
+
+def test_a_non_chief_worker_writes_only_into_scratch_it_deletes(tiny_run, tmp_path, monkeypatch):
+    """A multi-worker cluster's other workers run the same job, but --out stays the chief's: the
+    same placement as `edgeclf train` (distribute.place), here with this process as worker 1."""
+    scratch = tmp_path / "worker-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(distribute, "cluster_role", lambda name: distribute.Role(False, "worker 1"))
+    seen = []
+    original = distribute.place
+
+    def place(*args, **kwargs):
+        with original(*args, **kwargs) as where:
+            seen.append(where)
+            yield where
+
+    monkeypatch.setattr(distribute, "place", contextlib.contextmanager(place))
+    result = optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(tmp_path / "opt"), prune=0.5, epochs=1, cache="disk"))
+    assert result["metrics"]["val"]["n_images"] == 15
+    assert [(w.chief, w.out.parent.parent) for w in seen] == [(False, scratch)]
+    assert os.listdir(tmp_path) == ["worker-tmp"] and os.listdir(scratch) == []
+
+
 def test_constant_schedule_and_xnnpack_policy_prune_only_1x1_convolutions(tiny_run, tmp_path):
     out = tmp_path / "xnnpack"
     optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(out), prune=0.7, prune_schedule="constant",
@@ -281,11 +377,12 @@ def test_pqat_keeps_its_sparsity_through_int8_export(pqat_run, tmp_path):
     assert zeros >= 0.49, f"only {zeros:.3f} of the int8 1x1 kernels are zero"
 
 
-def test_interrupted_optimize_leaves_no_run_directory(tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache", ["auto", "disk"])
+def test_interrupted_optimize_leaves_no_run_directory(cache, tiny_run, tmp_path, monkeypatch):
     def explode(self, *args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(optimizing.FineTuner, "fit", explode)
     with pytest.raises(KeyboardInterrupt):
-        optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(tmp_path / "opt"), prune=0.5))
-    assert os.listdir(tmp_path) == []
+        optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(tmp_path / "opt"), prune=0.5, cache=cache))
+    assert os.listdir(tmp_path) == []  # with --cache disk, its file went with the staging directory

@@ -20,6 +20,8 @@ from edgeclf.jobs.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
               help="Weight of the source model's own predictions in the training targets (distillation), e.g. 0.5; 0: labels only.")
 @click.option("--lr", type=float, help="Learning rate [default: the rate of the run's last training stage; a tenth of it for QAT].")
 @click.option("--batch-size", type=int, help="[default: the run's]")
+@options.cache
+@options.distribute
 @click.option("--check", is_flag=True, help="Only run the quantizability pre-flight and report; write nothing.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to create.")
 @options.overwrite

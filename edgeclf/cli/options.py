@@ -4,6 +4,8 @@ from __future__ import annotations
 import click
 
 from edgeclf.devices.benchmark_tool import DELEGATES
+from edgeclf.pipeline.distribute import STRATEGIES
+from edgeclf.pipeline.streaming import CACHE_MODES
 
 
 
@@ -25,6 +27,14 @@ class LiveChoice(click.Choice):
 
 json_output = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing output directory (only once the new one is complete).")
+# `edgeclf train` and `edgeclf optimize`: where decoded images live, and over which devices to train.
+cache = click.option(
+    "--cache", default="auto", show_default=True, type=click.Choice(CACHE_MODES),
+    help="Decoded images: in memory, in a file inside the run being written (disk), decoded on every read (none); "
+         "auto: memory while they fit a quarter of the available memory, else disk.")
+distribute = click.option(
+    "--distribute", default="none", show_default=True, type=click.Choice(STRATEGIES),
+    help="mirrored: every local GPU; multi-worker: the cluster in TF_CONFIG. --batch-size is global.")
 # Paths are checked by the config records, which give one clear line instead of click's usage dump.
 folder = click.Path(path_type=str)
 

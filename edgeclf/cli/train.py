@@ -8,8 +8,6 @@ from edgeclf.cli import options, report
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import BACKBONES
 from edgeclf.pipeline.config import TrainConfig
-from edgeclf.pipeline.distribute import STRATEGIES
-from edgeclf.pipeline.streaming import CACHE_MODES
 
 
 @click.command("train")
@@ -34,11 +32,8 @@ from edgeclf.pipeline.streaming import CACHE_MODES
 @click.option("--class-weight", default="none", show_default=True, type=click.Choice(["none", "auto"]), help="'auto' weights classes by inverse frequency.")
 @click.option("--patience", default=5, show_default=True, type=int, help="Early-stopping patience (epochs without val_loss improvement).")
 @click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--cache", default="auto", show_default=True, type=click.Choice(CACHE_MODES),
-              help="Decoded images: in memory, in a file in the run (disk), decoded on every read (none); "
-                   "auto: memory while they fit a quarter of the available memory, else disk.")
-@click.option("--distribute", default="none", show_default=True, type=click.Choice(STRATEGIES),
-              help="mirrored: every local GPU; multi-worker: the cluster in TF_CONFIG. --batch-size is global.")
+@options.cache
+@options.distribute
 @click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last epoch (with the --cache and --distribute given now).")
 @click.option("--restart", is_flag=True, help="Discard the interrupted run at --out (its .partial folder) and start again.")
 @options.overwrite

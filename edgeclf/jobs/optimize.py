@@ -4,7 +4,9 @@ Reads a run directory written by `edgeclf train` (or by an earlier `edgeclf opti
 writes a new run directory with the same layout, built in a temp sibling and renamed into
 place only when complete. The fine-tune epochs reuse the training pipeline's data path
 (seeded shuffling, the same augmentation, the same split), so an optimized run is scored
-on exactly the images its source was.
+on exactly the images its source was. `cache` and `distribute` work as in `edgeclf train`:
+a `--cache disk` file lives in the staging directory and never ships, and on a multi-worker
+cluster only the chief writes `out` (pipeline/distribute.py).
 
 With `distill` > 0 the fine-tune distils from the source model: the targets mix the labels
 with the source model's probabilities on the same augmented images. It is off by default: on
@@ -20,6 +22,7 @@ Recipes, in order:
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from edgeclf import console, tfenv
 from edgeclf.atomic import check_output, staged_dir
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.jobs import train as training
-from edgeclf.pipeline import batchnorm, quant_aware, streaming
+from edgeclf.pipeline import batchnorm, distribute, quant_aware, streaming
 from edgeclf.pipeline.config import MAX_LR, TrainConfig
 from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
@@ -63,6 +66,8 @@ class OptimizeConfig:
     distill: float = 0.0  # weight of the source model's probabilities in the targets; 0: labels only
     lr: float | None = None  # None: the rate of the run's last training stage (pruning) and a tenth of it (QAT)
     batch_size: int | None = None  # None: the run's
+    cache: str = "auto"  # decoded images: memory, disk (a file in the staging directory), none, auto
+    distribute: str = "none"  # none, mirrored, multi-worker (pipeline/distribute.py)
     check: bool = False  # pre-flight only: report, write nothing
 
     def __post_init__(self):
@@ -88,6 +93,10 @@ class OptimizeConfig:
             check_range("--lr", self.lr, 0, MAX_LR, low_open=True, example="--lr 1e-5")
         if self.batch_size is not None:
             check_range("--batch-size", self.batch_size, 1, example="--batch-size 32")
+        if self.cache not in streaming.CACHE_MODES:
+            raise UsageError(f"--cache {self.cache} is not supported", f"use one of {', '.join(streaming.CACHE_MODES)}")
+        if self.distribute not in distribute.STRATEGIES:
+            raise UsageError(f"--distribute {self.distribute} is not supported", f"use one of {', '.join(distribute.STRATEGIES)}")
         self.run_dir = str(Path(self.run_dir).expanduser().resolve())
         if self.out:
             self.out = str(Path(self.out).expanduser().resolve())
@@ -130,42 +139,51 @@ def preflight_report(run: Run, findings: list) -> dict:
 
 def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     """Prune and/or QAT the run at config.run_dir into a new run directory at config.out."""
+    role = distribute.cluster_role(config.distribute)
+    strategy = distribute.strategy(config.distribute)  # before any other TensorFlow work
     run = Run.open(config.run_dir)
     previous = run.info.get("optimization") or {}
     _check_source(run, config, previous)
     out = Path(config.out)
     images = list(run.plan.roots.values())
-    check_output(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path])
+    if role.chief:  # the other workers of a cluster write only into scratch directories
+        check_output(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path])
     train_config = TrainConfig.from_dict(run.info["config"] | {"out": str(out)})
-    model = run.load_model()
-    findings = quant_aware.preflight(model) if config.qat else []
-    quant_aware.require_quantizable(findings)  # fail before any epoch is spent
-    if quant_aware.nested_models(model):
-        console.info("flattening the nested model into one functional graph")
-        model = quant_aware.flatten(model)
+    with strategy.scope():  # the model's variables belong to the strategy
+        model = run.load_model()
+        findings = quant_aware.preflight(model) if config.qat else []
+        quant_aware.require_quantizable(findings)  # fail before any epoch is spent
+        if quant_aware.nested_models(model):
+            console.info("flattening the nested model into one functional graph")
+            model = quant_aware.flatten(model)
 
-    started = time.perf_counter()
-    # Big splits are decoded per read rather than held in memory (pipeline/streaming.py).
-    splits = streaming.load_splits(run.plan.samples, run.plan.roots, run.plan.classes, run.img_size, "auto", streamed="none")
-    timing = {"decode_s": round(time.perf_counter() - started, 2)}
-    # The distillation teacher must not share variables: pruning and QAT train `model`'s own layers.
-    teacher = quant_aware.independent_copy(model) if config.distill > 0 else None
-    tuner = FineTuner(train_config, run.labels, splits, config.batch_size or train_config.batch_size, teacher, config.distill)
-    # The rate the run last trained at: fine_tune_lr for a pretrained backbone, the full rate
-    # for one trained from scratch (at fine_tune_lr such a model does not recover from pruning).
-    base_lr = config.lr or training.stages(train_config)[-1].lr
-    record = _new_record(run, config, findings, previous)
-    record["batchnorm_folded"] = len(batchnorm.fold_batchnorm(model))
-    freeze_batchnorm(model)
-    with staged_dir(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
-        if config.prune is not None:
-            t0 = time.perf_counter()
-            model, record["prune"] = prune(model, tuner, config, base_lr)
-            timing["prune_s"] = round(time.perf_counter() - t0, 2)
-        if config.qat:
-            t0 = time.perf_counter()
-            model = _quantization_aware(model, tuner, config, findings, record, previous, base_lr)
-            timing["qat_s"] = round(time.perf_counter() - t0, 2)
+    # The run is built in a staging directory beside --out (on another worker of a cluster,
+    # in its scratch directory), which becomes --out only when complete: `--cache disk` puts
+    # its file there, so a failed or interrupted run takes it with it.
+    with distribute.place(role, out, out, resuming=False) as place, \
+            staged_dir(place.out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
+        started = time.perf_counter()
+        splits = streaming.load_splits(run.plan.samples, run.plan.roots, run.plan.classes, run.img_size, config.cache,
+                                       staging / training.STREAM_DIR)
+        timing = {"decode_s": round(time.perf_counter() - started, 2)}
+        record = _new_record(run, config, findings, previous)
+        with strategy.scope():  # the pruning and QAT wrappers, and the optimizers, too
+            # The distillation teacher must not share variables: pruning and QAT train `model`'s own layers.
+            teacher = quant_aware.independent_copy(model) if config.distill > 0 else None
+            tuner = FineTuner(train_config, run.labels, splits, config.batch_size or train_config.batch_size, teacher, config.distill)
+            # The rate the run last trained at: fine_tune_lr for a pretrained backbone, the full rate
+            # for one trained from scratch (at fine_tune_lr such a model does not recover from pruning).
+            base_lr = config.lr or training.stages(train_config)[-1].lr
+            record["batchnorm_folded"] = len(batchnorm.fold_batchnorm(model))
+            freeze_batchnorm(model)
+            if config.prune is not None:
+                t0 = time.perf_counter()
+                model, record["prune"] = prune(model, tuner, config, base_lr)
+                timing["prune_s"] = round(time.perf_counter() - t0, 2)
+            if config.qat:
+                t0 = time.perf_counter()
+                model = _quantization_aware(model, tuner, config, findings, record, previous, base_lr)
+                timing["qat_s"] = round(time.perf_counter() - t0, 2)
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s")), 2)
         if record["prune"] is not None:
             record["prune"].pop("layers")
@@ -173,8 +191,8 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
             f"{100 * record['prune']['target']:.0f}% pruned" if record["prune"] else None, "QAT" if record["qat"] else None,
         ) if p)
         info = write_run(staging, model, train_config, run.plan, splits, tuner.history, timing, record, save_model, what)
-    result = summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
-    return result
+        shutil.rmtree(staging / training.STREAM_DIR, ignore_errors=True)  # the decoded images do not ship
+    return summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
 
 
 def _check_source(run: Run, config: OptimizeConfig, previous: dict) -> None:
