@@ -149,7 +149,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
     if role.chief:  # the other workers of a cluster write only into scratch directories
         check_output(out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path])
     train_config = TrainConfig.from_dict(run.info["config"] | {"out": str(out)})
-    with strategy.scope():  # the model's variables belong to the strategy
+    with distribute.scope(strategy):  # the model's variables belong to the strategy
         model = run.load_model()
         findings = quant_aware.preflight(model) if config.qat else []
         quant_aware.require_quantizable(findings)  # fail before any epoch is spent
@@ -167,7 +167,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
                                        staging / training.STREAM_DIR)
         timing = {"decode_s": round(time.perf_counter() - started, 2)}
         record = _new_record(run, config, findings, previous)
-        with strategy.scope():  # the pruning and QAT wrappers, and the optimizers, too
+        with distribute.scope(strategy):  # the pruning and QAT wrappers, and the optimizers, too
             # The distillation teacher must not share variables: pruning and QAT train `model`'s own layers.
             teacher = quant_aware.independent_copy(model) if config.distill > 0 else None
             tuner = FineTuner(train_config, run.labels, splits, config.batch_size or train_config.batch_size, teacher, config.distill)

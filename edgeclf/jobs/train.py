@@ -6,7 +6,6 @@ state), so an interrupted run continues with `--resume`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -116,7 +115,6 @@ def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, re
     config = TrainConfig.from_dict(state["config"])
     plan = SplitPlan.from_json(state["plan"])
     strategy = distribute.strategy(config.distribute)  # before any other TensorFlow work
-    distributed = config.distribute != "none"
     with distribute.place(role, work, Path(config.out), resuming, skip=(STREAM_DIR,)) as place:
         place.work.mkdir(parents=True, exist_ok=True)
         try:
@@ -124,8 +122,7 @@ def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, re
             splits = streaming.load_splits(plan.samples, plan.roots, plan.classes, config.img_size, config.cache,
                                            place.work / STREAM_DIR)
             state["timing"]["decode_s"] = round(time.perf_counter() - started, 2)
-            # Under a strategy, the model, optimizer and checkpoint variables belong to it.
-            with strategy.scope() if distributed else contextlib.nullcontext():
+            with distribute.scope(strategy):  # model, optimizer and checkpoint variables belong to it
                 trainer = Trainer(config, plan, splits, place.work, state)
                 trainer.run()
             result = trainer.finish()

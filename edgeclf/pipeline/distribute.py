@@ -56,14 +56,19 @@ def cluster_role(name: str) -> Role:
 
 
 def strategy(name: str):
-    """The tf.distribute strategy for `--distribute`; create it before any other TensorFlow work."""
+    """The tf.distribute strategy for `--distribute` (None for none); create it before any other TensorFlow work."""
     tf = tfenv.tf()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi-worker":
         cluster_role(name)  # checks TF_CONFIG
         return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()  # the default: one device, scope() changes nothing
+    return None  # the default: one device, built and trained exactly as without tf.distribute
+
+
+def scope(strategy):
+    """Where models, optimizers and checkpoints must be created: the strategy's scope, if any."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 @dataclass
