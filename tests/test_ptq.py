@@ -232,3 +232,24 @@ def test_openvino_accuracy_control_keeps_the_measured_drop_within_its_limit(tiny
     assert manifest["accuracy"]["top1"] >= manifest["accuracy"]["float_top1"]
     with pytest.raises(UsageError, match="--accuracy-control applies only to --target openvino --quant int8"):
         ExportSpec(target="tflite", quant="int8", accuracy_control=0.5)
+
+
+@pytest.mark.parametrize("arch", ["efficientnetb0", "nasnetmobile"])
+def test_keras_techniques_on_the_other_backbones_keep_the_model_and_say_what_they_skipped(arch):
+    """EfficientNetB0 (swish, squeeze-excite) and NASNetMobile (separable convs, many branches):
+    equalization stays exact where it acts, and every skipped layer comes with its reason."""
+    from edgeclf import ptq
+    from edgeclf.pipeline.backbones import build_classifier, get_backbone
+
+    model = build_classifier(get_backbone(arch), 3, 32, "none").model
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
+    float_images = images.astype(np.float32)
+    before = model.predict(float_images, verbose=0)
+    equalized, details = ptq.prepare_keras(model, images, ("cle",))
+    assert np.abs(equalized.predict(float_images, verbose=0) - before).max() <= 1e-4
+    skipped = details["cle"]["skipped"]
+    assert skipped and all(isinstance(why, str) and why and layers for why, layers in skipped.items())
+    corrected, details = ptq.prepare_keras(model, images, ("bias",))
+    assert details["bias_correction"]["corrected"] > 0
+    assert np.abs(corrected.predict(float_images, verbose=0) - before).max() < 0.05  # only the rounding shift moves
+    json.dumps(details)  # recorded as is in the manifest
