@@ -77,7 +77,8 @@ def tiny_run(tmp_path_factory) -> Path:
     """A tiny trained run (3 synthetic classes, MobileNetV2 alpha 0.35 at 32 px) with real predictions.
 
     Shared by the export and device tests, whose parity and agreement checks only mean
-    something if the model is input-dependent: 12 epochs at a high rate, then BatchNorm's
+    something if the model is input-dependent and confident: 20 epochs at a high rate (12 left
+    some images within a few points of a tie, and int8 agreement then varied by CPU), then BatchNorm's
     moving statistics re-estimated on the training images (in so few steps they lag the
     weights, and the model would predict one class for everything).
     """
@@ -88,7 +89,7 @@ def tiny_run(tmp_path_factory) -> Path:
     keras = tfenv.keras()
     root = tmp_path_factory.mktemp("tiny")
     data = make_image_folder(root / "data", {"red": 20, "green": 20, "blue": 20})
-    train(tiny_config(data, root / "run", fine_tune_epochs=12, lr=3e-3, patience=100, dropout=0.2, val_split=0.25, seed=3))
+    train(tiny_config(data, root / "run", fine_tune_epochs=20, lr=3e-3, patience=100, dropout=0.2, val_split=0.25, seed=3))
     run = Run.open(root / "run")
     model = run.load_model()
     batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -364,14 +364,14 @@ def ensure_user(name: str, comment: str = "edgeclf test device") -> tuple[int, i
 
 def add_root_user(root: Path, name: str, uid: int, gid: int, home: str) -> None:
     """Add ``name`` to the root's passwd/group (idempotent) and create its home dir there."""
-    passwd = root / "etc/passwd"
-    lines = [l for l in passwd.read_text().splitlines() if not l.startswith(f"{name}:")]
-    lines.append(f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh")
-    passwd.write_text("\n".join(lines) + "\n")
-    group = root / "etc/group"
-    glines = [l for l in group.read_text().splitlines() if not l.startswith(f"{name}:")]
-    glines.append(f"{name}:x:{gid}:")
-    group.write_text("\n".join(glines) + "\n")
+    # Test workers running in parallel may do this at once: replace the files whole, never truncate.
+    for table, entry in (("passwd", f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh"), ("group", f"{name}:x:{gid}:")):
+        path = root / "etc" / table
+        lines = [l for l in path.read_text().splitlines() if not l.startswith(f"{name}:")]
+        staged = path.with_name(f".{table}.{os.getpid()}")
+        staged.write_text("\n".join([*lines, entry]) + "\n")
+        os.chmod(staged, 0o644)
+        os.replace(staged, path)
     h = root / home.lstrip("/")
     h.mkdir(parents=True, exist_ok=True)
     os.chown(h, uid, gid)
