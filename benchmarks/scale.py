@@ -54,6 +54,7 @@ def generate(root: Path, count: int, classes: int = 10, size: int = 40) -> Path:
 def train(data: Path, out: Path, extra: list[str], repo: Path = REPO) -> dict:
     """One `edgeclf train` process; returns its run.json timing, image counts and peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "edgeclf", "train", str(data), "--out", str(out), "--json", *extra]
     env = dict(os.environ, PYTHONPATH=str(repo), CUDA_VISIBLE_DEVICES="-1")
     started = time.perf_counter()
