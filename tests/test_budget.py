@@ -82,6 +82,16 @@ def test_openvino_float_layers_mean_nncf_accuracy_control_before_qat(tiny_run):
     assert agreement_only[-2].prepare()[1].accuracy_control == pytest.approx(3.0)
 
 
+def test_onnx_budget_starts_from_plain_ptq_and_then_keeps_the_default(tiny_run):
+    spec = ExportSpec(target="onnx", quant="int8", calib_size=45)
+    steps = budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, max_drop=0.5))
+    assert [r.name for r in steps] == ["ort minmax, ptq none", "ort minmax, ptq bias", "ort percentile", "ort entropy",
+                                       "QAT (edgeclf optimize --qat), exported as-is"]
+    specs = [step.prepare()[1] for step in steps[:4]]
+    assert [s.ptq for s in specs] == ["none", None, None, None]  # None: the format's default, bias
+    assert [s.calib_method for s in specs] == ["minmax", "minmax", "percentile", "entropy"]
+
+
 def hidden_leftovers(folder):
     return [p.name for p in folder.iterdir() if p.name.startswith(".")] if folder.exists() else []
 

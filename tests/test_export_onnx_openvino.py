@@ -99,24 +99,37 @@ def test_int8_agrees_with_keras(int8_exports, images, target):
     if target == "onnx":
         quant = details["quantization"]
         assert quant["format"] == "QDQ" and quant["calib_method"] == "minmax"
-        choice = quant["per_channel_choice"]
-        assert choice["chosen"] is quant["per_channel"]
-        assert "10 held-out" in choice["judged_on"]
-        pc, pt = choice["per_channel"], choice["per_tensor"]
-        for side in (pc, pt):
-            assert round(side["agreement"] * 10, 6).is_integer()  # a share of the 10 judged images
-            assert 0.0 <= side["mean_abs_diff"] <= side["max_abs_diff"]
-        # The recorded scores explain the choice: per-tensor only when it agrees more often,
-        # or as often with a smaller probability error.
-        per_tensor_better = pt["agreement"] > pc["agreement"] or (
-            pt["agreement"] == pc["agreement"] and pt["mean_abs_diff"] < pc["mean_abs_diff"]
-        )
-        assert choice["chosen"] is not per_tensor_better
+        # The default recipe corrects biases for the per-channel weight grid, so that grid is used.
+        assert details["ptq"]["recipe"] == "bias" and details["ptq"]["bias_correction"]["corrected"] > 0
+        assert quant["per_channel"] is True
+        assert quant["per_channel_choice"] == {"chosen": True, "why": "bias correction assumes per-channel weights"}
         assert details["quantization_coverage"]["ops_quantized_fraction"] == 1.0
         assert details["ops"]["QuantizeLinear"] > 0
     else:
         assert details["quantization"]["subset_size"] == CALIB_SIZE
         assert details["quantization_coverage"]["dominant"] == "i8" and details["quantization_coverage"]["fake_quantize_ops"] > 0
+
+
+def test_onnx_per_channel_is_measured_without_bias_correction(tiny_run, images, tmp_path):
+    pixels, keras_probs = images
+    spec = ExportSpec(target="onnx", quant="int8", ptq="none", calib_size=CALIB_SIZE, out=str(tmp_path / "plain"))
+    manifest = export_run(tiny_run, spec)
+    probs = predict_file(tmp_path / "plain" / manifest["model_file"], pixels)
+    assert (probs.argmax(1) == keras_probs.argmax(1)).mean() >= 0.95
+    quant = manifest["details"]["quantization"]
+    choice = quant["per_channel_choice"]
+    assert choice["chosen"] is quant["per_channel"]
+    assert "10 held-out" in choice["judged_on"]
+    pc, pt = choice["per_channel"], choice["per_tensor"]
+    for side in (pc, pt):
+        assert round(side["agreement"] * 10, 6).is_integer()  # a share of the 10 judged images
+        assert 0.0 <= side["mean_abs_diff"] <= side["max_abs_diff"]
+    # The recorded scores explain the choice: per-tensor only when it agrees more often,
+    # or as often with a smaller probability error.
+    per_tensor_better = pt["agreement"] > pc["agreement"] or (
+        pt["agreement"] == pc["agreement"] and pt["mean_abs_diff"] < pc["mean_abs_diff"]
+    )
+    assert choice["chosen"] is not per_tensor_better
 
 
 def test_one_calibration_set_feeds_all_three_formats(int8_exports, tiny_run):
@@ -138,6 +151,9 @@ def test_onnx_int8_honours_per_tensor_and_calib_method(tiny_run, images, tmp_pat
     manifest = export_run(tiny_run, spec)
     quant = manifest["details"]["quantization"]
     assert quant["per_channel"] is False and quant["per_channel_choice"]["why"].startswith("set by")
+    # Bias correction assumes per-channel weights, so the default recipe drops it here and says so.
+    ptq_details = manifest["details"]["ptq"]
+    assert ptq_details["recipe"] == "none" and ptq_details["notes"] == ["bias: not with --per-tensor (the correction assumes per-channel weights)"]
     assert quant["calib_method"] == "percentile"
     import onnx
 

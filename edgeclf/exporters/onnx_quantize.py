@@ -91,7 +91,10 @@ def subset(calibration: CalibrationSet, indices) -> CalibrationSet:
     return CalibrationSet(calibration.images[indices], calibration.source, calibration.seed, calibration.per_class, calibration.sample_hash)
 
 
-def static_int8(model, calibration: CalibrationSet, per_channel: bool | None, method: str, work: Path, details: dict):
+def static_int8(model, calibration: CalibrationSet, per_channel: bool | None, method: str, work: Path, details: dict,
+                why: str | None = None):
+    """ORT static QDQ int8. per_channel None: measured (choose_per_channel); else as given, for `why`
+    (default: the user's --per-channel/--per-tensor)."""
     import onnx
 
     pre = _pre_processed(model, work)
@@ -109,7 +112,7 @@ def static_int8(model, calibration: CalibrationSet, per_channel: bool | None, me
     if per_channel is None:
         per_channel, info["per_channel_choice"], out = choose_per_channel(pre, calibration, method, work)
     else:
-        info["per_channel_choice"] = {"chosen": per_channel, "why": "set by --per-channel/--per-tensor"}
+        info["per_channel_choice"] = {"chosen": per_channel, "why": why or "set by --per-channel/--per-tensor"}
     info["per_channel"] = per_channel
     if out is None:
         out = work / "int8.onnx"

@@ -11,8 +11,8 @@ Escalation, cheapest first (recipes a target does not offer are skipped):
   tflite    plain PTQ -> improved PTQ (edgeclf.ptq) -> improved PTQ calibrated on every training
             image -> [--allow-float-layers: the debugger's worst ops kept in float]
             -> QAT (`edgeclf optimize --qat`, defaults) exported as-is
-  onnx      ORT static int8 as configured (min/max, per-channel measured) -> percentile ranges
-            -> entropy ranges -> min/max on every training image -> QAT
+  onnx      ORT static int8, min/max: plain, then with the default ptq (bias) -> percentile
+            ranges -> entropy ranges -> min/max on every training image -> QAT
   openvino  nncf.quantize -> nncf.quantize on every training image
             -> [--allow-float-layers: nncf.quantize_with_accuracy_control on val] -> QAT
 Every recipe is full-integer (TFLite refuses float ops; ONNX and OpenVINO quantize every
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from edgeclf import calibration, console, exporters
+from edgeclf import calibration, console, exporters, ptq
 from edgeclf.artefacts import MANIFEST_FILE, write_manifest
 from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
@@ -121,8 +121,6 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
 
     steps: list[Recipe] = []
     if spec.target == "tflite":
-        from edgeclf import ptq
-
         improved = [r for r in dict.fromkeys([ptq.label(exporters.get("tflite").ptq_default), *IMPROVED_PTQ]) if r != ptq.NONE]
         if run.qat:  # its learned ranges and weights are kept as trained
             steps.append(Recipe("QAT ranges as trained", using(ptq=None)))
@@ -138,7 +136,12 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
             steps.append(Recipe(f"ptq {keras_only}, worst {FLOAT_LAYERS} ops in float",
                                 lambda: _float_layers(run, spec, keras_only)))
     elif spec.target == "onnx":
-        steps.append(Recipe("ort minmax", using()))
+        improved = ptq.label(exporters.get("onnx").ptq_default)  # the default, so later recipes keep it
+        if run.qat:
+            steps.append(Recipe("ort minmax", using()))
+        else:
+            steps.append(Recipe("ort minmax, ptq none", using(ptq="none")))
+            steps.append(Recipe(f"ort minmax, ptq {improved}", using()))
         steps.append(Recipe("ort percentile", using(calib_method="percentile")))
         steps.append(Recipe("ort entropy", using(calib_method="entropy")))
         if more:
