@@ -132,6 +132,34 @@ def test_budget_escalates_when_a_recipe_misses(tiny_run, tmp_path, monkeypatch):
     assert hidden_leftovers(tmp_path) == []
 
 
+def test_a_retrained_recipe_is_judged_against_the_model_it_was_asked_to_export(tiny_run, tmp_path, monkeypatch):
+    """QAT ships a retrained copy; its drop and agreement are against the run's float model, not the copy's."""
+    import shutil
+
+    from edgeclf.pipeline.predict import predict_file, predict_probs
+    from edgeclf.pipeline.runs import MODEL_FILE
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_run, retrained, ignore=shutil.ignore_patterns("exports"))
+    model = Run.open(retrained).load_model()
+    head = [layer for layer in model.layers if layer.get_weights()][-1]
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias + np.array([8.0, 0.0, 0.0], dtype=bias.dtype)])  # the copy now favours class 0
+    model.save(retrained / MODEL_FILE)
+    monkeypatch.setattr(budget_job, "recipes", lambda run, budget: [
+        budget_job.Recipe("retrained stand-in", lambda: (retrained, budget.export))])
+    out = tmp_path / "tflite-int8"
+    manifest = export_within_budget(tiny_run, BudgetSpec(ExportSpec(quant="int8", calib_size=30, out=str(out)), max_drop=100))
+    [attempt] = manifest["budget"]["attempts"]
+    run = Run.open(tiny_run)
+    val = run.plan.decode("val", run.img_size)
+    float_labels = predict_probs(run.load_model(), val.images).argmax(1)
+    artefact_labels = predict_file(out / manifest["model_file"], val.images).argmax(1)
+    assert attempt["agreement"] == pytest.approx((artefact_labels == float_labels).mean())
+    assert attempt["changed"] == int((artefact_labels != float_labels).sum()) > 0
+    assert manifest["accuracy"]["agreement"] > attempt["agreement"]  # against its own float model it looked better
+
+
 def test_budget_that_nothing_meets_publishes_nothing(tiny_run, tmp_path, monkeypatch):
     seen = []
 

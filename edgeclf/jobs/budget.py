@@ -35,7 +35,7 @@ from edgeclf.artefacts import MANIFEST_FILE, write_manifest
 from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
-from edgeclf.jobs.export import EXPORTS_DIR, default_out, export_run
+from edgeclf.jobs.export import EXPORTS_DIR, accuracy_against, default_out, export_run
 from edgeclf.pipeline.runs import Run
 
 QAT_DIR = ".budget-qat"
@@ -185,11 +185,18 @@ def export_within_budget(run_dir, budget: BudgetSpec, overwrite: bool = False) -
             source, attempt_spec = recipe.prepare()
             # attempt folders are ours by their hidden name; one left by a killed budget is replaced
             manifest = export_run(source, dataclasses.replace(attempt_spec, out=str(attempt_dir)), overwrite=True)
+            accuracy = manifest["accuracy"]
+            if Path(source) != run.path:
+                # A retrained copy (QAT) is judged against the model the user asked to export,
+                # not against the copy: its own float model has moved.
+                accuracy = accuracy_against(run, attempt_dir / manifest["model_file"])
+            if accuracy is None:
+                raise ExportError("the run's val images are gone, so the attempt cannot be judged", "restore them")
         except EdgeclfError as exc:  # one recipe failing is one missed attempt, not the end
+            shutil.rmtree(attempt_dir, ignore_errors=True)
             attempts.append({"recipe": recipe.name, "error": str(exc), "seconds": round(time.perf_counter() - started, 1)})
             console.warn(f"  {recipe.name} failed: {exc}")
             continue
-        accuracy = manifest["accuracy"]
         attempt = {"recipe": recipe.name, "top1": accuracy["top1"], "drop": accuracy["drop"],
                    "agreement": accuracy["agreement"], "changed": accuracy["changed"],
                    "seconds": round(time.perf_counter() - started, 1)}

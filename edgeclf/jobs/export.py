@@ -58,6 +58,17 @@ def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
     return manifest
 
 
+def accuracy_against(run: Run, model_path: Path) -> dict | None:
+    """The accuracy block of any artefact against `run`'s float model on its val split (None
+    without one): how the budget judges an artefact exported from a retrained (QAT) copy of it."""
+    val = _validation_split(run)
+    if val is None:
+        return None
+    float_probs = predict_probs(run.load_model(), val.images)
+    probs = predict_file(model_path, val.images, label=f"scoring {model_path.name} against {run.path.name}'s float model")
+    return _accuracy("val", probs, float_probs, val.labels, run.labels)
+
+
 def _accuracy(split: str, probs, float_probs, labels, classes: list[str]) -> dict:
     """The manifest's accuracy block: the artefact against the labels and the float model."""
     metrics = score(probs, labels, classes, float_probs)
