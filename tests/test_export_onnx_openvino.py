@@ -154,6 +154,10 @@ def test_onnx_int8_honours_per_tensor_and_calib_method(tiny_run, images, tmp_pat
     # Bias correction assumes per-channel weights, so the default recipe drops it here and says so.
     ptq_details = manifest["details"]["ptq"]
     assert ptq_details["recipe"] == "none" and ptq_details["notes"] == ["bias: not with --per-tensor (the correction assumes per-channel weights)"]
+    # Asked for by name, it is refused instead of dropped.
+    with pytest.raises(UsageError, match=r"--ptq bias cannot be applied: not with --per-tensor"):
+        export_run(tiny_run, ExportSpec(target="onnx", quant="int8", per_channel=False, ptq="bias", out=str(tmp_path / "refused")))
+    assert not (tmp_path / "refused").exists()
     assert quant["calib_method"] == "percentile"
     import onnx
 

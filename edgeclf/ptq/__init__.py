@@ -61,8 +61,11 @@ def prepare(job, details: dict, excluded: dict[str, str] | None = None):
         notes.append("QAT run: its learned ranges and weights are kept as trained")
     for name, why in (excluded or {}).items():
         if name in techniques:
+            if job.spec.ptq is not None:  # asked for by name: say so rather than drop it
+                raise UsageError(f"--ptq {name} cannot be applied: {why}", f"drop {name} from --ptq")
             techniques = tuple(t for t in techniques if t != name)
             notes.append(f"{name}: {why}")
+            console.info(f"--ptq default: {name} left out, {why}")
     model, keras_details = prepare_keras(job.model, job.calibration.images, techniques)
     details["ptq"] = {"recipe": label(techniques), **keras_details} | ({"notes": notes} if notes else {})
     return dataclasses.replace(job, model=model), techniques
