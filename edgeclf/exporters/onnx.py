@@ -46,10 +46,11 @@ def export(job: ExportJob) -> ExportOutput:
     versions = tfenv.versions("tf2onnx", "onnx", "onnxruntime")
     per_channel = spec.per_channel
     if spec.quant == "int8":
-        # Bias correction is computed for a per-channel weight grid (symmetric, max|w|/127).
-        excluded = {"bias": "not with --per-tensor (the correction assumes per-channel weights)"} if per_channel is False else {}
+        # Bias correction and output-aware rounding work on a per-channel weight grid (symmetric, max|w|/127).
+        excluded = {name: f"not with --per-tensor (the {what} assumes per-channel weights)"
+                    for name, what in (("round", "rounding"), ("bias", "correction"))} if per_channel is False else {}
         job, techniques = ptq.prepare(job, details, excluded)
-        if "bias" in techniques:
+        if {"bias", "round"} & set(techniques):
             per_channel = True
     float_model = convert(job.model, job.run.img_size, spec.dynamic_batch)
     with tempfile.TemporaryDirectory(prefix="edgeclf-onnx-") as work:
@@ -62,7 +63,7 @@ def export(job: ExportJob) -> ExportOutput:
         elif spec.quant == "dynamic":
             model = onnx_quantize.dynamic_int8(float_model, spec.per_channel, work, details)
         else:
-            why = "bias correction assumes per-channel weights" if per_channel and spec.per_channel is None else None
+            why = "bias correction and output-aware rounding assume per-channel weights" if per_channel and spec.per_channel is None else None
             model = onnx_quantize.static_int8(float_model, job.calibration, per_channel, spec.calib_method, work, details, why)
     model = checked(_with_metadata(model, job))
     onnx.save(model, job.staging / MODEL_FILE)
@@ -278,7 +279,7 @@ FORMAT = Format(
     quant_modes=("fp32", "fp16", "dynamic", "int8"),
     options={"calib_method": ("int8",), "per_channel": ("dynamic", "int8"),
              "dynamic_batch": ("fp32", "fp16", "dynamic", "int8"), "ptq": ("int8",)},
-    ptq=("cle", "bias"),
+    ptq=("input", "cle", "round", "bias"),
     # Measured on the flowers reference run (benchmarks/ptq.py --target onnx): agreement with
     # float on val 93.6% plain, 96.9% with bias correction, 96.3% cle + bias, 93.9% cle alone.
     ptq_default=("bias",),

@@ -275,7 +275,7 @@ FORMAT = Format(
     suffixes=(".tflite",),
     quant_modes=("fp32", "fp16", "dynamic", "int8"),
     options={"io": INT8, "debug_quant": INT8, "float_layers": INT8, "ptq": INT8},
-    ptq=("cle", "bias", "ranges"),
+    ptq=("input", "cle", "round", "bias", "ranges"),
     # Measured on the flowers reference run's val split (benchmarks/ptq.py): agreement with float
     # 93.9% plain, 96.7% with bias correction, 96.3% with bias + ranges, 94.3% cle or ranges alone.
     ptq_default=("bias",),

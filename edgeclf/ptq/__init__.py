@@ -1,10 +1,13 @@
 """Better post-training int8 through the standard converters: each technique a measured option.
 
+- `input`: the in-graph pixel scaling folded into the first convolution, so int8 quantizes the
+  pixels once, at their own scale (input_fold.py);
 - `cle`: cross-layer equalization of the BatchNorm-folded Keras model (equalize.py);
+- `round`: output-aware int8 weight rounding on the converter's grid (rounding.py);
 - `bias`: bias correction of the weight-rounding shift (bias_correction.py);
 - `ranges`: MSE-optimal activation ranges instead of absolute min/max (ranges.py, TFLite only).
 
-`cle` and `bias` rewrite a copy of the Keras model before conversion, so every format can use
+`input`, `cle`, `round` and `bias` rewrite a copy of the Keras model before conversion, so every format can use
 them; `ranges` changes how the TFLite converter's calibration is turned into int8. Each format's
 Format record lists the techniques it offers (`ptq`) and its default (`ptq_default`), the
 combination that measured best on the flowers reference run's val split (benchmarks/ptq.py).
@@ -14,7 +17,8 @@ from __future__ import annotations
 from edgeclf import console
 from edgeclf.errors import UsageError
 
-TECHNIQUES = ("cle", "bias", "ranges")
+TECHNIQUES = ("input", "cle", "round", "bias", "ranges")  # the order they are applied in
+KERAS_TECHNIQUES = ("input", "cle", "round", "bias")
 NONE = "none"
 
 
@@ -72,19 +76,31 @@ def prepare(job, details: dict, excluded: dict[str, str] | None = None):
 
 
 def prepare_keras(model, images, techniques) -> tuple[object, dict]:
-    """A transformed copy of `model` (raw pixels in) for `cle`/`bias`, or `model` itself, and details."""
-    if not {"cle", "bias"} & set(techniques):
+    """A transformed copy of `model` (raw pixels in) for the Keras techniques, or `model` itself, and details."""
+    if not set(KERAS_TECHNIQUES) & set(techniques):
         return model, {}
     from edgeclf.pipeline.batchnorm import fold_batchnorm
     from edgeclf.pipeline.quant_aware import independent_copy
-    from edgeclf.ptq import bias_correction, equalize
+    from edgeclf.ptq import bias_correction, equalize, input_fold, rounding
 
     copy = independent_copy(model)
-    details = {"batchnorm_folded": len(fold_batchnorm(copy))}
+    details = {}
+    if "input" in techniques:
+        folded, details["input_fold"] = input_fold.fold_input_scaling(copy)
+        if details["input_fold"]["folded"]:
+            copy = independent_copy(folded)  # fresh layers, each in one graph only
+            console.info(f"input scaling folded into {details['input_fold']['into']}")
+        else:
+            console.info(f"input scaling not folded: {details['input_fold']['skipped']}")
+    details["batchnorm_folded"] = len(fold_batchnorm(copy))
     if "cle" in techniques:
         details["cle"] = equalize.equalize(copy)
         console.info(f"cross-layer equalization: {details['cle']['links']} conv pairs equalized")
+    float_kernels = None
+    if "round" in techniques:
+        float_kernels, details["rounding"] = rounding.round_weights(copy, images)
+        console.info(f"output-aware rounding: {details['rounding']['rounded']} layers rounded")
     if "bias" in techniques:
-        details["bias_correction"] = bias_correction.correct_biases(copy, images)
+        details["bias_correction"] = bias_correction.correct_biases(copy, images, reference=float_kernels)
         console.info(f"bias correction: {details['bias_correction']['corrected']} layers corrected")
     return copy, details

@@ -93,14 +93,19 @@ def _delta_layer(layer, delta: np.ndarray):
     return twin
 
 
-def expected_shifts(model, images, targets, batch_size: int = 8) -> list[np.ndarray]:
-    """Per target layer, the mean over images and positions of conv(x, w_q - w), per channel."""
+def expected_shifts(model, images, targets, reference: dict | None = None, batch_size: int = 8) -> list[np.ndarray]:
+    """Per target layer, the mean over images and positions of conv(x, w_q - w), per channel.
+    `reference` holds float kernels by layer name for layers whose kernel was already moved
+    (output-aware rounding): there w is the reference and w_q the grid value of the kernel now."""
     keras = tfenv.keras()
     tf = tfenv.tf()
     outputs = []
     for layer in targets:
         kernel = (layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel).numpy()
-        shifted = _delta_layer(layer, rounding_delta(kernel, hasattr(layer, "depthwise_kernel")))(layer.input)
+        delta = rounding_delta(kernel, hasattr(layer, "depthwise_kernel"))
+        if reference and layer.name in reference:
+            delta = delta + (kernel - reference[layer.name])
+        shifted = _delta_layer(layer, delta)(layer.input)
         if len(shifted.shape) == 4:
             shifted = keras.layers.GlobalAveragePooling2D()(shifted)
         outputs.append(shifted)
@@ -115,13 +120,13 @@ def expected_shifts(model, images, targets, batch_size: int = 8) -> list[np.ndar
     return [s / len(images) for s in sums]
 
 
-def correct_biases(model, images, max_images: int = 64) -> dict:
+def correct_biases(model, images, max_images: int = 64, reference: dict | None = None) -> dict:
     """Subtract each layer's expected rounding shift from its bias, in place; returns the details."""
     targets, skipped = _candidates(model)
     if not targets:
         return {"corrected": 0, "skipped": skipped}
     images = images[:max_images]
-    shifts = expected_shifts(model, images, targets)
+    shifts = expected_shifts(model, images, targets, reference)
     largest = []
     for layer, shift in zip(targets, shifts):
         slot, _ = _bias_slot(layer)
