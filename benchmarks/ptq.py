@@ -27,9 +27,10 @@ from edgeclf.pipeline.predict import predict_probs  # noqa: E402
 from edgeclf.pipeline.runs import Run  # noqa: E402
 
 RECIPES = {
-    "tflite": ["none", "cle", "bias", "ranges", "cle,bias", "bias,ranges", "cle,bias,ranges"],
-    "onnx": ["none", "cle", "bias", "cle,bias"],
-    "openvino": ["none", "cle", "bias", "cle,bias"],
+    "tflite": ["none", "input", "round", "bias", "input,bias", "round,bias", "input,round,bias", "input,round,bias,ranges",
+               "cle,bias,ranges"],
+    "onnx": ["none", "input", "bias", "input,bias", "input,round,bias"],
+    "openvino": ["none", "input", "input,round", "input,round,bias"],
 }
 
 
