@@ -85,10 +85,10 @@ def test_openvino_float_layers_mean_nncf_accuracy_control_before_qat(tiny_run):
 def test_onnx_budget_starts_from_plain_ptq_and_then_keeps_the_default(tiny_run):
     spec = ExportSpec(target="onnx", quant="int8", calib_size=45)
     steps = budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, max_drop=0.5))
-    assert [r.name for r in steps] == ["ort minmax, ptq none", "ort minmax, ptq bias", "ort percentile", "ort entropy",
+    assert [r.name for r in steps] == ["ort minmax, ptq none", "ort minmax, ptq input,round,bias", "ort percentile", "ort entropy",
                                        "QAT (edgeclf optimize --qat), exported as-is"]
     specs = [step.prepare()[1] for step in steps[:4]]
-    assert [s.ptq for s in specs] == ["none", None, None, None]  # None: the format's default, bias
+    assert [s.ptq for s in specs] == ["none", None, None, None]  # None: the format's default, input,round,bias
     assert [s.calib_method for s in specs] == ["minmax", "minmax", "percentile", "entropy"]
 
 

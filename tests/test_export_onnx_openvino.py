@@ -100,9 +100,10 @@ def test_int8_agrees_with_keras(int8_exports, images, target):
         quant = details["quantization"]
         assert quant["format"] == "QDQ" and quant["calib_method"] == "minmax"
         # The default recipe corrects biases for the per-channel weight grid, so that grid is used.
-        assert details["ptq"]["recipe"] == "bias" and details["ptq"]["bias_correction"]["corrected"] > 0
+        assert details["ptq"]["recipe"] == "input,round,bias" and details["ptq"]["bias_correction"]["corrected"] > 0
+        assert details["ptq"]["rounding"]["rounded"] > 0 and details["ptq"]["input_fold"]["folded"]
         assert quant["per_channel"] is True
-        assert quant["per_channel_choice"] == {"chosen": True, "why": "bias correction assumes per-channel weights"}
+        assert quant["per_channel_choice"] == {"chosen": True, "why": "output-aware rounding and bias correction assume per-channel weights"}
         assert details["quantization_coverage"]["ops_quantized_fraction"] == 1.0
         assert details["ops"]["QuantizeLinear"] > 0
     else:
@@ -153,7 +154,9 @@ def test_onnx_int8_honours_per_tensor_and_calib_method(tiny_run, images, tmp_pat
     assert quant["per_channel"] is False and quant["per_channel_choice"]["why"].startswith("set by")
     # Bias correction assumes per-channel weights, so the default recipe drops it here and says so.
     ptq_details = manifest["details"]["ptq"]
-    assert ptq_details["recipe"] == "none" and ptq_details["notes"] == ["bias: not with --per-tensor (the correction assumes per-channel weights)"]
+    assert ptq_details["recipe"] == "input" and ptq_details["notes"] == [
+        "round: not with --per-tensor (the rounding assumes per-channel weights)",
+        "bias: not with --per-tensor (the correction assumes per-channel weights)"]
     # Asked for by name, it is refused instead of dropped.
     with pytest.raises(UsageError, match=r"--ptq bias cannot be applied: not with --per-tensor"):
         export_run(tiny_run, ExportSpec(target="onnx", quant="int8", per_channel=False, ptq="bias", out=str(tmp_path / "refused")))

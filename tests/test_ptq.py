@@ -190,6 +190,12 @@ def test_ptq_option_is_parsed_and_limited_to_what_each_format_offers():
         ExportSpec(target="onnx", quant="int8", ptq="bias,ranges")
     assert exc.value.fix == "use a comma list of input, cle, round, bias, or none"
     assert ptq.parse("bias,round,input") == ("input", "round", "bias")
+    from edgeclf import exporters
+    from edgeclf.cli.export import command as export
+
+    help_text = " ".join(next(p for p in export.params if p.name == "ptq").help.split())
+    for name, shown in (("tflite", "TFLite"), ("onnx", "ONNX"), ("openvino", "OpenVINO")):
+        assert f"{ptq.label(exporters.get(name).ptq_default)} for {shown}" in help_text  # the help says the real default
 
 
 def test_export_with_all_techniques_records_them_and_stays_integer(tiny_run, tmp_path):

@@ -331,6 +331,8 @@ FORMAT = Format(
     quant_modes=("fp32", "fp16", "int8"),
     options={"ptq": ("int8",), "accuracy_control": ("int8",)},
     ptq=("input", "cle", "round", "bias"),
+    # NNCF runs its own (full) bias correction. On the flowers reference run, agreement with float
+    # on test / val: 96.6% / 98.1% plain, 96.0% / 97.1% input, 96.2% / 97.5% input,round,bias.
     ptq_default=(),
     extra="openvino",
     requires=("openvino", "nncf"),
