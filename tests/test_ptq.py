@@ -381,3 +381,17 @@ def test_per_tensor_onnx_refuses_round_by_name(tiny_run, tmp_path):
         export_run(tiny_run, ExportSpec(target="onnx", quant="int8", ptq="round", per_channel=False, calib_size=30,
                                         out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
+
+
+def test_input_fold_keeps_the_model_when_the_fold_would_change_it(monkeypatch):
+    """Checked on real inputs: a fold that moves the outputs, or a graph it cannot rebuild, is not used."""
+    from edgeclf.ptq import input_fold
+
+    model = _pixels_model("same", 13)
+    images = np.random.default_rng(5).integers(0, 256, (4, 13, 13, 3)).astype(np.float32)
+    monkeypatch.setattr(input_fold, "_same_padding", lambda *args: (0, 2))  # SAME pads (1, 1) here
+    kept, details = input_fold.fold_input_scaling(model, images)
+    assert kept is model and "outputs moved" in details["skipped"]
+    monkeypatch.setattr(input_fold, "rebuild", lambda *args: (_ for _ in ()).throw(ValueError("odd graph")))
+    kept, details = input_fold.fold_input_scaling(model, images)
+    assert kept is model and details["skipped"].startswith("the graph could not be rebuilt (ValueError: odd graph")

@@ -86,7 +86,7 @@ def prepare_keras(model, images, techniques) -> tuple[object, dict]:
     copy = independent_copy(model)
     details = {}
     if "input" in techniques:
-        folded, details["input_fold"] = input_fold.fold_input_scaling(copy)
+        folded, details["input_fold"] = input_fold.fold_input_scaling(copy, images)
         if details["input_fold"]["folded"]:
             copy = independent_copy(folded)  # fresh layers, each in one graph only
             console.info(f"input scaling folded into {details['input_fold']['into']}")

@@ -95,9 +95,10 @@ def find_chain(model):
     return (scaling, pad, layer), ""
 
 
-def fold_input_scaling(model):
+def fold_input_scaling(model, images=None):
     """A new model with the pixel scaling folded into the first convolution, and the details.
-    Returns (model, details); the model is `model` itself when nothing could be folded."""
+    Returns (model, details); the model is `model` itself when nothing could be folded. With
+    `images`, the folded model must give the same outputs on them or the fold is not used."""
     keras = tfenv.keras()
     chain, why = find_chain(model)
     if chain is None:
@@ -140,9 +141,18 @@ def fold_input_scaling(model):
         return tensor
 
     skip = {layer.name for layer in scaling} | ({pad.name} if pad is not None else set())
-    rebuilt = rebuild(model, skip, {conv.name: rebuild_first})
+    try:
+        rebuilt = rebuild(model, skip, {conv.name: rebuild_first})
+    except Exception as exc:  # a graph this simple rebuilder does not understand: keep the model as it is
+        return model, {"folded": False, "skipped": f"the graph could not be rebuilt ({type(exc).__name__}: {exc})"[:300]}
     folded_conv.set_weights([(kernel * a[None, None, :, None]).astype(np.float32),
                              (bias + np.einsum("hwco,c->o", kernel, b)).astype(np.float32)])
+    if images is not None and len(images):
+        sample = np.asarray(images[:4], np.float32)
+        before, after = np.asarray(model(sample, training=False)), np.asarray(rebuilt(sample, training=False))
+        difference = float(np.abs(after - before).max())
+        if difference > 1e-3 * max(float(np.abs(before).max()), 1.0):
+            return model, {"folded": False, "skipped": f"the folded model's outputs moved by {difference:.3g} on calibration images"}
     return rebuilt, {
         "folded": True,
         "layers": [layer.name for layer in scaling] + ([pad.name] if pad is not None else []),
