@@ -78,6 +78,21 @@ def test_bias_correction_lowers_the_mean_output_error_of_rounded_weights():
     assert after.mean() < 0.2 * before.mean()
 
 
+def test_bias_correction_after_output_aware_rounding_measures_the_shift_from_the_float_kernel():
+    """Rounding moves kernels onto the grid, so the shift bias correction removes is the one from
+    the float kernel it was given, not the (now zero) distance to the grid."""
+    from edgeclf.ptq import bias_correction, rounding
+
+    original, model = _conv_model(), _conv_model()
+    float_kernels, _ = rounding.round_weights(model, _images(32))
+    held_out = _images(32, seed=2)
+    reference = _conv_output(original, held_out)
+    before = np.abs((_conv_output(model, held_out) - reference).mean(axis=(0, 1, 2)))
+    bias_correction.correct_biases(model, _images(32), reference=float_kernels)
+    after = np.abs((_conv_output(model, held_out) - reference).mean(axis=(0, 1, 2)))
+    assert before.mean() > 1e-4 and after.mean() < 0.3 * before.mean()
+
+
 def test_corrected_bias_survives_tflite_conversion():
     from edgeclf import tfenv
     from edgeclf.exporters import tflite_flatbuffer

@@ -7,10 +7,10 @@
 - `bias`: bias correction of the weight-rounding shift (bias_correction.py);
 - `ranges`: MSE-optimal activation ranges instead of absolute min/max (ranges.py, TFLite only).
 
-`input`, `cle`, `round` and `bias` rewrite a copy of the Keras model before conversion, so every format can use
-them; `ranges` changes how the TFLite converter's calibration is turned into int8. Each format's
-Format record lists the techniques it offers (`ptq`) and its default (`ptq_default`), the
-combination that measured best on the flowers reference run's val split (benchmarks/ptq.py).
+`input`, `cle`, `round` and `bias` rewrite a copy of the Keras model before conversion, so every
+format can use them; `ranges` changes how the TFLite converter's calibration is turned into int8.
+Each format's Format record lists the techniques it offers (`ptq`) and its default
+(`ptq_default`), the combination that measured best on the flowers reference runs (benchmarks/ptq.py).
 """
 from __future__ import annotations
 
