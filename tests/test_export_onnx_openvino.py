@@ -109,6 +109,7 @@ def test_int8_agrees_with_keras(int8_exports, images, target):
     else:
         assert details["quantization"]["subset_size"] == CALIB_SIZE
         assert details["quantization_coverage"]["dominant"] == "i8" and details["quantization_coverage"]["fake_quantize_ops"] > 0
+        assert details["ptq"]["recipe"] == "round,bias" and details["ptq"]["rounding"]["rounded"] > 0
 
 
 def test_onnx_per_channel_is_measured_without_bias_correction(tiny_run, images, tmp_path):

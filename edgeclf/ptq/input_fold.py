@@ -54,7 +54,8 @@ def _affine(layer, channels: int):
         a = np.broadcast_to(np.asarray(layer.scale, np.float64), (channels,))
         b = np.broadcast_to(np.asarray(layer.offset, np.float64), (channels,))
         return a.copy(), b.copy()
-    if type(layer) is keras.layers.Normalization and getattr(layer, "axis", None) in ((-1,), (3,)) and not layer.invert:
+    if type(layer) is keras.layers.Normalization and getattr(layer, "axis", None) in ((-1,), (3,)) \
+            and not getattr(layer, "invert", False):
         mean = np.asarray(layer.mean, np.float64).reshape(-1)
         std = np.sqrt(np.maximum(np.asarray(layer.variance, np.float64).reshape(-1), 1e-7))
         a, b = 1.0 / std, -mean / std
@@ -92,6 +93,8 @@ def find_chain(model):
         return None, "the first convolution is grouped, shared or not channels-last"
     if any(len(node._inbound_nodes) != 1 for node in scaling + [pad] if node is not None):
         return None, "a scaling layer is shared"
+    if pad is not None and layer.padding != "valid":
+        return None, "the input is padded twice (ZeroPadding2D, then SAME padding)"
     return (scaling, pad, layer), ""
 
 
