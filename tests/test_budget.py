@@ -72,8 +72,11 @@ def test_budget_flags_are_checked_with_one_line_errors(tiny_run):
 
 def test_openvino_float_layers_mean_nncf_accuracy_control_before_qat(tiny_run):
     spec = ExportSpec(target="openvino", quant="int8", calib_size=45)
-    names = [r.name for r in budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, max_drop=0.5))]
+    steps = budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, max_drop=0.5))
+    names = [r.name for r in steps]
     assert not any("accuracy control" in n for n in names)
+    assert names[:2] == ["nncf, ptq none", "nncf, ptq round,bias"]  # plain first, then the default
+    assert [step.prepare()[1].ptq for step in steps[:2]] == ["none", None]
     allowed = budget_job.recipes(Run.open(tiny_run), BudgetSpec(spec, max_drop=0.5, allow_float_layers=True))
     assert [r.name for r in allowed][-2:] == ["nncf accuracy control, ops in float until drop <= 0.5",
                                              "QAT (edgeclf optimize --qat), exported as-is"]

@@ -119,6 +119,13 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
     def using(**changes) -> Callable[[], tuple[Path, ExportSpec]]:
         return lambda: (run.path, dataclasses.replace(spec, **changes))
 
+    def plain_then_default(tool: str) -> list[Recipe]:
+        """Plain PTQ, then the format's default techniques; a QAT run keeps what it learned."""
+        if run.qat:
+            return [Recipe(tool, using())]
+        default = ptq.label(exporters.get(spec.target).ptq_default)
+        return [Recipe(f"{tool}, ptq none", using(ptq="none")), Recipe(f"{tool}, ptq {default}", using())]
+
     steps: list[Recipe] = []
     if spec.target == "tflite":
         improved = [r for r in dict.fromkeys([ptq.label(exporters.get("tflite").ptq_default), *IMPROVED_PTQ]) if r != ptq.NONE]
@@ -136,18 +143,13 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
             steps.append(Recipe(f"ptq {keras_only}, worst {FLOAT_LAYERS} ops in float",
                                 lambda: _float_layers(run, spec, keras_only)))
     elif spec.target == "onnx":
-        improved = ptq.label(exporters.get("onnx").ptq_default)  # the default, so later recipes keep it
-        if run.qat:
-            steps.append(Recipe("ort minmax", using()))
-        else:
-            steps.append(Recipe("ort minmax, ptq none", using(ptq="none")))
-            steps.append(Recipe(f"ort minmax, ptq {improved}", using()))
+        steps += plain_then_default("ort minmax")  # later recipes keep the default techniques
         steps.append(Recipe("ort percentile", using(calib_method="percentile")))
         steps.append(Recipe("ort entropy", using(calib_method="entropy")))
         if more:
             steps.append(Recipe(f"ort minmax, calibration {more} images", using(calib_size=more)))
     else:
-        steps.append(Recipe("nncf", using()))
+        steps += plain_then_default("nncf")
         if more:
             steps.append(Recipe(f"nncf, calibration {more} images", using(calib_size=more)))
         if budget.allow_float_layers:
