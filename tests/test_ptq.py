@@ -93,16 +93,12 @@ def test_bias_correction_after_output_aware_rounding_measures_the_shift_from_the
     assert before.mean() > 1e-4 and after.mean() < 0.3 * before.mean()
 
 
-def test_corrected_bias_survives_tflite_conversion():
+def _int8_conv_input(model, index: int, dtype):
+    """The only CONV_2D of `model` converted to TFLite int8: its input `index` tensor and stored values."""
     from edgeclf import tfenv
     from edgeclf.exporters import tflite_flatbuffer
-    from edgeclf.ptq import bias_correction
 
     tf = tfenv.tf()
-    model = _conv_model()
-    bias_correction.correct_biases(model, _images(16))
-    expected = model.get_layer("conv").get_weights()[1]
-    assert np.abs(expected).max() > 1e-3
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in _images(16))
@@ -114,8 +110,18 @@ def test_corrected_bias_survives_tflite_conversion():
             if ops[max(unpacked.operatorCodes[op.opcodeIndex].builtinCode,
                        unpacked.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)] == "CONV_2D"]
     assert len(conv) == 1
-    bias_tensor = graph.tensors[conv[0].inputs[2]]
-    stored = np.frombuffer(bytes(unpacked.buffers[bias_tensor.buffer].data), np.int32)
+    tensor = graph.tensors[conv[0].inputs[index]]
+    return tensor, np.frombuffer(bytes(unpacked.buffers[tensor.buffer].data), dtype)
+
+
+def test_corrected_bias_survives_tflite_conversion():
+    from edgeclf.ptq import bias_correction
+
+    model = _conv_model()
+    bias_correction.correct_biases(model, _images(16))
+    expected = model.get_layer("conv").get_weights()[1]
+    assert np.abs(expected).max() > 1e-3
+    bias_tensor, stored = _int8_conv_input(model, 2, np.int32)
     dequantized = stored * np.asarray(bias_tensor.quantization.scale)
     # The Rescaling folds into the conv (kernel / 255, no offset), so the bias is the Keras bias.
     np.testing.assert_allclose(dequantized, expected, atol=float(np.max(bias_tensor.quantization.scale)))
@@ -359,28 +365,15 @@ def test_output_aware_rounding_beats_nearest_on_the_layer_objective():
 
 def test_rounded_kernel_ships_unchanged_in_the_tflite_int8_model():
     """The converter recomputes each channel's scale from max|w| and must land on our integers."""
-    from edgeclf import tfenv
-    from edgeclf.exporters import tflite_flatbuffer
     from edgeclf.ptq import rounding
 
-    tf = tfenv.tf()
     model = _conv_model()
     before, details = rounding.round_weights(model, _images(16))
     assert details["rounded"] == 2 and set(before) == {"conv", "head"}
     kernel = model.get_layer("conv").get_weights()[0]
     assert np.abs(kernel - before["conv"]).max() > 0  # something was rounded
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image[None]] for image in _images(16))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    unpacked = tflite_flatbuffer.unpack(converter.convert())
-    graph = unpacked.subgraphs[0]
-    ops, _ = tflite_flatbuffer._enum_names()
-    conv = [op for op in graph.operators
-            if ops[max(unpacked.operatorCodes[op.opcodeIndex].builtinCode,
-                       unpacked.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)] == "CONV_2D"][0]
-    weights = graph.tensors[conv.inputs[1]]
-    stored = np.frombuffer(bytes(unpacked.buffers[weights.buffer].data), np.int8).reshape(weights.shape)  # (out, h, w, in)
+    weights, stored = _int8_conv_input(model, 1, np.int8)
+    stored = stored.reshape(weights.shape)  # (out, h, w, in)
     # The Rescaling (1/255) folds into the kernel, which scales each channel's grid with it.
     ours = np.transpose(kernel, (3, 0, 1, 2))
     ours_steps = ours / (np.abs(ours).max(axis=(1, 2, 3), keepdims=True) / 127)
