@@ -30,7 +30,7 @@ RECIPES = {
     "tflite": ["none", "input", "round", "bias", "input,bias", "round,bias", "input,round,bias", "input,round,bias,ranges",
                "cle,bias,ranges"],
     "onnx": ["none", "input", "bias", "input,bias", "input,round,bias"],
-    "openvino": ["none", "input", "input,round", "input,round,bias"],
+    "openvino": ["none", "input", "round", "round,bias", "input,bias", "input,round,bias"],
 }
 
 
