@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeclf import tfenv
+from edgeclf.ptq.layers import kernel as kernel_of
 
 INT8_MAX = 127
 
@@ -101,7 +102,7 @@ def expected_shifts(model, images, targets, reference: dict | None = None, batch
     tf = tfenv.tf()
     outputs = []
     for layer in targets:
-        kernel = (layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel).numpy()
+        kernel = kernel_of(layer).numpy()
         delta = rounding_delta(kernel, hasattr(layer, "depthwise_kernel"))
         if reference and layer.name in reference:
             delta = delta + (kernel - reference[layer.name])

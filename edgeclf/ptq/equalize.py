@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeclf import tfenv
+from edgeclf.ptq.layers import kernel as kernel_of, single_consumer
 
 PASSES = 4
 RELU6_WHY = ("a capped ReLU (ReLU6) sits between them: not scale-invariant, and calibration maxima do not "
@@ -31,10 +32,6 @@ class Link:
         self.first, self.bias, self.second = first, bias, second
 
 
-def _kernel(layer):
-    return layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel
-
-
 def _relu_cap(layer):
     """(is a plain ReLU, its cap or None)."""
     keras = tfenv.keras()
@@ -46,11 +43,6 @@ def _relu_cap(layer):
         name = getattr(layer.activation, "__name__", "")
         return name in ("relu", "relu6"), (6.0 if name == "relu6" else None)
     return False, None
-
-
-def _single_consumer(layer):
-    nodes = layer._outbound_nodes
-    return nodes[0].outbound_layer if len(nodes) == 1 else None
 
 
 def find_links(model) -> tuple[list[Link], dict]:
@@ -72,7 +64,7 @@ def find_links(model) -> tuple[list[Link], dict]:
             skip("activation fused into the layer", first.name)
             continue
         bias, cap, layer = (first.bias if first.use_bias else None), None, first
-        nxt = _single_consumer(layer)
+        nxt = single_consumer(layer)
         why = ""
         if nxt is None:
             why = "its output feeds several layers (a residual branch) or none"
@@ -82,14 +74,14 @@ def find_links(model) -> tuple[list[Link], dict]:
                 why = "BatchNorm after it is not folded into a plain bias"
             else:
                 bias, layer = nxt.beta, nxt
-                nxt = _single_consumer(layer)
+                nxt = single_consumer(layer)
         if not why and nxt is not None:
             plain, cap_value = _relu_cap(nxt)
             if plain:
                 cap, layer = cap_value, nxt
-                nxt = _single_consumer(layer)
+                nxt = single_consumer(layer)
             if nxt is not None and type(nxt) is keras.layers.ZeroPadding2D:
-                nxt = _single_consumer(nxt)
+                nxt = single_consumer(nxt)
         if why:
             pass  # already explained
         elif nxt is None:
@@ -114,7 +106,7 @@ def _folded(bn) -> bool:
 
 
 def _ranges(link: Link) -> tuple[np.ndarray, np.ndarray]:
-    first, second = _kernel(link.first).numpy(), _kernel(link.second).numpy()
+    first, second = kernel_of(link.first).numpy(), kernel_of(link.second).numpy()
     # Output channels: the last axis of a conv kernel (h, w, in, out), axis 2 of a depthwise
     # kernel (h, w, channels, 1). Input channels: axis 2 of both.
     r1 = np.abs(first).max(axis=(0, 1, 3) if hasattr(link.first, "depthwise_kernel") else (0, 1, 2))
@@ -129,7 +121,7 @@ def _scales(link: Link) -> np.ndarray:
 
 
 def _apply(link: Link, scales: np.ndarray) -> None:
-    first = _kernel(link.first)
+    first = kernel_of(link.first)
     kernel = first.numpy()
     if hasattr(link.first, "depthwise_kernel"):
         first.assign(kernel * scales.reshape(1, 1, -1, 1))
@@ -137,7 +129,7 @@ def _apply(link: Link, scales: np.ndarray) -> None:
         first.assign(kernel * scales)
     if link.bias is not None:
         link.bias.assign(link.bias.numpy() * scales)
-    second = _kernel(link.second)
+    second = kernel_of(link.second)
     second.assign(second.numpy() / scales.reshape(1, 1, -1, 1))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeclf import tfenv
+from edgeclf.ptq.layers import single_consumer
 
 
 def _layer_class():
@@ -40,11 +41,6 @@ def _layer_class():
             return {**super().get_config(), "padding": self.padding, "value": self.value}
 
     return ConstantPad2D
-
-
-def _single_consumer(layer):
-    nodes = layer._outbound_nodes
-    return nodes[0].outbound_layer if len(nodes) == 1 else None
 
 
 def _affine(layer, channels: int):
@@ -78,15 +74,15 @@ def find_chain(model):
     if len(inputs) != 1:
         return None, "the model does not have exactly one input"
     channels = model.input_shape[-1]
-    scaling, layer = [], _single_consumer(inputs[0])
+    scaling, layer = [], single_consumer(inputs[0])
     while layer is not None and _affine(layer, channels) is not None:
         scaling.append(layer)
-        layer = _single_consumer(layer)
+        layer = single_consumer(layer)
     if not scaling:
         return None, "no in-graph pixel scaling (Rescaling/Normalization) right after the input"
     pad = None
     if layer is not None and type(layer) is keras.layers.ZeroPadding2D:
-        pad, layer = layer, _single_consumer(layer)
+        pad, layer = layer, single_consumer(layer)
     if layer is None or type(layer) is not keras.layers.Conv2D:
         return None, "the scaling does not feed a single plain Conv2D"
     if getattr(layer, "groups", 1) != 1 or len(layer._inbound_nodes) != 1 or layer.data_format != "channels_last":

@@ -21,14 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from edgeclf import tfenv
+from edgeclf.ptq.layers import kernel as kernel_of
 
 INT8_MAX = 127
 DAMPING = 0.01  # of H's mean diagonal, added to its diagonal: keeps the inverse well conditioned
 MAX_INPUTS = 4096  # inputs per output channel; larger H (d x d) would cost too much memory and time
-
-
-def _kernel(layer):
-    return layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel
 
 
 def targets(model) -> tuple[list, dict]:
@@ -63,7 +60,7 @@ def _patches(layer, x: np.ndarray) -> np.ndarray:
     tf = tfenv.tf()
     if x.ndim == 2:
         return x
-    kh, kw = _kernel(layer).shape[:2]
+    kh, kw = kernel_of(layer).shape[:2]
     sh, sw = layer.strides
     if (kh, kw) == (1, 1) and layer.padding in ("same", "valid"):
         x = x[:, ::sh, ::sw, :]
@@ -136,7 +133,7 @@ def round_weights(model, images, max_images: int = 64) -> tuple[dict, dict]:
     moments = second_moments(model, layers, images)
     before = {}
     for layer, h in zip(layers, moments):
-        variable = _kernel(layer)
+        variable = kernel_of(layer)
         kernel = variable.numpy()
         before[layer.name] = kernel
         if hasattr(layer, "depthwise_kernel"):  # (kh, kw, channels, 1): one group per channel
