@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from edgeclf import console, exporters
+from edgeclf import console, exporters, records
 from edgeclf.errors import ModelError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = records.tag("manifest")
 
 
 def sha256_file(path: Path) -> str:
@@ -44,10 +43,7 @@ def write_manifest(directory: Path, manifest: dict) -> None:
 
 def read_manifest(path: Path) -> dict:
     """A manifest.json, checked for the keys every reader relies on."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc})", "re-run `edgeclf export`") from exc
+    manifest = records.read(path, "manifest", "re-run `edgeclf export`")
     problem = None
     if not isinstance(manifest, dict):
         problem = f"holds a JSON {type(manifest).__name__}, not an object"

@@ -41,6 +41,14 @@ def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40, fmt
     return root
 
 
+def check_records(root: Path) -> set[str]:
+    """Validate every record edgeclf wrote below `root` against its schema; the kinds found."""
+    from edgeclf import records
+
+    names = {name: kind for kind, (_, name) in records.KINDS.items()}
+    return {records.check(path, names[path.name]) for path in Path(root).rglob("*.json") if path.name in names}
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data", {"red": 12, "green": 12, "blue": 12})

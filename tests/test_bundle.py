@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import check_records
 
 from edgeclf.bundle import BundleError
 from edgeclf.bundle.builder import build_bundle, write_sums
@@ -63,6 +64,7 @@ def test_bundle_holds_exact_inputs_and_reference_outputs(bundle, tiny_int8, tiny
     sums = dict(reversed(line.split("  ")) for line in (bundle / "SHA256SUMS").read_text().splitlines())
     assert set(sums) == names - {"SHA256SUMS"}
     golden = json.loads((bundle / "golden" / "golden.json").read_text())
+    assert check_records(bundle) == {"golden", "manifest"}
     # The tiny run has no test split: its 15 val images (5 per class) are the goldens, said so.
     assert golden["source"]["split"] == "val" and golden["count"] == 15
     assert sorted(v["true_label"] for v in golden["vectors"]) == sorted(["blue", "green", "red"] * 5)

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import check_records
 
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.devices.targets import parse_target
@@ -220,6 +221,7 @@ def test_bench_table_files_and_unavailable_formats(tiny_run, tmp_path):
     csv_lines = (tmp_path / "bench" / "bench.csv").read_text().splitlines()
     assert csv_lines[0].startswith("format,quant,size_mb,top1") and len(csv_lines) == 4
     assert (tiny_run / "exports" / "tflite-fp32" / "manifest.json").is_file()
+    assert check_records(tmp_path / "bench") == {"bench"}
 
 
 def test_devices_lists_named_ssh_targets(ssh_device, pi_device, tmp_path, monkeypatch):

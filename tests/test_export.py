@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_image_folder
+from conftest import REPO, check_records, make_image_folder
 
 from edgeclf import calibration, tfenv
 from edgeclf.artefacts import sha256_file
@@ -71,6 +71,7 @@ def test_manifest_hashes_sizes_and_provenance(tiny_run, tmp_path):
         assert on_disk["versions"][tool]
     assert on_disk["preprocessing"].startswith("raw RGB 0-255, resized to 32x32")
     assert on_disk["conversion_s"] > 0 and manifest["path"] == str(out)
+    assert check_records(out) == {"manifest"}
 
 
 def test_int8_with_float_io_is_recorded(tiny_run, val_set, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
+from conftest import check_records, make_image_folder
 
 EDGECLF = [sys.executable, "-m", "edgeclf"]
 TRAIN = "{weights: none, alpha: 0.35, img_size: 32, head_epochs: 0, fine_tune_epochs: 1, batch_size: 8, augment: false, seed: 1}"
@@ -102,6 +102,7 @@ def test_pipeline_runs_caches_reruns_only_what_changed_and_resumes(tmp_path, mon
     assert [(r["export"], r["device"], r["status"]) for r in rows] == [("tflite-fp32", "local", "ok"), ("tflite-int8", "local", "ok")]
     assert all(r["test_top1"] is not None and r["p50_ms"] > 0 and r["params"] > 0 and r["weights"].startswith("none") for r in rows)
     assert (out / "compare" / "compare.png").stat().st_size > 1000
+    assert check_records(out) == {"run", "manifest", "result", "pipeline", "bench"}  # bench: the report's
 
     again = run_cli("run", path, "--json")  # a new process: nothing to do, so no model is even loaded
     assert again.returncode == 0, again.stderr
@@ -173,6 +174,7 @@ def test_parallel_bench_one_table_and_a_dead_device_is_one_failed_row(tiny_run, 
     assert summary["devices"][2]["status"].startswith("127.0.0.1:9 is unreachable")
     csv_lines = (tmp_path / "bench" / "bench.csv").read_text().splitlines()
     assert csv_lines[0].startswith("device,format,quant") and len(csv_lines) == 7
+    assert check_records(tmp_path / "bench") == {"bench"}
 
     measured = validate_on_devices(tiny_run / "exports" / "tflite-int8", ["loop", DEAD], None, runs=3, warmup=0,
                                    threads=1, options=options)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclf import console
+from edgeclf import console, records
 from edgeclf.pipeline.predict import predict_file
 from edgeclf.pipeline.metrics import score
 from edgeclf.pipeline.datasets import samples_digest
@@ -38,8 +38,9 @@ def device_measurements(run: Run, manifest: dict) -> list[dict]:
     for path in sorted((run.path / "bench").glob("*/bench.json")):
         try:
             bench = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            console.warn(f"skipping unreadable {path}")
+            records.version(bench, "bench", path)
+        except (OSError, json.JSONDecodeError, records.RecordError) as exc:
+            console.warn(f"skipping unreadable {path}" + (f": {exc}" if isinstance(exc, records.RecordError) else ""))
             continue
         for row in bench.get("rows", []):
             result = row.get("result")

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgeclf import console, exporters
+from edgeclf import console, exporters, records
 from edgeclf.artefacts import MANIFEST_FILE
 from edgeclf.bundle import BUNDLE_FILE, GOLDEN_DIR, GOLDEN_FILE, SUMS_FILE, BundleError, golden
 from edgeclf.devices import DeviceOptions, open_device
@@ -66,6 +66,8 @@ def check_bundle(bundle, device: str = "local", threads: int | None = None, opti
         verify(directory)
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
         record = json.loads((directory / GOLDEN_DIR / GOLDEN_FILE).read_text())
+        records.version(manifest, "manifest", f"the bundle's {MANIFEST_FILE}")
+        records.version(record, "golden", f"the bundle's {GOLDEN_FILE}")
         labels = read_labels(directory / LABELS_FILE)
         vectors = record["vectors"]
         pixels = np.concatenate([np.load(directory / v["input"]) for v in vectors])

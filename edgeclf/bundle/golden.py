@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgeclf import console
+from edgeclf import console, records
 from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE, BundleError
 from edgeclf.errors import DatasetError, ModelError, UsageError
 from edgeclf.pipeline.datasets import DecodedSplit, Sample, decode, map_to_labels, scan_folder, stratified_sample
@@ -174,6 +174,7 @@ def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, ma
                                 "probability": round(float(probs[j]), 6)} for j in order],
         })
     record = {
+        "format": records.tag("golden"),
         "count": len(vectors),
         "source": golden.source,
         "labels": labels,

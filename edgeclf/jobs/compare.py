@@ -10,7 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-from edgeclf import console
+from edgeclf import console, records
 from edgeclf.artefacts import MANIFEST_FILE
 from edgeclf.atomic import staged_dir
 from edgeclf.pipeline.runs import LABELS_FILE, Run
@@ -61,6 +61,7 @@ def _row(entry: dict, params: dict) -> dict:
         row["status"] = entry.get("error") or "not exported"
         return row
     manifest = json.loads(manifest_path.read_text())
+    records.version(manifest, "manifest", manifest_path)
     files = [f for name, f in manifest["files"].items() if name != LABELS_FILE]
     row.update(size_mb=round(sum(f["bytes"] for f in files) / 1e6, 3),
                gzip_mb=round(sum(f.get("gzip_bytes", 0) for f in files) / 1e6, 3),
@@ -70,6 +71,7 @@ def _row(entry: dict, params: dict) -> dict:
         row["status"] = "not measured (no devices)"
         return row
     result = json.loads(Path(result_file).read_text())
+    records.version(result, "result", result_file)
     accuracy, latency = result.get("accuracy") or {}, result.get("latency_ms") or {}
     row.update(test_top1=accuracy.get("top1"), test_top5=accuracy.get("top5"), agreement=accuracy.get("agreement"),
                p50_ms=latency.get("p50"), p90_ms=latency.get("p90"), peak_rss_mb=result.get("peak_rss_mb"),

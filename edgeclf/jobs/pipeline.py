@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgeclf import __version__, console
+from edgeclf import __version__, console, records
 from edgeclf.atomic import staged_dir, write_text_atomic
 from edgeclf.devices.targets import parse_target
 from edgeclf.errors import EdgeclfError, UsageError, first_line
@@ -144,6 +144,7 @@ def _report(run_dir: Path, measured: list[Stage], output: Path) -> None:
             result_file = stage.output / RESULT_FILE
             if stage.kind == "validate" and result_file.is_file():
                 result = json.loads(result_file.read_text())
+                records.version(result, "result", result_file)
                 by_device.setdefault(stage.device, []).append(
                     {"format": stage.export.spec.target, "quant": stage.export.spec.quant, "status": "ok", "result": result,
                      "size_mb": round(result["model_bytes"] / 1e6, 3)})
@@ -153,7 +154,7 @@ def _report(run_dir: Path, measured: list[Stage], output: Path) -> None:
             folder.mkdir()
             first = rows[0]["result"]
             (folder / "bench.json").write_text(console.to_json(
-                {"device": first["device"], "emulated": first["emulated"], "rows": rows}) + "\n")
+                {"format": records.tag("bench"), "device": first["device"], "emulated": first["emulated"], "rows": rows}) + "\n")
             bench_dirs.append(folder)
         write_report(run_dir, out=staging / REPORT_FILE, extra_bench_dirs=bench_dirs)
 
@@ -227,7 +228,9 @@ def _previous(out: Path) -> dict:
     if not state.is_file():
         return {}
     try:
-        return {r["name"]: r for r in json.loads(state.read_text())["stages"]}
+        record = json.loads(state.read_text())
+        records.version(record, "pipeline", state)  # a newer edgeclf's state is not ours to overwrite
+        return {r["name"]: r for r in record["stages"]}
     except (json.JSONDecodeError, KeyError, TypeError):
         console.warn(f"{state} is unreadable; every stage runs again")
         return {}
@@ -257,7 +260,7 @@ class _Runner:
         return self.state()
 
     def state(self) -> dict:
-        return {"file": str(self.pf.path.resolve()), "out": str(self.pf.out), "edgeclf": __version__,
+        return {"format": records.tag("pipeline"), "file": str(self.pf.path.resolve()), "out": str(self.pf.out), "edgeclf": __version__,
                 "stages": [self.records[s.name] for s in self.stages if s.name in self.records]}
 
     def _record(self, stage: Stage, status: str, seconds: float = 0.0, error: str | None = None) -> None:
@@ -328,7 +331,7 @@ class _Runner:
     def _validate(self, stage: Stage, prepared: Prepared) -> None:
         result = measure(prepared, stage.device, self.pf.runs, self.pf.warmup, self.pf.threads, self.pf.device_options)
         with staged_dir(stage.output, RESULT_FILE, overwrite=True) as staging:
-            (staging / RESULT_FILE).write_text(console.to_json(result) + "\n")
+            (staging / RESULT_FILE).write_text(console.to_json({records.key("result"): records.tag("result"), **result}) + "\n")
 
 
 def _catching(job: Callable) -> Callable:

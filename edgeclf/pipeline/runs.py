@@ -1,12 +1,11 @@
 """A finished run directory, as written by `edgeclf train` (and `edgeclf optimize`)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from edgeclf import tfenv
+from edgeclf import records, tfenv
 from edgeclf.artefacts import is_image_shape
 from edgeclf.errors import ModelError
 from edgeclf.pipeline.splits import SplitPlan, load_plan
@@ -32,10 +31,7 @@ def read_labels(path: Path) -> list[str]:
 
 def read_run_record(path: Path) -> dict:
     """run.json, checked for the keys every reader relies on."""
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc})", "re-run `edgeclf train`") from exc
+    info = records.read(path, "run", "re-run `edgeclf train`")
     if not isinstance(info, dict):
         missing = "everything (it is not a JSON object)"
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeclf import records
 from edgeclf.errors import ModelError
 from edgeclf.pipeline.runs import LABELS_FILE, RUN_FILE, SPLIT_FILE, read_labels
 
@@ -42,7 +43,8 @@ def get(data, dotted: str, default=None):
     return data
 
 
-def read_json(path: Path, report: Report | None = None) -> dict | None:
+def read_json(path: Path, report: Report | None = None, kind: str | None = None) -> dict | None:
+    """The JSON object at `path`, else None with the reason as a problem (raised without a report)."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -57,6 +59,14 @@ def read_json(path: Path, report: Report | None = None) -> dict | None:
         if report is not None:
             report.problem(f"{path} does not hold a JSON object")
         return None
+    try:
+        if kind:
+            records.version(data, kind, path)  # a newer record is not misread
+    except records.RecordError as exc:
+        if report is None:
+            raise
+        report.problem(str(exc))
+        return None
     return data
 
 
@@ -67,7 +77,7 @@ def gather(run_dir, extra_bench_dirs=()) -> Report:
     if not (run_dir / RUN_FILE).is_file():
         raise ModelError(f"{run_dir} is not an edgeclf run (no {RUN_FILE})",
                          "pass a directory written by `edgeclf train` or `edgeclf optimize`")
-    info = read_json(run_dir / RUN_FILE)
+    info = read_json(run_dir / RUN_FILE, kind="run")
     if info is None:
         raise ModelError(f"{run_dir / RUN_FILE} is not valid JSON", "re-run `edgeclf train`")
     report = Report(run_dir, info, [], None)
@@ -143,7 +153,7 @@ def best_epoch(history: list[dict]) -> int | None:
 
 # -- exports -------------------------------------------------------------------------
 def _export(directory: Path, report: Report) -> dict:
-    manifest = read_json(directory / "manifest.json", report) or {}
+    manifest = read_json(directory / "manifest.json", report, "manifest") or {}
     missing = [key for key in MANIFEST_KEYS if key not in manifest]
     if manifest and missing:
         report.problem(f"exports/{directory.name}/manifest.json has no {', '.join(missing)}")
@@ -196,7 +206,7 @@ def _quant_cost(acc: dict, report: Report) -> list[dict]:
 
 # -- bench ---------------------------------------------------------------------------
 def _bench(directory: Path, report: Report) -> dict | None:
-    summary = read_json(directory / "bench.json", report)
+    summary = read_json(directory / "bench.json", report, "bench")
     if summary is None:
         return None
     rows = summary.get("rows")
