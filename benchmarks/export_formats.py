@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgeclf import console  # noqa: E402
-from edgeclf.artefacts import Artefact, sha256_file  # noqa: E402
+from edgeclf.artefacts import Artefact  # noqa: E402
+from edgeclf.layout import sha256_file  # noqa: E402
 from edgeclf.devices import runner  # noqa: E402
 from edgeclf.exporters.spec import ExportSpec  # noqa: E402
 from edgeclf.jobs.export import default_out, export_run  # noqa: E402

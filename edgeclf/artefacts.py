@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from edgeclf import console, exporters, records
 from edgeclf.errors import ModelError
+from edgeclf.layout import is_image_shape, sha256_file
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = records.tag("manifest")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gzip_size(path: Path) -> int:
@@ -56,11 +48,6 @@ def read_manifest(path: Path) -> dict:
     if problem:
         raise ModelError(f"{path} {problem}", "re-run `edgeclf export` to write a complete artefact")
     return manifest
-
-
-def is_image_shape(shape) -> bool:
-    return (isinstance(shape, list) and len(shape) == 4
-            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
 
 
 def model_in_folder(folder: Path, name: str, manifest_path: Path) -> Path:

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, check_records, make_image_folder
 
 from edgeclf import calibration, tfenv
-from edgeclf.artefacts import sha256_file
+from edgeclf.layout import sha256_file
 from edgeclf.errors import DatasetError, ExportError, ModelError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.exporters.tflite_metadata import read_associated_files, read_metadata

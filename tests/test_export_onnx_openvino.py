@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgeclf import exporters, tfenv
-from edgeclf.artefacts import sha256_file
+from edgeclf.layout import sha256_file
 from edgeclf.calibration import CalibrationSet
 from edgeclf.errors import ExportError, MissingDependency, UsageError
 from edgeclf.exporters.spec import ExportSpec

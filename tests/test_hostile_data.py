@@ -79,7 +79,7 @@ def test_validate_labels_file_with_the_wrong_line_count(tiny_int8, tiny_run, tmp
 # -- item 7: the manifest's source run: absolute path and model hash ----------------------------
 
 def test_source_run_is_absolute_and_hash_checked(tiny_run, tmp_path, monkeypatch, warnings):
-    from edgeclf.artefacts import sha256_file
+    from edgeclf.layout import sha256_file
     from edgeclf.jobs.export import export_run
     from edgeclf.exporters.spec import ExportSpec
     from edgeclf.jobs.validate import validate

@@ -16,10 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import __version__, console
-from edgeclf.artefacts import MANIFEST_FILE, Artefact, sha256_file
+from edgeclf.artefacts import MANIFEST_FILE, Artefact
 from edgeclf.atomic import staged_dir
 from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, card, code, golden
 from edgeclf.errors import ModelError, UsageError
+from edgeclf.layout import sha256_file
 from edgeclf.pipeline.runs import LABELS_FILE
 
 CARD_FILE = "MODEL_CARD.md"

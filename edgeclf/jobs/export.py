@@ -10,10 +10,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import calibration, console, exporters, tfenv
-from edgeclf.artefacts import MANIFEST_FILE, MANIFEST_FORMAT, file_entries, sha256_file, write_manifest
+from edgeclf.artefacts import MANIFEST_FILE, MANIFEST_FORMAT, file_entries, write_manifest
 from edgeclf.atomic import check_output, staged_dir, temp_files_in
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
+from edgeclf.layout import sha256_file
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.predict import predict_file, predict_probs
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, Run, write_labels

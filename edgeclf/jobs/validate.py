@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console
-from edgeclf.artefacts import Artefact, sha256_file
+from edgeclf.artefacts import Artefact
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.errors import ModelError, UsageError
+from edgeclf.layout import sha256_file
 from edgeclf.pipeline.datasets import DecodedSplit, decode, scan_for_scoring
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.runs import MODEL_FILE, check_label_count, output_classes, read_labels

@@ -6,8 +6,8 @@ from functools import cached_property
 from pathlib import Path
 
 from edgeclf import records, tfenv
-from edgeclf.artefacts import is_image_shape
 from edgeclf.errors import ModelError
+from edgeclf.layout import is_image_shape
 from edgeclf.pipeline.splits import SplitPlan, load_plan
 
 MODEL_FILE = "model.keras"

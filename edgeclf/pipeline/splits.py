@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeclf import console
-from edgeclf.artefacts import sha256_file
+from edgeclf.layout import sha256_file
 from edgeclf.pipeline.config import TrainConfig
 from edgeclf.pipeline.datasets import (
     DecodedSplit,
