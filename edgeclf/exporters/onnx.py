@@ -24,10 +24,10 @@ from edgeclf import __version__, tfenv
 from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
 from edgeclf.exporters import Format, runtimes
 from edgeclf.exporters.base import ExportJob, ExportOutput
+from edgeclf.pipeline.backbones import INPUT_NAME
 
 MODEL_FILE = "model.onnx"
 OPSET = 17
-INPUT_NAME = "image"
 BATCH_DIM = "batch"
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 INTEGER_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"}  # plus every QLinear* op

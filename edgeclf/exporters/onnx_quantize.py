@@ -12,7 +12,7 @@ import numpy as np
 from edgeclf import tfenv
 from edgeclf.calibration import CalibrationSet
 from edgeclf.errors import ExportError
-from edgeclf.exporters.onnx import INPUT_NAME
+from edgeclf.pipeline.backbones import INPUT_NAME
 
 CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # Per-channel vs per-tensor is judged on every HOLDOUT_EVERY-th calibration image, after

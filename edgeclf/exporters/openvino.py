@@ -24,13 +24,13 @@ from edgeclf import __version__, tfenv
 from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
 from edgeclf.exporters import Format, runtimes
 from edgeclf.exporters.base import ExportJob, ExportOutput
+from edgeclf.pipeline.backbones import INPUT_NAME
 
 if TYPE_CHECKING:
     from edgeclf.calibration import CalibrationSet
 
 MODEL_FILE = "model.xml"
 WEIGHTS_FILE = "model.bin"
-INPUT_NAME = "image"
 RT_INFO_KEY = "edgeclf"
 # NNCF's full bias correction costs ~10% more quantization time than the fast one. On the
 # flowers128 MobileNetV2 (160 px) it raised val agreement with fp32 from 95.0% to 95.8%
