@@ -128,7 +128,7 @@ def test_corrected_bias_survives_tflite_conversion():
 
 
 def test_mse_range_narrows_a_long_tail_and_keeps_a_flat_one():
-    from edgeclf.ptq.ranges import BINS, mse_optimal
+    from edgeclf.exporters.tflite_ranges import BINS, mse_optimal
 
     tail = np.zeros(BINS)
     tail[: BINS // 10] = 100_000

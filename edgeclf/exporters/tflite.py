@@ -100,7 +100,7 @@ def _converter(job: ExportJob, io: str | None = None):
 
 def _convert_with_ranges(job: ExportJob, details: dict) -> bytes:
     """Calibrate only, replace min/max ranges by MSE-optimal ones, then quantize as convert() would."""
-    from edgeclf.ptq import ranges
+    from edgeclf.exporters import tflite_ranges as ranges
 
     tf = tfenv.tf()
     try:

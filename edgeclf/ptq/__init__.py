@@ -5,7 +5,8 @@
 - `cle`: cross-layer equalization of the BatchNorm-folded Keras model (equalize.py);
 - `round`: output-aware int8 weight rounding on the converter's grid (rounding.py);
 - `bias`: bias correction of the weight-rounding shift (bias_correction.py);
-- `ranges`: MSE-optimal activation ranges instead of absolute min/max (ranges.py, TFLite only).
+- `ranges`: MSE-optimal activation ranges instead of absolute min/max (TFLite only, so it lives
+  beside that exporter: exporters/tflite_ranges.py).
 
 `input`, `cle`, `round` and `bias` rewrite a copy of the Keras model before conversion, so every
 format can use them; `ranges` changes how the TFLite converter's calibration is turned into int8.
