@@ -83,6 +83,13 @@ class ExportSpec:
             self.calib_dir = str(path.resolve())
 
     @property
+    def ptq_techniques(self) -> tuple[str, ...]:
+        """The int8 techniques this export applies: --ptq as given, else the format's measured default."""
+        from edgeclf import ptq
+
+        return ptq.for_format(exporters.get(self.target), self.ptq)
+
+    @property
     def needs_calibration(self) -> bool:
         return self.quant == "int8"
 

@@ -57,9 +57,7 @@ def prepare(job, details: dict, excluded: dict[str, str] | None = None):
     details["ptq"]. `excluded` maps techniques this export cannot apply to the reason why."""
     import dataclasses
 
-    from edgeclf import exporters
-
-    techniques = for_format(exporters.get(job.spec.target), job.spec.ptq)
+    techniques = job.spec.ptq_techniques  # resolved by the spec, which knows the format
     notes = []
     if job.spec.ptq is None and job.run.qat:
         techniques = ()
