@@ -114,7 +114,7 @@ def kernel_spread(model_path: Path, images: np.ndarray, raw: np.ndarray, dtype: 
     if exporters.for_path(model_path).name != "tflite":
         return {}
     from edgeclf.devices import runner
-    from edgeclf.exporters.runtimes import tflite as tflite_runtime
+    from edgeclf.devices.runtimes import tflite as tflite_runtime
     from edgeclf.tfenv import native_stderr_silenced
 
     spread = {}

@@ -15,7 +15,7 @@ import numpy as np
 from edgeclf.devices.base import DeviceRun, remove_quietly
 from edgeclf.devices.parsers import ParseError, parse_benchmark_model
 from edgeclf.errors import DeviceError, UsageError
-from edgeclf.exporters.runtimes.tflite import dequantize_output, quantize_input
+from edgeclf.devices.runtimes.tflite import dequantize_output, quantize_input
 
 BINARY_ENV = "EDGECLF_BENCHMARK_MODEL"
 DELEGATES = ("xnnpack", "gpu", "nnapi", "none")

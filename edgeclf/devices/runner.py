@@ -1,7 +1,7 @@
 """The on-device runner: runs one model over packed images and/or times it, and prints JSON.
 
 This file is self-contained on purpose. It is pushed as-is to a Raspberry Pi or any Linux
-board, with the export format's runtime file (edgeclf/exporters/runtimes/<format>.py), and needs only Python 3,
+board, with the export format's runtime file (edgeclf/devices/runtimes/<format>.py), and needs only Python 3,
 numpy and that runtime there: ai_edge_litert or tflite_runtime (or full TensorFlow) for
 .tflite, onnxruntime for .onnx, openvino for .xml. The host loads the very same files for
 local evaluation, so quantized IO is handled identically everywhere.
@@ -35,7 +35,7 @@ class ModelInvalid(Exception):
 
 
 def open_model(path: str, runtime_file: str, threads=None):
-    """Load `path` with the Model class of a runtime file (see edgeclf/exporters/runtimes/__init__.py)."""
+    """Load `path` with the Model class of a runtime file (see edgeclf/devices/runtimes/__init__.py)."""
     import importlib.util
 
     name = f"edgeclf_runtime_{os.path.basename(runtime_file)[:-3]}"
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--runtime", required=True, help="the format's runtime file (edgeclf/exporters/runtimes/<format>.py)")
+    parser.add_argument("--runtime", required=True, help="the format's runtime file (edgeclf/devices/runtimes/<format>.py)")
     args = parser.parse_args(argv)
     if args.inputs and not args.predictions:
         parser.error("--inputs needs --predictions")

@@ -19,6 +19,9 @@ BUILTIN = ("tflite", "onnx", "openvino")
 # Device runners: "python" is devices/runner.py on a board with Python (local, ssh);
 # "benchmark_model" is TFLite's own tool on Android.
 RUNNERS = ("python", "benchmark_model")
+# Each format's self-contained runtime file, pushed to devices and loaded there by path: the
+# device side owns them, and exporters name them by path rather than import devices/.
+RUNTIMES = Path(__file__).resolve().parent.parent / "devices" / "runtimes"
 
 
 @dataclass(frozen=True)

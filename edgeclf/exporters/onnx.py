@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeclf import __version__, tfenv
 from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
-from edgeclf.exporters import Format, runtimes
+from edgeclf.exporters import RUNTIMES, Format
 from edgeclf.exporters.base import ExportJob, ExportOutput
 from edgeclf.pipeline.backbones import INPUT_NAME
 
@@ -291,7 +291,7 @@ FORMAT = Format(
     requires=("tf2onnx", "onnx", "onnxruntime"),
     export=export,
     inspect=inspect_file,
-    runtime_file=Path(runtimes.__file__).with_name("onnx.py"),
+    runtime_file=RUNTIMES / "onnx.py",
     runtime_hint="onnxruntime",
     runtime_modules=("onnxruntime",),
 )

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeclf import __version__, tfenv
 from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
-from edgeclf.exporters import Format, runtimes
+from edgeclf.exporters import RUNTIMES, Format
 from edgeclf.exporters.base import ExportJob, ExportOutput
 from edgeclf.pipeline.backbones import INPUT_NAME
 
@@ -340,7 +340,7 @@ FORMAT = Format(
     requires=("openvino", "nncf"),
     export=export,
     inspect=inspect_file,
-    runtime_file=Path(runtimes.__file__).with_name("openvino.py"),
+    runtime_file=RUNTIMES / "openvino.py",
     runtime_hint="openvino",
     runtime_modules=("openvino",),
     companions=lambda model_path: [model_path.with_suffix(".bin")],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgeclf import __version__, console, tfenv
 from edgeclf.errors import ExportError, UsageError
-from edgeclf.exporters import Format, runtimes, tflite_flatbuffer
+from edgeclf.exporters import RUNTIMES, Format, tflite_flatbuffer
 from edgeclf.exporters.base import ExportJob, ExportOutput
 from edgeclf.exporters.tflite_metadata import (
     ImageClassifierMetadata,
@@ -285,7 +285,7 @@ FORMAT = Format(
     requires=("ai_edge_litert",),
     export=export,
     inspect=inspect_file,
-    runtime_file=Path(runtimes.__file__).with_name("tflite.py"),
+    runtime_file=RUNTIMES / "tflite.py",
     runtime_hint="ai-edge-litert (or tflite-runtime on Python <= 3.11)",
     runtime_modules=("ai_edge_litert", "tflite_runtime"),
     runners=("python", "benchmark_model"),
