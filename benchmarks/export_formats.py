@@ -23,16 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgeclf import console  # noqa: E402
 from edgeclf.artefacts import Artefact  # noqa: E402
-from edgeclf.layout import sha256_file  # noqa: E402
 from edgeclf.devices import runner  # noqa: E402
+from edgeclf.devices.host import open_model, predict_file  # noqa: E402
 from edgeclf.exporters.spec import ExportSpec  # noqa: E402
 from edgeclf.jobs.export import default_out, export_run  # noqa: E402
+from edgeclf.layout import sha256_file  # noqa: E402
 from edgeclf.pipeline.datasets import decode, map_to_labels, scan_folder  # noqa: E402
-from edgeclf.pipeline.predict import (  # noqa: E402
-    open_model,
-    predict_file,
-    predict_probs,  # noqa: E402
-)
+from edgeclf.pipeline.predict import predict_probs  # noqa: E402
 from edgeclf.pipeline.runs import Run  # noqa: E402
 
 FORMATS = [("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8")]

@@ -24,12 +24,12 @@ sys.path.insert(0, str(REPO))
 from edgeclf import tfenv  # noqa: E402
 from edgeclf.artefacts import gzip_size  # noqa: E402
 from edgeclf.devices import runner  # noqa: E402
+from edgeclf.devices.host import open_model, predict_file  # noqa: E402
 from edgeclf.exporters.spec import ExportSpec  # noqa: E402
 from edgeclf.jobs.export import export_run  # noqa: E402
 from edgeclf.jobs.optimize import OptimizeConfig, optimize  # noqa: E402
 from edgeclf.pipeline.config import TrainConfig  # noqa: E402
 from edgeclf.pipeline.metrics import classification_metrics  # noqa: E402
-from edgeclf.pipeline.predict import open_model, predict_file  # noqa: E402
 from edgeclf.pipeline.runs import Run  # noqa: E402
 
 DEFAULT_RUNS = ["/work/bench/flowers-mnv2-160-ft60", "/work/bench/flowers-mnv2-160", "/work/bench/flowers-mnv2-160-ls"]

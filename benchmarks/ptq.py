@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgeclf import console  # noqa: E402
-from edgeclf.pipeline.predict import predict_file  # noqa: E402
-from edgeclf.jobs.export import EXPORTS_DIR, export_run  # noqa: E402
+from edgeclf.devices.host import predict_file  # noqa: E402
 from edgeclf.exporters.spec import ExportSpec  # noqa: E402
+from edgeclf.jobs.export import EXPORTS_DIR, export_run  # noqa: E402
 from edgeclf.pipeline.datasets import decode, map_to_labels, scan_folder  # noqa: E402
 from edgeclf.pipeline.metrics import paired_difference  # noqa: E402
 from edgeclf.pipeline.predict import predict_probs  # noqa: E402

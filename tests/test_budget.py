@@ -14,8 +14,8 @@ from edgeclf.errors import ExportError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs import budget as budget_job
 from edgeclf.jobs.budget import BudgetSpec, export_within_budget
-from edgeclf.pipeline.runs import Run
 from edgeclf.pipeline.metrics import clopper_pearson, paired_difference, score
+from edgeclf.pipeline.runs import Run
 
 
 def one_hot(classes, k=3):
@@ -139,7 +139,8 @@ def test_a_retrained_recipe_is_judged_against_the_model_it_was_asked_to_export(t
     """QAT ships a retrained copy; its drop and agreement are against the run's float model, not the copy's."""
     import shutil
 
-    from edgeclf.pipeline.predict import predict_file, predict_probs
+    from edgeclf.devices.host import predict_file
+    from edgeclf.pipeline.predict import predict_probs
     from edgeclf.pipeline.runs import MODEL_FILE
 
     retrained = tmp_path / "retrained"

@@ -68,7 +68,7 @@ def test_bundle_holds_exact_inputs_and_reference_outputs(bundle, tiny_int8, tiny
     # The tiny run has no test split: its 15 val images (5 per class) are the goldens, said so.
     assert golden["source"]["split"] == "val" and golden["count"] == 15
     assert sorted(v["true_label"] for v in golden["vectors"]) == sorted(["blue", "green", "red"] * 5)
-    from edgeclf.pipeline.predict import open_model
+    from edgeclf.devices.host import open_model
 
     model = open_model(tiny_int8 / "model.tflite")
     for vector in golden["vectors"]:

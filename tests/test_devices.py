@@ -11,10 +11,10 @@ import pytest
 from conftest import check_records
 
 from edgeclf.devices import DeviceOptions, open_device
+from edgeclf.devices.host import predict_file
 from edgeclf.devices.targets import parse_target
 from edgeclf.errors import DeviceError, UsageError
 from edgeclf.jobs.validate import load_images, validate
-from edgeclf.pipeline.predict import predict_file
 
 
 def _data(tiny_run):

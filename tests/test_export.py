@@ -13,12 +13,13 @@ import pytest
 from conftest import REPO, check_records, make_image_folder
 
 from edgeclf import calibration, tfenv
-from edgeclf.layout import sha256_file
+from edgeclf.devices.host import predict_file
 from edgeclf.errors import DatasetError, ExportError, ModelError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.exporters.tflite_metadata import read_associated_files, read_metadata
 from edgeclf.jobs.export import export_run
-from edgeclf.pipeline.predict import predict_file, predict_probs
+from edgeclf.layout import sha256_file
+from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import Run
 
 READER_DIR = Path(os.environ.get("EDGECLF_TFLITE_SUPPORT_DIR", REPO / ".venv" / "tflite-support-reader"))

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from edgeclf import exporters, tfenv
-from edgeclf.layout import sha256_file
 from edgeclf.calibration import CalibrationSet
+from edgeclf.devices.host import predict_file
 from edgeclf.errors import ExportError, MissingDependency, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import export_run
 from edgeclf.jobs.inspect import inspect_model
-from edgeclf.pipeline.predict import predict_file, predict_probs
+from edgeclf.layout import sha256_file
+from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import Run
 
 pytest.importorskip("onnxruntime")

@@ -79,10 +79,10 @@ def test_validate_labels_file_with_the_wrong_line_count(tiny_int8, tiny_run, tmp
 # -- item 7: the manifest's source run: absolute path and model hash ----------------------------
 
 def test_source_run_is_absolute_and_hash_checked(tiny_run, tmp_path, monkeypatch, warnings):
-    from edgeclf.layout import sha256_file
-    from edgeclf.jobs.export import export_run
     from edgeclf.exporters.spec import ExportSpec
+    from edgeclf.jobs.export import export_run
     from edgeclf.jobs.validate import validate
+    from edgeclf.layout import sha256_file
 
     run = copy_run(tiny_run, tmp_path / "work" / "run")
     monkeypatch.chdir(tmp_path / "work")
@@ -107,9 +107,9 @@ def test_source_run_is_absolute_and_hash_checked(tiny_run, tmp_path, monkeypatch
 
 def test_a_subset_of_the_classes_can_be_scored(tiny_run, tiny_int8, tmp_path):
     from edgeclf import calibration
-    from edgeclf.pipeline.runs import Run
     from edgeclf.jobs.evaluate import evaluate_run
     from edgeclf.jobs.validate import validate
+    from edgeclf.pipeline.runs import Run
 
     only_green = make_image_folder(tmp_path / "green", {"green": 4}, size=32)
     metrics = evaluate_run(tiny_run, only_green)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from edgeclf import tfenv
+from edgeclf.devices.host import predict_file
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs import optimize as optimizing
 from edgeclf.jobs.export import export_run
 from edgeclf.jobs.optimize import OptimizeConfig, optimize
 from edgeclf.pipeline import batchnorm, distribute, quant_aware, streaming
-from edgeclf.pipeline.predict import predict_file, predict_probs
+from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import Run
 
 RUN_FILES = ["confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png"]

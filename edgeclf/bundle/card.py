@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console, records
-from edgeclf.pipeline.predict import predict_file
-from edgeclf.pipeline.metrics import score
+from edgeclf.devices.host import predict_file
 from edgeclf.pipeline.datasets import samples_digest
+from edgeclf.pipeline.metrics import score
 from edgeclf.pipeline.runs import SPLIT_FILE, Run
 
 

@@ -95,7 +95,7 @@ def _candidates(run: Run, manifest: dict):
 
 def reference_outputs(model_path: Path, images: np.ndarray) -> tuple[np.ndarray, dict]:
     """Raw output tensors (model dtype) from this machine's runtime: the reference the goldens record."""
-    from edgeclf.pipeline.predict import open_model
+    from edgeclf.devices.host import open_model
 
     model = open_model(model_path)
     raw = np.stack([model.invoke_raw(images[i : i + 1]) for i in range(len(images))])

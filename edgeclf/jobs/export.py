@@ -12,11 +12,12 @@ from pathlib import Path
 from edgeclf import calibration, console, exporters, tfenv
 from edgeclf.artefacts import MANIFEST_FILE, MANIFEST_FORMAT, file_entries, write_manifest
 from edgeclf.atomic import check_output, staged_dir, temp_files_in
+from edgeclf.devices.host import predict_file
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
-from edgeclf.pipeline.predict import predict_file, predict_probs
+from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, Run, write_labels
 
 EXPORTS_DIR = "exports"

@@ -26,7 +26,7 @@ def input_size(artefact: Artefact) -> int:
             raise ModelError(f"{artefact.model_path.name} does not take one (1, H, W, C) image (inputs: {shapes})",
                              "pass an image classifier, e.g. one from `edgeclf export`")
         return int(shapes[0][1])
-    from edgeclf.pipeline.predict import open_model
+    from edgeclf.devices.host import open_model
 
     return int(open_model(artefact.model_path).input_shape[1])
 
