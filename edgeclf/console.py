@@ -113,6 +113,11 @@ def _plain(value):
     return value
 
 
+def pct(value) -> str:
+    """A fraction as a percentage with one decimal; "-" for a missing value, in tables, the report and the card."""
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def table(title: str | None, columns: list[str], rows: list[list]) -> None:
     t = Table(title=title, title_justify="left")
     for column in columns:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console, records
+from edgeclf.console import pct
 from edgeclf.devices.host import predict_file
 from edgeclf.pipeline.datasets import samples_digest
 from edgeclf.pipeline.metrics import score
@@ -49,10 +50,6 @@ def device_measurements(run: Run, manifest: dict) -> list[dict]:
     return rows
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def _accuracy_rows(manifest: dict, test: dict | None) -> list[str]:
     rows = []
     for acc in (manifest.get("accuracy"), test):
@@ -60,8 +57,8 @@ def _accuracy_rows(manifest: dict, test: dict | None) -> list[str]:
             continue
         n = acc["n_images"]
         changed = acc.get("changed", round((1 - acc["agreement"]) * n) if acc.get("agreement") is not None else None)
-        rows.append(f"| {acc['split']} | {n} | {_pct(acc.get('float_top1'))} | {_pct(acc['top1'])} | "
-                    f"{_pct(acc.get('agreement'))} | {'n/a' if changed is None else changed} |")
+        rows.append(f"| {acc['split']} | {n} | {pct(acc.get('float_top1'))} | {pct(acc['top1'])} | "
+                    f"{pct(acc.get('agreement'))} | {'-' if changed is None else changed} |")
     return rows or ["| (no split scored) | | | | | |"]
 
 
@@ -106,7 +103,7 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         f"- {manifest['target']} {manifest['quant']}, IO {manifest.get('io') or inp['dtype']}",
         f"- calibration: {calib.get('count', 'n/a')} images from {calib.get('source', 'n/a')} (seed {calib.get('seed', 'n/a')}, "
         f"sample hash `{str(calib.get('sample_hash', 'n/a'))[:16]}`)" if calib else "- calibration: none (not an int8 export)",
-        f"- integer ops: {_pct(coverage.get('ops_integer_fraction'))}, int8 weights: {_pct(coverage.get('weights_int8_fraction'))}" if coverage else "",
+        f"- integer ops: {pct(coverage.get('ops_integer_fraction'))}, int8 weights: {pct(coverage.get('weights_int8_fraction'))}" if coverage else "",
         "", "## Accuracy",
         "| split | images | float top-1 | this artefact top-1 | agreement with float | changed predictions |",
         "| --- | --- | --- | --- | --- | --- |", *_accuracy_rows(manifest, test),
@@ -114,7 +111,7 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         "| device | runtime | emulated | latency p50 / p90 (ms) | on-device top-1 | where |", "| --- | --- | --- | --- | --- | --- |",
         *([f"| {m['device'].get('name')} ({m['device'].get('arch')}) | {m['runtime'].get('name')} {m['runtime'].get('version') or ''} | "
            f"{m.get('emulated')} | {(m.get('latency_ms') or {}).get('p50')} / {(m.get('latency_ms') or {}).get('p90')} | "
-           f"{_pct((m.get('accuracy') or {}).get('top1'))} | bench/{m['bench']} |" for m in measured]
+           f"{pct((m.get('accuracy') or {}).get('top1'))} | bench/{m['bench']} |" for m in measured]
           or ["| none recorded (run `edgeclf bench` on the run, or `edgeclf check-bundle --device ...`) | | | | | |"]),
         "", "## Input contract",
         f"- tensor `{inp.get('name')}`: shape {inp['shape']} (NHWC), dtype {inp['dtype']}"

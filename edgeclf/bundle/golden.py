@@ -19,6 +19,7 @@ from PIL import Image
 from edgeclf import console, records
 from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE, BundleError
 from edgeclf.errors import DatasetError, ModelError, UsageError
+from edgeclf.layout import relative
 from edgeclf.pipeline.datasets import DecodedSplit, Sample, decode, map_to_labels, scan_folder, stratified_sample
 from edgeclf.pipeline.runs import Run
 
@@ -168,7 +169,7 @@ def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, ma
             "png": f"{GOLDEN_DIR}/{stem}.png",
             "output": f"{GOLDEN_DIR}/{stem}.output.npy",
             "true_label": labels[label],
-            "source_image": _relative(golden.split.paths[i], golden.split.root),
+            "source_image": relative(golden.split.paths[i], golden.split.root, outside=golden.split.paths[i].name),
             "expected_raw": [v.item() for v in raw[i]],
             "expected_top_k": [{"label": labels[j], "index": int(j), "raw": raw[i][j].item(),
                                 "probability": round(float(probs[j]), 6)} for j in order],
@@ -192,13 +193,6 @@ def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, ma
     }
     (folder / GOLDEN_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return record
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return Path(path).name
 
 
 # --- comparison, used by check-bundle on the host (check_golden.py carries its own copy) ---

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 from edgeclf import console
-
-
-def pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+from edgeclf.console import pct
 
 
 def metrics_table(title: str, metrics_by_split: dict) -> None:

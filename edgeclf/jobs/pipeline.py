@@ -31,6 +31,7 @@ from edgeclf.jobs.fleet import run_on_devices
 from edgeclf.jobs.optimize import OptimizeConfig, optimize
 from edgeclf.jobs.pipeline_file import PipelineFile
 from edgeclf.jobs.validate import Prepared, measure
+from edgeclf.layout import relative
 from edgeclf.bundle.builder import build_bundle
 
 STATE_FILE = "pipeline.json"
@@ -214,7 +215,7 @@ def run(pf: PipelineFile, force: str | None = None, dry_run: bool = False) -> di
     if dry_run:
         return {"file": str(pf.path.resolve()), "out": str(pf.out), "dry_run": True, "stages": [
             {"name": s.name, "key": s.key, "status": "cached" if s.why is None else "will run", "why": s.why,
-             "output": _relative(s.output, pf.out)} for s in stages]}
+             "output": relative(s.output, pf.out)} for s in stages]}
     return _Runner(pf, stages, previous).run()
 
 
@@ -234,10 +235,6 @@ def _previous(out: Path) -> dict:
     except (json.JSONDecodeError, KeyError, TypeError):
         console.warn(f"{state} is unreadable; every stage runs again")
         return {}
-
-
-def _relative(path: Path, root: Path) -> str:
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 class _Runner:
@@ -265,7 +262,7 @@ class _Runner:
 
     def _record(self, stage: Stage, status: str, seconds: float = 0.0, error: str | None = None) -> None:
         record = {"name": stage.name, "key": stage.key, "status": status, "seconds": round(seconds, 2),
-                  "output": _relative(stage.output, self.pf.out), "why": stage.why,
+                  "output": relative(stage.output, self.pf.out), "why": stage.why,
                   "settings_hash": stage.settings_hash, "inputs": stage.inputs}
         if error:
             record["error"] = error
@@ -343,12 +340,6 @@ def _catching(job: Callable) -> Callable:
         except Exception as exc:
             raise EdgeclfError(f"unexpected {type(exc).__name__}: {first_line(exc)}") from exc
     return wrapped
-
-
-def _plain(value):
-    import numpy as np
-
-    return value.item() if isinstance(value, np.generic) else value.tolist() if isinstance(value, np.ndarray) else str(value)
 
 
 def _train(config) -> None:

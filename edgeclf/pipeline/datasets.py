@@ -12,6 +12,7 @@ import numpy as np
 
 from edgeclf import console
 from edgeclf.errors import DatasetError
+from edgeclf.layout import relative
 from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
 
 
@@ -196,7 +197,7 @@ def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img
             images[index] = read(samples[index].path, img_size)
             ok[index] = True
         except UnreadableImage as exc:
-            return {"path": _relative(samples[index].path, root), "reason": str(exc)}
+            return {"path": relative(samples[index].path, root), "reason": str(exc)}
         return None
 
     with console.progress() as bar, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -233,12 +234,5 @@ def samples_digest(samples: list[Sample], root: Path) -> str:
     """A hash of which files (by relative path and label) make up a sample list."""
     h = hashlib.sha256()
     for s in sorted(samples, key=lambda s: str(s.path)):
-        h.update(f"{_relative(s.path, root)}\t{s.label}\n".encode())
+        h.update(f"{relative(s.path, root)}\t{s.label}\n".encode())
     return h.hexdigest()
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import __version__
+from edgeclf.console import pct
 from edgeclf.report import figures
 from edgeclf.report.assets import CSS, SORT_JS
 from edgeclf.report.gather import Report, best_epoch, get, sample_images, wrong_predictions
@@ -27,10 +28,6 @@ class Raw(str):
 
 def esc(value) -> str:
     return value if isinstance(value, Raw) else html.escape("-" if value is None else str(value))
-
-
-def pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def num(value, digits: int = 2, unit: str = "") -> str:
