@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgeclf import exporters, ptq
+from conftest import check_records
 from test_cli import assert_one_line_error, run_cli
 
 from edgeclf.errors import ExportError, UsageError
@@ -111,6 +112,7 @@ def test_budget_stops_at_the_first_recipe_that_fits(tiny_run, tmp_path):
     assert attempt["drop"] == pytest.approx(on_disk["accuracy"]["drop"])
     assert on_disk["export"]["out"] == str(out) and on_disk["export"]["ptq"] == "none"
     assert hidden_leftovers(out.parent) == []
+    assert check_records(out) == {"manifest"}
 
 
 def test_budget_escalates_when_a_recipe_misses(tiny_run, tmp_path, monkeypatch):
