@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import socket
 import sys
 import threading
@@ -10,6 +11,7 @@ import time
 import pytest
 from conftest import check_records
 
+from edgeclf import console, records
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.devices.host import predict_file
 from edgeclf.devices.targets import parse_target
@@ -64,6 +66,8 @@ def test_local_device_accuracy_and_latency(tiny_int8, tiny_run):
     lat = result["latency_ms"]
     assert lat["count"] == 20 and 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
     assert result["init_ms"] > 0 and result["model_bytes"] > 0
+    printed = json.loads(console.to_json(result))  # what `validate --json` prints: a result.json without its tag
+    assert records.problems(printed | {"record": records.tag("result")}, "result") == []
     _assert_no_new_leftovers(before)
 
 
