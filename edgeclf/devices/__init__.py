@@ -15,7 +15,7 @@ import numpy as np
 from edgeclf.devices.base import DeviceRun, Transport
 from edgeclf.devices.targets import Target, parse_target
 from edgeclf.errors import DeviceError
-from edgeclf.ranges import check_range
+from edgeclf.checks import check_range
 
 MAX_TIMEOUT_S = 86400.0  # a day: beyond it a hung device would never be given up on
 

@@ -12,7 +12,7 @@ from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
 from edgeclf.pipeline.metrics import classification_metrics
 from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import Run
-from edgeclf.ranges import check_range
+from edgeclf.checks import check_range
 
 
 def evaluate_run(run_dir, data_dir, batch_size: int = 64) -> dict:

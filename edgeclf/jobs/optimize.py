@@ -39,7 +39,7 @@ from edgeclf.pipeline.epochs import Epochs
 from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
 from edgeclf.pipeline.run_writer import summary, write_run
 from edgeclf.pipeline.runs import RUN_FILE, SPLIT_FILE, Run
-from edgeclf.ranges import check_range
+from edgeclf.checks import check_range
 
 SCHEDULES = ("polynomial", "constant")
 PRUNE_FOR = ("xnnpack",)

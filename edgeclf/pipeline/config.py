@@ -9,7 +9,7 @@ from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import get_backbone
 from edgeclf.pipeline.distribute import STRATEGIES
 from edgeclf.pipeline.streaming import CACHE_MODES
-from edgeclf.ranges import check_range
+from edgeclf.checks import check_range
 
 MAX_IMG_SIZE = 1024  # decoded splits are held in memory: 1000 images at 1024 px are already 3 GB
 MAX_LR = 1.0  # Adam: far above any rate that trains
