@@ -100,14 +100,14 @@ def _converter(job: ExportJob, io: str | None = None):
 
 def _convert_with_ranges(job: ExportJob, details: dict) -> bytes:
     """Calibrate only, replace min/max ranges by MSE-optimal ones, then quantize as convert() would."""
-    from edgeclf.exporters import tflite_ranges as ranges
+    from edgeclf.exporters import tflite_ranges
 
     tf = tfenv.tf()
     try:
-        calibrated = ranges.calibrate_only(_converter(job, io="float32"))
-        edited, details["ptq"]["ranges"] = ranges.with_mse_ranges(calibrated, job.calibration.images)
+        calibrated = tflite_ranges.calibrate_only(_converter(job, io="float32"))
+        edited, details["ptq"]["ranges"] = tflite_ranges.with_mse_ranges(calibrated, job.calibration.images)
         io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[job.spec.io]
-        return ranges.quantize(edited, io_type)
+        return tflite_ranges.quantize(edited, io_type)
     except Exception as exc:
         raise ExportError(f"TFLite conversion failed: {explain_conversion_error(exc)}", "retry with --ptq none, or see --debug") from exc
 
