@@ -5,7 +5,7 @@ import click
 
 from edgeclf import console
 from edgeclf.cli import options
-from edgeclf.cli.report import ms, pct
+from edgeclf.cli.tables import ms, pct
 
 
 @click.command("bench")

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from edgeclf import console
-from edgeclf.cli import options, report
+from edgeclf.cli import options, tables
 
 
 @click.command("demo")
@@ -33,8 +33,8 @@ def command(out, epochs, seed, as_json):
     if as_json:
         console.print_json({"train": result, **shipped, "report": bench["report"], "bundle": handoff})
         return
-    report.metrics_table("edgeclf demo: MobileNetV2 (alpha 0.35, 32 px, random init) on digits", result["metrics"])
-    report.demo_table(shipped)
+    tables.metrics_table("edgeclf demo: MobileNetV2 (alpha 0.35, 32 px, random init) on digits", result["metrics"])
+    tables.demo_table(shipped)
     console.out.print(f"run directory: {result['run_dir']}")
     console.out.print(f"int8 artefact:  {shipped['int8']['path']}")
     console.out.print(f"report:         {bench['report']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from edgeclf import console
-from edgeclf.cli import options, report
+from edgeclf.cli import options, tables
 
 
 @click.command("evaluate")
@@ -20,5 +20,5 @@ def command(run_dir, data_dir, batch_size, as_json):
     if as_json:
         console.print_json({"run_dir": run_dir, "data": data_dir, "metrics": metrics})
         return
-    report.metrics_table(f"{run_dir} on {data_dir}", {"data": metrics})
-    report.per_class_table("per class", metrics)
+    tables.metrics_table(f"{run_dir} on {data_dir}", {"data": metrics})
+    tables.per_class_table("per class", metrics)

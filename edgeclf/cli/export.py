@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from edgeclf import console, exporters
-from edgeclf.cli import options, report
+from edgeclf.cli import options, tables
 from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 
 
@@ -48,6 +48,6 @@ def command(run_dir, float_layers, overwrite, as_json, max_drop, min_agreement, 
     if as_json:
         console.print_json(manifest)
         return
-    report.export_summary(manifest)
+    tables.export_summary(manifest)
     if manifest.get("budget"):
-        report.budget_table(manifest["budget"])
+        tables.budget_table(manifest["budget"])

@@ -1,4 +1,4 @@
-"""`edgeclf report`: one self-contained HTML page for a run (not to be confused with cli/report.py's tables)."""
+"""`edgeclf report`: one self-contained HTML page for a run (not to be confused with cli/tables.py's tables)."""
 from __future__ import annotations
 
 import click

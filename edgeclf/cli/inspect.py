@@ -5,7 +5,7 @@ import click
 
 from edgeclf import console
 from edgeclf.cli import options
-from edgeclf.cli.report import pct, size_mb
+from edgeclf.cli.tables import pct, size_mb
 
 
 @click.command("inspect")

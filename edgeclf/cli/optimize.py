@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from edgeclf import console
-from edgeclf.cli import options, report
+from edgeclf.cli import options, tables
 from edgeclf.jobs.optimize import PRUNE_FOR, SCHEDULES, OptimizeConfig
 
 
@@ -43,13 +43,13 @@ def command(run_dir, overwrite, as_json, **settings):
         console.print_json(result)
         return
     opt = result["optimization"]
-    report.metrics_table(f"{result['arch']} @ {result['img_size']}px, optimized", result["metrics"])
+    tables.metrics_table(f"{result['arch']} @ {result['img_size']}px, optimized", result["metrics"])
     if opt["prune"]:
         p = opt["prune"]
-        after = f", {report.pct(p['after_qat'])} after QAT" if p.get("after_qat") is not None else ""
-        console.info(f"sparsity: {report.pct(p['overall'])} of the pruned weights (target {report.pct(p['target'])}){after}")
+        after = f", {tables.pct(p['after_qat'])} after QAT" if p.get("after_qat") is not None else ""
+        console.info(f"sparsity: {tables.pct(p['overall'])} of the pruned weights (target {tables.pct(p['target'])}){after}")
     elif opt.get("sparsity_after_qat") is not None:
-        console.info(f"sparsity kept through QAT: {report.pct(opt['sparsity_after_qat'])} of the weights pruned before")
+        console.info(f"sparsity kept through QAT: {tables.pct(opt['sparsity_after_qat'])} of the weights pruned before")
     if opt["qat"]:
         console.info(f"quantization-aware training: {opt['scheme']}; export with `edgeclf export {result['run_dir']} --quant int8`")
     console.out.print(f"run directory: {result['run_dir']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from edgeclf import console
-from edgeclf.cli import options, report
+from edgeclf.cli import options, tables
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import BACKBONES
 from edgeclf.pipeline.config import TrainConfig
@@ -53,7 +53,7 @@ def command(data_dir, out, resume, restart, overwrite, as_json, **settings):
     if as_json:
         console.print_json(result)
         return
-    report.metrics_table(f"{result['arch']} @ {result['img_size']}px", result["metrics"])
+    tables.metrics_table(f"{result['arch']} @ {result['img_size']}px", result["metrics"])
     timing = result["timing"]
     console.info(
         "time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in timing.items() if k.endswith("_s"))

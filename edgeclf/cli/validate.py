@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from edgeclf import console
-from edgeclf.cli import options, report
+from edgeclf.cli import options, tables
 
 
 @click.command("validate")
@@ -25,10 +25,10 @@ def command(artefact, data_dir, labels_file, devices, runs, warmup, threads, as_
         if as_json:
             console.print_json(summary)
             return
-        report.devices_table(f"{artefact} on {len(devices)} devices ({summary['wall_s']:.1f} s)", summary["rows"])
+        tables.devices_table(f"{artefact} on {len(devices)} devices ({summary['wall_s']:.1f} s)", summary["rows"])
         return
     result = validate(artefact, devices[0], data_dir, runs, warmup, threads, labels_file, device_options)
     if as_json:
         console.print_json(result)
         return
-    report.validation_summary(result)
+    tables.validation_summary(result)
