@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +203,105 @@ def test_adb_cleanup_ends_rm_options_before_the_path():
     phone = RecordingAdb()
     phone.remove("/data/local/tmp/edgeclf.ab12CD34")
     assert phone.commands == [["rm", "-rf", "--", "/data/local/tmp/edgeclf.ab12CD34"]]
+
+
+# -- Ctrl-C / SIGTERM during validate stops the runner on the device too (issue 21, item 9) ---------
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process here (the stand-in devices run on this machine)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(entry.name)] = (parent, cmdline)
+    return found
+
+
+def _has_model_open(pid: int, folder: str) -> bool:
+    """Whether the runner has loaded its model (mapped or open): past the point where removing its folder would end it."""
+    try:
+        if f"{folder}/model" in Path(f"/proc/{pid}/maps").read_text():
+            return True
+        return any(f"{folder}/model" in os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+
+
+def _interrupt_validate(args: list[str], remote_dir: str, runner: str, signum: int, env: dict | None = None):
+    """Start `edgeclf validate ARGS` (long runs), signal it once its runner runs on the device, and
+    return its stderr and remote folder once no process there works in that folder any more.
+
+    The folder is the one named by edgeclf's own ssh/adb client (a child of it): other tests may
+    run runners of their own at the same time.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "edgeclf", "validate", *args, "--runs", "100000000", "--warmup", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {}), "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+    def running_folder():
+        if proc.poll() is not None:
+            return "exited"
+        table = _processes()
+        for parent, cmdline in table.values():
+            match = re.search(remote_dir, cmdline)
+            if parent == proc.pid and match and runner in cmdline:
+                folder = match.group(0)
+                on_device = [pid for pid, (ppid, line) in table.items() if ppid != proc.pid and f"{folder}/{runner}" in line]
+                return folder if any(_has_model_open(pid, folder) for pid in on_device) else None
+        return None
+
+    try:
+        folder = _wait_for(running_folder, 120, "the runner to start on the device")
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1)  # well inside its timing loop
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    left = lambda: [line for _, line in _processes().values() if folder in line]
+    try:
+        _wait_for(lambda: not left(), 15, "the runner to stop")
+    except AssertionError:
+        raise AssertionError(f"still running on the device: {left()}") from None
+    return stderr, folder
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_validate_stops_the_runner_on_an_ssh_device(ssh_device, tiny_int8, tmp_path, signum):
+    # A runner that prints nothing more once it runs (its stderr goes nowhere), so no SIGPIPE ends it
+    # by chance: only edgeclf can stop it.
+    quiet_python = tmp_path / "python"
+    quiet_python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@" 2>/dev/null\n')
+    quiet_python.chmod(0o755)
+    stderr, folder = _interrupt_validate([str(tiny_int8), "--device", f"ssh://{ssh_device.alias}", "--ssh-config",
+                                          str(ssh_device.ssh_config), "--remote-python", str(quiet_python)],
+                                 r"/tmp/edgeclf\.\w+", "runner.py ", signum)
+    assert "error: interrupted" in stderr
+    assert not Path(folder).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_validate_stops_benchmark_model_on_an_android_device(android_device_factory, tiny_int8, signum):
+    android_device = android_device_factory(hangup_kills=False)  # as adbd without a pty may
+    stderr, folder = _interrupt_validate([str(tiny_int8), "--device", f"adb://{android_device.serial}",
+                                          "--benchmark-binary", str(android_device.benchmark_model)],
+                                 r"/data/local/tmp/edgeclf\.\w+", "benchmark_model --graph", signum,
+                                 env=android_device.env)
+    assert "error: interrupted" in stderr
+    assert not (android_device.data_dir / Path(folder).name).exists()

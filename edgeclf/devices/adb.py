@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from edgeclf.devices.base import CommandResult, temp_dir_from_output
+from edgeclf.devices.base import CommandResult, lifeline, temp_dir_from_output, watched
 from edgeclf.errors import DeviceError
 
 DEVICE_DIR = "/data/local/tmp"
@@ -37,9 +37,9 @@ def adb_binary() -> str:
     return path
 
 
-def _adb(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _adb(argv: list[str], timeout: float, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run([adb_binary(), *argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run([adb_binary(), *argv], capture_output=True, timeout=timeout, stdin=stdin)
     except subprocess.TimeoutExpired:
         raise DeviceError(f"adb {argv[0]} did not finish within {timeout:g} s", "check the phone's connection, or raise --timeout") from None
 
@@ -109,8 +109,8 @@ class AdbTransport:
         self.name = f"adb://{self.serial}"
         self.connect_timeout = connect_timeout
 
-    def _adb(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-        return _adb(["-s", self.serial, *argv], timeout)
+    def _adb(self, argv: list[str], timeout: float, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+        return _adb(["-s", self.serial, *argv], timeout, stdin)
 
     def _gone(self, proc) -> DeviceError:
         text = (proc.stdout + proc.stderr).decode(errors="replace").strip() if proc is not None else ""
@@ -118,8 +118,9 @@ class AdbTransport:
         return DeviceError(f"lost the connection to {self.name} ({last})", "reconnect the phone and run again")
 
     def run(self, argv: list[str], timeout: float) -> CommandResult:
-        command = f"{shlex.join(argv)}; echo {END_MARKER}$?"
-        proc = self._adb(["shell", command], timeout)
+        command = f"{shlex.join(watched(argv))}; echo {END_MARKER}$?"
+        with lifeline() as stdin:
+            proc = self._adb(["shell", command], timeout, stdin)
         stdout = proc.stdout.decode(errors="replace")
         match = re.search(rf"{END_MARKER}(\d+)\s*$", stdout)
         if match is None:

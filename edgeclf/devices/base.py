@@ -1,6 +1,8 @@
 """What every device transport provides, and the results they return."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,3 +68,28 @@ def remove_quietly(transport: Transport, remote: str) -> None:
         transport.remove(remote)
     except DeviceError as exc:
         console.warn(f"could not remove {remote} on {transport.name}: {exc}")
+
+
+# Without a pty, killing the local ssh or adb client (Ctrl-C, SIGTERM, a timeout) does not signal
+# the command on the device, which would run on to its end. So every command runs there under a
+# watchdog that kills it once its stdin reaches end of file; the client's stdin is a pipe that
+# edgeclf holds open (`lifeline`), so that happens when the client or edgeclf goes, however it goes.
+WATCHDOG = ('exec 3<&0 </dev/null; "$@" & pid=$!; '
+            '(read -r line <&3; kill -TERM "$pid") >/dev/null 2>&1 & watchdog=$!; exec 3<&-; '
+            'wait "$pid"; status=$?; kill "$watchdog" 2>/dev/null; exit "$status"')
+
+
+def watched(argv: list[str]) -> list[str]:
+    """`argv` run by the device's sh under the watchdog; its exit status is argv's own."""
+    return ["sh", "-c", WATCHDOG, "sh", *argv]
+
+
+@contextlib.contextmanager
+def lifeline():
+    """The read end of a pipe, for a device client's stdin, whose write end stays open until the block ends."""
+    read_end, write_end = os.pipe()  # not inherited by other children, so only this client holds it
+    try:
+        yield read_end
+    finally:
+        os.close(read_end)
+        os.close(write_end)

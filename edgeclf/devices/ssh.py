@@ -10,7 +10,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from edgeclf.devices.base import CommandResult, temp_dir_from_output
+from edgeclf.devices.base import CommandResult, lifeline, temp_dir_from_output, watched
 from edgeclf.errors import DeviceError
 
 SSH_FAILED = 255
@@ -105,7 +105,8 @@ class SSHTransport:
         Path(local).write_bytes(proc.stdout)
 
     def run(self, argv: list[str], timeout: float) -> CommandResult:
-        proc = self._ssh(argv, timeout=timeout)
+        with lifeline() as stdin:
+            proc = self._ssh(watched(argv), timeout=timeout, stdin=stdin)
         if proc.returncode == SSH_FAILED and not proc.stdout:
             raise self.connection_error(proc.stderr.decode(errors="replace"))
         return CommandResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))

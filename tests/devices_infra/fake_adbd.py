@@ -23,7 +23,9 @@ holds a ``getprop`` that answers the device's properties.
 
 Error-path switches: ``unauthorized`` (the adb host sees the device as
 "unauthorized"), ``drop_on`` / ``drop_after`` (the TCP transport is cut while
-a matching command runs) and ``refuse_connections`` (the phone is gone).
+a matching command runs), ``refuse_connections`` (the phone is gone) and
+``hangup_kills=False`` (a command keeps running after the host hangs up; its
+stdin still reaches EOF).
 """
 
 from __future__ import annotations
@@ -345,6 +347,7 @@ class FakeAdbd:
     drop_on: str | None = None  # substring of a shell command that triggers a transport drop
     drop_after: float = 0.5     # seconds after that command starts
     stay_offline_after_drop: bool = True
+    hangup_kills: bool = True  # False: a command outlives the host hanging up (adbd without a pty may)
     # observations for tests
     events: list = field(default_factory=list)
     commands: list = field(default_factory=list)
@@ -612,7 +615,7 @@ class FakeAdbd:
                 except OSError:
                     pass
             # The host hung up on a running command (Ctrl-C, lost transport): end it.
-            if stream.remote_closed or stream.transport.dead:
+            if (stream.remote_closed or stream.transport.dead) and self.hangup_kills:
                 if proc.poll() is None:
                     _kill_group(proc)
 
