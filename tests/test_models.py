@@ -61,3 +61,30 @@ def test_imagenet_download_failure_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("tf_keras.src.applications.mobilenet_v2.data_utils.get_file", offline)
     with pytest.raises(ModelError, match="could not download the ImageNet weights.*--weights PATH.*--weights none"):
         build_classifier(BACKBONES["mobilenetv2"], 2, 96, "imagenet")
+
+
+def test_keras_style_efficientnet_file_with_std_as_variance_is_corrected(tmp_path, capsys):
+    """Keras's own EfficientNet file holds the ImageNet std in the Normalization variance slot
+    (it corrects only under weights="imagenet"); loaded by path it must normalise by the std."""
+    keras = tfenv.keras()
+    base = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    norm = next(layer for layer in base.layers if type(layer) is keras.layers.Normalization)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    norm.adapt_mean.assign(mean), norm.adapt_variance.assign(std)  # as Keras's own file stores them
+    keras_style = tmp_path / "keras_style_notop.h5"
+    base.save_weights(keras_style)
+    norm.adapt_variance.assign(np.square(std))
+    right = tmp_path / "right_notop.h5"
+    base.save_weights(right)
+
+    pixels = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    outputs = []
+    for path in (keras_style, right):
+        model = build_classifier(BACKBONES["efficientnetb0"], 2, 32, str(path)).model
+        loaded = next(layer for layer in model.layers if type(layer) is keras.layers.Normalization)
+        np.testing.assert_allclose(np.asarray(loaded.variance).reshape(-1), np.square(std), rtol=1e-5)
+        normalised = keras.Model(model.input, loaded.output).predict(pixels, verbose=0)
+        np.testing.assert_allclose(normalised, (pixels / 255 - mean) / std, rtol=1e-4, atol=1e-4)
+        outputs.append(capsys.readouterr().err)
+    assert "stores the ImageNet std in the Normalization variance" in outputs[0]
+    assert "std" not in outputs[1]

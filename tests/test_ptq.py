@@ -94,7 +94,7 @@ def test_bias_correction_after_output_aware_rounding_measures_the_shift_from_the
 
 
 def _int8_conv_input(model, index: int, dtype):
-    """The only CONV_2D of `model` converted to TFLite int8: its input `index` tensor and stored values."""
+    """The only CONV_2D of `model` converted to TFLite int8: its input `index` tensor and stored values (None for an activation)."""
     from edgeclf import tfenv
     from edgeclf.exporters import tflite_flatbuffer
 
@@ -111,7 +111,8 @@ def _int8_conv_input(model, index: int, dtype):
                        unpacked.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)] == "CONV_2D"]
     assert len(conv) == 1
     tensor = graph.tensors[conv[0].inputs[index]]
-    return tensor, np.frombuffer(bytes(unpacked.buffers[tensor.buffer].data), dtype)
+    data = unpacked.buffers[tensor.buffer].data  # None for an activation
+    return tensor, None if data is None else np.frombuffer(bytes(data), dtype)
 
 
 def test_corrected_bias_survives_tflite_conversion():
@@ -324,18 +325,49 @@ def test_input_fold_keeps_the_float_model_and_removes_the_scaling(padding, size)
     np.testing.assert_allclose(inner, reference, atol=1e-4)
 
 
+def _normalized_pixels_model(size: int = 12):
+    """raw pixels -> Rescaling(1/255) -> per-channel Normalization -> ZeroPadding2D -> VALID conv,
+    as EfficientNetB0 starts."""
+    keras = _keras()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    x = keras.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229**2, 0.224**2, 0.225**2], name="norm")(x)
+    x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="pad")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, use_bias=False, name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    model.get_layer("conv").set_weights([np.random.default_rng(6).normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32)])
+    return model
+
+
+def test_input_fold_pads_each_channel_with_its_own_value():
+    """A per-channel normalisation (EfficientNetB0) folds too: each channel pads with the raw value
+    that scales to zero, borders included, and in TFLite int8 the pixels stay at their own scale
+    from the input to the convolution (split, pad and concatenate share it)."""
+    from edgeclf.ptq import input_fold
+
+    model = _normalized_pixels_model()
+    images = np.random.default_rng(7).integers(0, 256, (8, 12, 12, 3)).astype(np.float32)
+    folded, details = input_fold.fold_input_scaling(model, images)
+    assert details["folded"] and details["layers"] == ["rescale", "norm", "pad"] and details["into"] == "conv"
+    np.testing.assert_allclose(details["pad_value"], [123.675, 116.28, 103.53], atol=1e-3)
+    inner = _keras().Model(folded.input, folded.get_layer("conv").output)(images).numpy()
+    reference = _keras().Model(model.input, model.get_layer("conv").output)(images).numpy()
+    np.testing.assert_allclose(inner, reference, atol=1e-4)
+    conv_input, _ = _int8_conv_input(folded, 0, np.int8)
+    assert conv_input.quantization.scale[0] == pytest.approx(1.0, rel=1e-3)  # one int8 step per pixel level
+
+
 def test_input_fold_says_why_it_cannot_fold():
     from edgeclf.ptq import input_fold
 
     keras = _keras()
     inputs = keras.Input((8, 8, 3))
-    norm = keras.layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[1.0, 4.0, 9.0])(inputs)
-    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same")(norm))
-    same, details = input_fold.fold_input_scaling(model)
-    assert same is model and not details["folded"]
-    assert "differs per channel" in details["skipped"]
     plain = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
-    assert "no in-graph pixel scaling" in input_fold.fold_input_scaling(plain)[1]["skipped"]
+    same, details = input_fold.fold_input_scaling(plain)
+    assert same is plain and "no in-graph pixel scaling" in details["skipped"]
+    zero = keras.Model(inputs, keras.layers.Conv2D(2, 3)(keras.layers.Rescaling(0.0)(inputs)))
+    assert "scaled by zero" in input_fold.fold_input_scaling(zero)[1]["skipped"]
 
 
 def test_output_aware_rounding_beats_nearest_on_the_layer_objective():

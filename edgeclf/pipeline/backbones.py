@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeclf import tfenv
+from edgeclf import console, tfenv
 from edgeclf.errors import ModelError, UsageError, first_line
 
 INPUT_NAME = "image"
@@ -112,12 +112,41 @@ def _construct(constructor, backbone: Backbone, weights: str, kwargs: dict):
     if path.suffix not in (".h5", ".keras"):
         raise UsageError(f"weights file {path} is not .h5 or .keras", "pass backbone weights saved by Keras")
     try:
-        return constructor(weights=str(path), **kwargs)
+        base = constructor(weights=str(path), **kwargs)
     except (ValueError, OSError, KeyError) as exc:
         raise ModelError(
             f"weights file {path} does not fit {backbone.name}{_alpha_note(backbone, kwargs)}: {first_line(exc, 200)}",
             "use weights saved from the same backbone with include_top=False",
         ) from exc
+    if backbone.name == "efficientnetb0":
+        correct_std_as_variance(base, path)
+    return base
+
+
+# ImageNet's per-channel pixel std, as Keras's EfficientNet files store it (see below).
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def correct_std_as_variance(base, path) -> bool:
+    """Keras's own EfficientNet weight file stores the ImageNet std, not std², in the Normalization
+    layer's variance slot, and makes up for it with an extra scaling only under weights="imagenet";
+    loaded by path it normalises by sqrt(std), slightly wrong. Such a file is recognised by that
+    variance and corrected in place (variance = std²). Returns True when it corrected."""
+    import numpy as np
+
+    keras = tfenv.keras()
+    norms = [layer for layer in base.layers if type(layer) is keras.layers.Normalization]
+    if len(norms) != 1:
+        return False
+    norm = norms[0]
+    variance = np.asarray(norm.adapt_variance).reshape(-1)
+    if variance.shape != (3,) or not np.allclose(variance, IMAGENET_STD, atol=1e-4):
+        return False
+    norm.adapt_variance.assign(np.reshape(np.square(variance), norm.adapt_variance.shape))
+    norm.finalize_state()  # the layer divides by `variance`, a tensor derived from the weight
+    console.warn(f"{path} stores the ImageNet std in the Normalization variance (Keras's own file): "
+                 f"corrected to std² so that inputs are normalised as the weights were trained")
+    return True
 
 
 def _alpha_note(backbone: Backbone, kwargs: dict) -> str:

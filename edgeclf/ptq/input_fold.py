@@ -26,16 +26,23 @@ def _layer_class():
     tf = tfenv.tf()
 
     class ConstantPad2D(keras.layers.Layer):
-        """Spatial padding with a constant other than zero (a PAD with a constant in every format)."""
+        """Spatial padding with a constant other than zero, one value or one per channel.
+        One value is one PAD with a constant in every format; per-channel values (EfficientNet's
+        normalisation) become a channel split, one such PAD per channel and a concatenation,
+        all of which int8 runs at the input's own scale, without requantizing."""
 
         def __init__(self, padding, value, **kwargs):
             super().__init__(**kwargs)
             self.padding = tuple(tuple(int(v) for v in pair) for pair in padding)
-            self.value = float(value)
+            self.value = [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
         def call(self, inputs):
             (top, bottom), (left, right) = self.padding
-            return tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=self.value)
+            paddings = [[0, 0], [top, bottom], [left, right], [0, 0]]
+            if not isinstance(self.value, list):
+                return tf.pad(inputs, paddings, constant_values=self.value)
+            channels = tf.split(inputs, len(self.value), axis=-1)
+            return tf.concat([tf.pad(c, paddings, constant_values=v) for c, v in zip(channels, self.value)], axis=-1)
 
         def get_config(self):
             return {**super().get_config(), "padding": self.padding, "value": self.value}
@@ -122,8 +129,7 @@ def fold_input_scaling(model, images=None):
     else:
         padding = ((0, 0), (0, 0))
     needs_pad = any(v for pair in padding for v in pair)
-    if needs_pad and not np.allclose(pad_value, pad_value[0]):
-        return model, {"folded": False, "skipped": "the raw value that scales to zero differs per channel, so no single pad value is exact"}
+    per_channel = needs_pad and not np.allclose(pad_value, pad_value[0])
 
     kernel = conv.kernel.numpy().astype(np.float64)
     bias = conv.bias.numpy().astype(np.float64) if conv.use_bias else np.zeros(kernel.shape[-1])
@@ -131,7 +137,8 @@ def fold_input_scaling(model, images=None):
     folded_conv = keras.layers.Conv2D.from_config(config)
     replacement = []
     if needs_pad:
-        replacement.append(_layer_class()(padding, float(pad_value[0]), name=f"{conv.name}_pad"))
+        value = [float(v) for v in pad_value] if per_channel else float(pad_value[0])
+        replacement.append(_layer_class()(padding, value, name=f"{conv.name}_pad"))
     replacement.append(folded_conv)
 
     def rebuild_first(tensor):
@@ -156,7 +163,7 @@ def fold_input_scaling(model, images=None):
         "folded": True,
         "layers": [layer.name for layer in scaling] + ([pad.name] if pad is not None else []),
         "into": conv.name,
-        "pad_value": round(float(pad_value[0]), 4) if needs_pad else None,
+        "pad_value": ([round(float(v), 4) for v in pad_value] if per_channel else round(float(pad_value[0]), 4)) if needs_pad else None,
     }
 
 
