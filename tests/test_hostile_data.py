@@ -200,3 +200,44 @@ def test_inspect_refuses_embedded_labels_that_do_not_match_the_outputs(tmp_path)
     helper.set_model_props(model, {"edgeclf.labels": json.dumps(["cat", "dog", "fox"])})
     onnx.save(model, tmp_path / "three_labels.onnx")
     assert inspect_model(tmp_path / "three_labels.onnx")["labels"] == ["cat", "dog", "fox"]
+
+
+# -- issue 21 item 3: the calibration cache is keyed by the images' contents ---------------------
+
+def test_calibration_images_overwritten_under_the_same_names_are_decoded_again(tiny_run, tmp_path):
+    from PIL import Image
+
+    from edgeclf.exporters.spec import ExportSpec
+    from edgeclf.jobs.export import export_run
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    calib = make_image_folder(tmp_path / "calibA", {"red": 4, "green": 4, "blue": 4}, size=32)
+
+    def export(name: str) -> dict:
+        export_run(run, ExportSpec(quant="int8", calib_size=12, calib_dir=str(calib), out=str(tmp_path / name)))
+        return json.loads((tmp_path / name / "manifest.json").read_text())["calibration"]
+
+    first = export("a")
+    for image in calib.rglob("*.png"):  # black images under the same names, with the old mtimes
+        before = image.stat()
+        Image.new("RGB", (32, 32)).save(image)
+        os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = export("b")
+    assert second["sample_hash"] != first["sample_hash"]
+    assert len(list((run / "cache").glob("calib-*.npz"))) == 2  # the first cache was not reused
+    from edgeclf import calibration
+    from edgeclf.pipeline.runs import Run
+
+    black = calibration.build(Run.open(run), 12, str(calib))
+    assert black.sample_hash == second["sample_hash"] and not black.images.any()
+
+
+# -- issue 21 item 17: `--ptq ''` is a lost shell variable, not a request for plain PTQ ----------
+
+@pytest.mark.parametrize("value", ["", " ", ",", " , "])
+def test_an_empty_ptq_list_is_a_usage_error_and_none_is_the_explicit_way(tmp_path, value):
+    from edgeclf.exporters.spec import ExportSpec
+
+    line = one_line_error(run_cli("export", tmp_path, "--quant", "int8", "--ptq", value))
+    assert "names no technique" in line and "or none for plain PTQ" in line
+    assert ExportSpec(quant="int8", ptq="none").ptq == "none"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -112,17 +113,25 @@ GOOD_RECORD = {"config": {"arch": "mobilenetv2", "seed": 1},
                "input": {"shape": [1, 32, 32, 3], "preprocessing": "raw RGB"}}
 
 
-@pytest.mark.parametrize("record, missing", [
-    ({}, "config.arch, config.seed, input.shape, input.preprocessing"),
-    ({**GOOD_RECORD, "input": {"preprocessing": "raw RGB"}}, "input.shape"),
-    ([], "everything"),
+@pytest.mark.parametrize("record, problem", [
+    ({}, "is missing config.arch, config.seed, input.shape, input.preprocessing"),
+    ({**GOOD_RECORD, "input": {"preprocessing": "raw RGB"}}, "is missing input.shape"),
+    ([], "holds a JSON list, not an object"),  # issue 21 item 17: not "not valid JSON"
 ])
-def test_run_json_with_missing_keys_names_the_file_and_key(tmp_path, record, missing):
+def test_run_json_with_missing_keys_names_the_file_and_key(tmp_path, record, problem):
     from edgeclf.pipeline.runs import Run
 
     run_dir = fake_run(tmp_path / "run", record)
-    with pytest.raises(ModelError, match=rf"run.json is missing {missing}.*re-run `edgeclf train`"):
+    with pytest.raises(ModelError, match=rf"run.json {problem}.*re-run `edgeclf train`"):
         Run.open(run_dir).img_size
+
+
+def test_report_of_a_run_json_list_says_it_must_be_an_object(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edgeclf", "report", fake_run(tmp_path / "run", [1, 2])],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "run.json holds a JSON list, not an object" in lines[0] and "not valid JSON" not in lines[0]
 
 
 @pytest.mark.parametrize("manifest, problem", [

@@ -2,9 +2,11 @@
 
 Built once from images (the run's training split by default, or --calib-dir), with the
 same decoding as training and no augmentation, sampled stratified and seeded, and cached
-in the run directory keyed by everything that determines it. TFLite, ONNX Runtime and NNCF
-all read from the same `CalibrationSet`, so the manifests of all three formats carry the
-same sample hash.
+in the run directory keyed by everything that determines the pixels: each chosen file's bytes
+and label, in order, the image size and the edgeclf version (an image overwritten under the
+same name is a new key). The sample hash is a hash of the decoded pixels themselves. TFLite,
+ONNX Runtime and NNCF all read from the same `CalibrationSet`, so the manifests of all three
+formats carry the same sample hash.
 """
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import hashlib
 import json
 import os
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeclf import console
+from edgeclf import __version__, console
 from edgeclf.errors import DatasetError, ModelError, UsageError
-from edgeclf.pipeline.datasets import Sample, decode, samples_digest, scan_for_scoring, stratified_sample
+from edgeclf.pipeline.datasets import Sample, decode, scan_for_scoring, stratified_sample
 from edgeclf.pipeline.runs import Run
 
 RECOMMENDED_MIN = 100
@@ -69,14 +72,17 @@ def build(run: Run, size: int = 300, calib_dir: str | None = None, seed: int | N
     if size > len(samples):
         console.warn(f"--calib-size {size} is more than the {len(samples)} images available; using all of them")
     chosen = stratified_sample(samples, len(run.labels), size, seed)
-    digest = samples_digest(chosen, root)
-    key = hashlib.sha256(json.dumps([digest, run.img_size, str(root)]).encode()).hexdigest()[:16]
-    images, skipped = _cached_decode(run, key, chosen, root)
-    kept = [s for s, ok in zip(chosen, skipped) if ok]
+    images, decoded = _cached_decode(run, _content_key(run, chosen), chosen, root)
+    kept = [s for s, ok in zip(chosen, decoded) if ok]
     per_class = {name: 0 for name in run.labels}
     for sample in kept:
         per_class[run.labels[sample.label]] += 1
-    return CalibrationSet(images, source, seed, per_class, samples_digest(kept, root))
+    return CalibrationSet(images, source, seed, per_class, pixels_digest(images))
+
+
+def pixels_digest(images: np.ndarray) -> str:
+    """A hash of the decoded pixels (and their shape): two sets hash alike only if the model sees the same inputs."""
+    return hashlib.sha256(json.dumps(images.shape).encode() + np.ascontiguousarray(images).tobytes()).hexdigest()
 
 
 def available(run: Run, calib_dir: str | None = None) -> int:
@@ -102,8 +108,7 @@ def pixel_range_probe(run: Run) -> CalibrationSet:
     images = np.concatenate([
         np.zeros((1, size, size, 3)), np.full((1, size, size, 3), 255.0), ramp[None], ramp.transpose(1, 0, 2)[None], noise,
     ]).round().astype(np.uint8)
-    digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
-    return CalibrationSet(images, "pixel-range probe (no images; QAT's learned ranges)", run.seed, {}, digest)
+    return CalibrationSet(images, "pixel-range probe (no images; QAT's learned ranges)", run.seed, {}, pixels_digest(images))
 
 
 def _candidates(run: Run, calib_dir: str | None) -> tuple[list[Sample], Path, str]:
@@ -120,12 +125,40 @@ def _candidates(run: Run, calib_dir: str | None) -> tuple[list[Sample], Path, st
     return run.plan.samples["train"], run.plan.roots["train"], f"training split of {run.plan.roots['train']}"
 
 
+def _content_key(run: Run, chosen: list[Sample]) -> str:
+    """The cache key: every chosen file's bytes and label in order, and what decoding depends on.
+
+    Reading the files is cheap next to decoding them, and unlike names, sizes or mtimes their
+    bytes cannot stay the same while the pixels change.
+    """
+    h = hashlib.sha256(json.dumps({"img_size": run.img_size, "edgeclf": __version__}).encode())
+    for sample in chosen:
+        h.update(f"{sample.label}\t{_file_digest(sample.path)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    if not path.is_file():  # never open a FIFO or device: decode skips it with a warning
+        return "not a file"
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:  # likewise skipped; once readable it is another key
+        return "unreadable"
+
+
 def _cached_decode(run: Run, key: str, chosen: list[Sample], root: Path) -> tuple[np.ndarray, list[bool]]:
     """Decode the chosen images, or load them from the run's cache if they were decoded before."""
     cache = run.path / CACHE_DIR / f"calib-{key}.npz"
     if cache.is_file():
-        with np.load(cache) as data:
-            return data["images"], data["ok"].tolist()
+        try:
+            with np.load(cache) as data:
+                images, ok = data["images"], data["ok"].tolist()
+            if len(ok) == len(chosen) and images.shape == (sum(ok), run.img_size, run.img_size, 3):
+                return images, ok
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass
+        console.warn(f"{cache} is damaged; decoding the calibration images again")
     split = decode("calibration", root, run.labels, chosen, run.img_size)
     ok_paths = set(split.paths)
     ok = [s.path in ok_paths for s in chosen]

@@ -33,13 +33,13 @@ def read_run_record(path: Path) -> dict:
     """run.json, checked for the keys every reader relies on."""
     info = records.read(path, "run", "re-run `edgeclf train`")
     if not isinstance(info, dict):
-        missing = "everything (it is not a JSON object)"
-    else:
-        config = info.get("config") if isinstance(info.get("config"), dict) else {}
-        input_ = info.get("input") if isinstance(info.get("input"), dict) else {}
-        found = {"config.arch": "arch" in config, "config.seed": isinstance(config.get("seed"), int),
-                 "input.shape": is_image_shape(input_.get("shape")), "input.preprocessing": "preprocessing" in input_}
-        missing = ", ".join(key for key, ok in found.items() if not ok)
+        raise ModelError(f"{path} holds a JSON {type(info).__name__}, not an object",
+                         "re-run `edgeclf train`, or restore the run's original run.json")
+    config = info.get("config") if isinstance(info.get("config"), dict) else {}
+    input_ = info.get("input") if isinstance(info.get("input"), dict) else {}
+    found = {"config.arch": "arch" in config, "config.seed": isinstance(config.get("seed"), int),
+             "input.shape": is_image_shape(input_.get("shape")), "input.preprocessing": "preprocessing" in input_}
+    missing = ", ".join(key for key, ok in found.items() if not ok)
     if missing:
         raise ModelError(f"{path} is missing {missing}", "re-run `edgeclf train`, or restore the run's original run.json")
     return info

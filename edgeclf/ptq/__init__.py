@@ -24,10 +24,13 @@ NONE = "none"
 
 
 def parse(text: str) -> tuple[str, ...]:
-    """'cle,bias' -> ('cle', 'bias') in canonical order; 'none' -> ()."""
-    if text.strip().lower() in (NONE, ""):
+    """'cle,bias' -> ('cle', 'bias') in canonical order; 'none' -> (); an empty list is an error."""
+    if text.strip().lower() == NONE:
         return ()
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:  # '' is more likely a lost shell variable than a request for plain PTQ
+        raise UsageError(f"--ptq {text!r} names no technique",
+                         f"pass a comma list of {', '.join(TECHNIQUES)}, or none for plain PTQ")
     unknown = [n for n in names if n not in TECHNIQUES]
     if unknown:
         raise UsageError(f"--ptq {','.join(unknown)} is not a technique", f"use a comma list of {', '.join(TECHNIQUES)}, or none")

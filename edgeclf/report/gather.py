@@ -51,13 +51,17 @@ def read_json(path: Path, report: Report | None = None, kind: str | None = None)
         if report is not None:
             report.problem(f"{path} is missing")
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        if report is not None:
+            report.problem(f"{path} is not valid JSON ({exc})")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
         if report is not None:
             report.problem(f"{path} could not be read ({exc})")
         return None
     if not isinstance(data, dict):
         if report is not None:
-            report.problem(f"{path} does not hold a JSON object")
+            report.problem(f"{path} holds a JSON {type(data).__name__}, not an object")
         return None
     try:
         if kind:
@@ -77,10 +81,11 @@ def gather(run_dir, extra_bench_dirs=()) -> Report:
     if not (run_dir / RUN_FILE).is_file():
         raise ModelError(f"{run_dir} is not an edgeclf run (no {RUN_FILE})",
                          "pass a directory written by `edgeclf train` or `edgeclf optimize`")
-    info = read_json(run_dir / RUN_FILE, kind="run")
-    if info is None:
-        raise ModelError(f"{run_dir / RUN_FILE} is not valid JSON", "re-run `edgeclf train`")
-    report = Report(run_dir, info, [], None)
+    report = Report(run_dir, {}, [], None)
+    info = read_json(run_dir / RUN_FILE, report, kind="run")
+    if info is None:  # the one file a report cannot do without: its problem is the error
+        raise ModelError(report.problems[-1], "re-run `edgeclf train`, or restore the run's original run.json")
+    report.info = info
     missing = [key for key in RUN_KEYS if key not in info]
     if missing:
         report.problem(f"run.json has no {', '.join(missing)} (an older or interrupted edgeclf run?)")
