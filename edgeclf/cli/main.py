@@ -76,10 +76,10 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 
 def _register() -> None:
-    from edgeclf.cli import (bench, bundle, demo, devices, evaluate, export, html_report, inspect, optimize, predict,
+    from edgeclf.cli import (audit, bench, bundle, demo, devices, evaluate, export, html_report, inspect, optimize, predict,
                              run, train, validate)
 
-    for module in (train, optimize, evaluate, predict, export, inspect, validate, bench, html_report, devices, demo, run):
+    for module in (audit, train, optimize, evaluate, predict, export, inspect, validate, bench, html_report, devices, demo, run):
         cli.add_command(module.command)
     cli.add_command(bundle.command)
     cli.add_command(bundle.check_command)

@@ -7,7 +7,7 @@ from edgeclf import console
 from edgeclf.cli import options, tables
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import BACKBONES
-from edgeclf.pipeline.config import TrainConfig
+from edgeclf.pipeline.config import EMBEDDING_MODES, LEAK_POLICIES, TrainConfig
 
 
 @click.command("train")
@@ -34,6 +34,10 @@ from edgeclf.pipeline.config import TrainConfig
 @click.option("--seed", default=42, show_default=True, type=int)
 @options.cache
 @options.distribute
+@click.option("--leaks", default="warn", show_default=True, type=click.Choice(LEAK_POLICIES),
+              help="Val/test images that duplicate training images: warn (score both ways), exclude them from scoring, or refuse to train.")
+@click.option("--audit-embeddings", default="auto", show_default=True, type=click.Choice(EMBEDDING_MODES),
+              help="The data audit's embedding checks (near duplicates, likely label errors); auto: when they cost under 10% of training.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run at --out from its last epoch (with the --cache and --distribute given now).")
 @click.option("--restart", is_flag=True, help="Discard the interrupted run at --out (its .partial folder) and start again.")
 @options.overwrite

@@ -190,7 +190,9 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
         what = " + ".join(p for p in (
             f"{100 * record['prune']['target']:.0f}% pruned" if record["prune"] else None, "QAT" if record["qat"] else None,
         ) if p)
-        info = write_run(staging, model, train_config, run.plan, splits, tuner.history, timing, record, save_model, what)
+        source_audit = run.info.get("audit")  # the same splits: carry the source's audit, rescored on this model
+        info = write_run(staging, model, train_config, run.plan, splits, tuner.history, timing, record, save_model, what,
+                         audit={k: v for k, v in source_audit.items() if k != "figures_without_leaks"} if source_audit else None)
         shutil.rmtree(staging / training.STREAM_DIR, ignore_errors=True)  # the decoded images do not ship
     return summary(info) | {"optimization": _summary_of(record), "run_dir": str(out)}
 

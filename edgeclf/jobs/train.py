@@ -18,6 +18,8 @@ import numpy as np
 from edgeclf import console, tfenv
 from edgeclf.atomic import check_output, publish, write_text_atomic
 from edgeclf.errors import UsageError
+from edgeclf.jobs.audit import audit_for_training
+from edgeclf.jobs.audit import run_record as audit_record
 from edgeclf.pipeline import distribute, streaming
 from edgeclf.pipeline.backbones import (
     build_classifier,
@@ -76,6 +78,7 @@ def train(config: TrainConfig, overwrite: bool = False, restart: bool = False) -
             raise UsageError(f"an interrupted run exists at {work}",
                              "pass --resume to continue it, or --restart to discard it and start again")
     plan = plan_splits(config)  # every dataset error surfaces here, before anything is written
+    audit, plan = audit_for_training(config, plan)  # --leaks refuse stops here; exclude shrinks the plan
     if role.chief and work.exists():
         discard_partial(work)
     state = {
@@ -87,6 +90,7 @@ def train(config: TrainConfig, overwrite: bool = False, restart: bool = False) -
         "best": None,
         "stages_done": [],
         "timing": {},
+        "audit": audit_record(audit),
     }
     return _execute(state, work, overwrite, role, resuming=False)
 
@@ -240,7 +244,8 @@ class Trainer:
     def finish(self) -> dict:
         timing = self.state["timing"]
         timing["total_s"] = round(sum(v for k, v in timing.items() if k.endswith("_s") and k != "total_s"), 2)
-        info = write_run(self.work, self.model, self.config, self.plan, self.splits, self.state["history"], timing)
+        info = write_run(self.work, self.model, self.config, self.plan, self.splits, self.state["history"], timing,
+                         audit=self.state.get("audit"))
         shutil.rmtree(self.work / CHECKPOINT_DIR, ignore_errors=True)
         shutil.rmtree(self.work / STREAM_DIR, ignore_errors=True)
         (self.work / STATE_FILE).unlink()

@@ -11,6 +11,8 @@ from edgeclf.pipeline.distribute import STRATEGIES
 from edgeclf.pipeline.streaming import CACHE_MODES
 from edgeclf.checks import check_range
 
+LEAK_POLICIES = ("warn", "exclude", "refuse")
+EMBEDDING_MODES = ("auto", "on", "off")
 MAX_IMG_SIZE = 1024  # decoded splits are held in memory: 1000 images at 1024 px are already 3 GB
 MAX_LR = 1.0  # Adam: far above any rate that trains
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding (used by Keras) takes no more
@@ -41,6 +43,8 @@ class TrainConfig:
     seed: int = 42
     cache: str = "auto"  # decoded images: memory, disk (a file in the run), none (decode per read), auto
     distribute: str = "none"  # none, mirrored, multi-worker (pipeline/distribute.py)
+    leaks: str = "warn"  # val/test images that duplicate training images: warn, exclude, refuse (jobs/audit.py)
+    audit_embeddings: str = "auto"  # the audit's embedding checks: auto (when cheap next to training), on, off
 
     def __post_init__(self):
         backbone = get_backbone(self.arch)
@@ -74,6 +78,10 @@ class TrainConfig:
             raise UsageError(f"--cache {self.cache} is not supported", f"use one of {', '.join(CACHE_MODES)}")
         if self.distribute not in STRATEGIES:
             raise UsageError(f"--distribute {self.distribute} is not supported", f"use one of {', '.join(STRATEGIES)}")
+        if self.leaks not in LEAK_POLICIES:
+            raise UsageError(f"--leaks {self.leaks} is not supported", f"use one of {', '.join(LEAK_POLICIES)}")
+        if self.audit_embeddings not in EMBEDDING_MODES:
+            raise UsageError(f"--audit-embeddings {self.audit_embeddings} is not supported", f"use one of {', '.join(EMBEDDING_MODES)}")
         if self.weights.lower() in ("imagenet", "none"):
             self.weights = self.weights.lower()
         else:

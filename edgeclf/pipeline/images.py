@@ -22,7 +22,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16/32-bit grayscale: scale to 8 bits instead of letting PIL clip everything above 255.
         values = np.asarray(img, dtype=np.float64)
@@ -45,7 +45,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
             img.seek(0)  # GIF/WebP animations: first frame
             img.load()
             img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            rgb = to_rgb(img)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), RESAMPLE)
             return np.asarray(rgb, dtype=np.uint8)

@@ -18,22 +18,32 @@ from edgeclf.pipeline.runs import (
 )
 from edgeclf.pipeline.splits import SplitPlan, save_plan
 
+AUDIT_FILE = "audit.json"  # the run's data audit (edgeclf/audit), kept beside run.json
+
 RUN_FORMAT = records.tag("run")
 
 
 def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history: list, timing: dict,
-              optimization: dict | None = None, save=None, title: str = "") -> dict:
+              optimization: dict | None = None, save=None, title: str = "", audit: dict | None = None) -> dict:
     """Score `model` on val/test, write the run into `work` and return run.json's record.
 
     `save(model, path)` writes the model file (default: `model.save`); `title` describes the
-    model in the confusion matrix's title (e.g. "50% pruned").
+    model in the confusion matrix's title (e.g. "50% pruned"); `audit` is the data audit of
+    the run's splits (jobs/audit.py), scored again without its leaked images.
     """
     classes = plan.classes
     metrics = {name: split_metrics(model, splits[name]) for name in ("val", "test") if name in splits}
+    if audit is not None:
+        from edgeclf.audit.leaks import figures_without_leaks
+
+        audit = audit | {"figures_without_leaks": figures_without_leaks(model, splits, metrics, audit["summary"]["leaked"])}
+        (work / AUDIT_FILE).write_text(console.to_json(audit) + "\n")
     (save or (lambda m, path: m.save(path)))(model, work / MODEL_FILE)
     write_labels(work / LABELS_FILE, classes)
     save_plan(plan, work / SPLIT_FILE)
     info = run_record(config, classes, plan, splits, history, timing, metrics, optimization)
+    if audit is not None:
+        info["audit"] = audit
     (work / RUN_FILE).write_text(console.to_json(info))
     plots.training_curves(history, work / "training.png")
     split_name = "test" if "test" in metrics else "val"
