@@ -18,6 +18,7 @@ LAYERS = [
               "edgeclf.records", "edgeclf.schemas"]),
     ("layout", ["edgeclf.layout"]),
     ("pipeline", ["edgeclf.pipeline"]),
+    ("audit", ["edgeclf.audit"]),
     ("ptq", ["edgeclf.ptq"]),
     ("calibration", ["edgeclf.calibration"]),
     ("exporters", ["edgeclf.exporters", "edgeclf.artefacts"]),

@@ -34,7 +34,7 @@ def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history:
     classes = plan.classes
     metrics = {name: split_metrics(model, splits[name]) for name in ("val", "test") if name in splits}
     if audit is not None:
-        from edgeclf.audit.leaks import figures_without_leaks
+        from edgeclf.pipeline.leaks import figures_without_leaks
 
         audit = audit | {"figures_without_leaks": figures_without_leaks(model, splits, metrics, audit["summary"]["leaked"])}
         (work / AUDIT_FILE).write_text(console.to_json(audit) + "\n")
