@@ -24,7 +24,6 @@ from edgeclf.audit.findings import (
 )
 from edgeclf.audit.scan import SPLITS, scan
 
-AUDIT_FILE = "audit.json"
 
 
 def audit_samples(samples: dict, classes: list[str], img_size: int, embedder=None, work: Path | None = None,

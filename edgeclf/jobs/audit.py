@@ -11,10 +11,11 @@ from pathlib import Path
 
 from edgeclf import console
 from edgeclf.atomic import staged_dir
-from edgeclf.audit import AUDIT_FILE, audit_samples
+from edgeclf.audit import audit_samples
 from edgeclf.audit.embeddings import Embedder
 from edgeclf.errors import DatasetError, UsageError
 from edgeclf.pipeline.datasets import scan_folder, scan_for_scoring
+from edgeclf.pipeline.runs import AUDIT_FILE
 
 HTML_FILE = "audit.html"
 # `auto` in training: embed only when it costs at most this share of training. One forward pass over

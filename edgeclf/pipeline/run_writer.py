@@ -10,6 +10,7 @@ from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, get_backbone
 from edgeclf.pipeline.predict import split_metrics
 from edgeclf.pipeline.runs import (
+    AUDIT_FILE,
     LABELS_FILE,
     MODEL_FILE,
     RUN_FILE,
@@ -17,8 +18,6 @@ from edgeclf.pipeline.runs import (
     write_labels,
 )
 from edgeclf.pipeline.splits import SplitPlan, save_plan
-
-AUDIT_FILE = "audit.json"  # the run's data audit (edgeclf/audit), kept beside run.json
 
 RUN_FORMAT = records.tag("run")
 

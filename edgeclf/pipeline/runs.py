@@ -14,6 +14,7 @@ MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 RUN_FILE = "run.json"
 SPLIT_FILE = "split.json"
+AUDIT_FILE = "audit.json"  # the data audit of the run's splits (edgeclf/audit)
 
 
 def write_labels(path: Path, labels: list[str]) -> None:
