@@ -237,7 +237,8 @@ def test_interrupted_training_continues_from_its_checkpoint(tmp_path, monkeypatc
         pipeline.run(pf)
     partial = training.partial_dir(Path(config.out))
     partial.mkdir(parents=True)  # what an interrupted `edgeclf train` leaves: its state after some epochs
-    (partial / training.STATE_FILE).write_text(json.dumps({"config": config.to_dict(), "stage": "scratch", "epoch": 1}))
+    (partial / training.STATE_FILE).write_text(json.dumps({"config": config.to_dict(), "plan": {}, "stage": "scratch", "epoch": 1,
+                                                                "history": [], "best": None, "stages_done": [], "timing": {}}))
 
     monkeypatch.setattr(training, "resume", stopped("resume"))
     with pytest.raises(KeyboardInterrupt):

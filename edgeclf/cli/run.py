@@ -13,13 +13,18 @@ from edgeclf.errors import EdgeclfError
 @click.argument("pipeline_file", type=click.Path(path_type=str))
 @click.option("--dry-run", is_flag=True, help="Print the plan (cached / will run / why) and do nothing.")
 @click.option("--force", metavar="STAGE", help="Rerun this stage (e.g. train, export/tflite-int8) and everything after it.")
+@click.option("--restart", is_flag=True, help="Discard interrupted trainings (their .partial folders) and train them again "
+              "instead of resuming, e.g. when a damaged checkpoint state says so.")
+@click.option("--trust-pipeline-devices", "trust_devices", is_flag=True,
+              help="Let the file's devices_file, validate.ssh_config and validate.insecure_host_key take effect: "
+              "they can make ssh run local commands, so only for a pipeline file you trust.")
 @options.json_output
-def command(pipeline_file, dry_run, force, as_json):
+def command(pipeline_file, dry_run, force, restart, trust_devices, as_json):
     """Train, optimize, export and validate on every device as PIPELINE_FILE says; cached stages are skipped."""
     from edgeclf.jobs import compare, pipeline, pipeline_file as schema
 
-    pf = schema.load(pipeline_file)
-    result = pipeline.run(pf, force=force, dry_run=dry_run)
+    pf = schema.load(pipeline_file, trust_devices=trust_devices)
+    result = pipeline.run(pf, force=force, dry_run=dry_run, restart=restart)
     if as_json:
         console.print_json(result)
     elif dry_run:

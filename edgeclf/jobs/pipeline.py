@@ -5,8 +5,10 @@ Stages, per backbone: train -> optimize (optional) -> one export per entry -> on
 report, a bundle), append a builder to FINAL_STAGES: it gets the plan and returns a Stage.
 
 A stage's key hashes its own settings, its inputs (image file lists with sizes and mtimes, the
-upstream stages' keys) and the edgeclf version. A stage reruns when it is forced, its key or
-output changed, it did not finish last time, or a stage it reads reruns; otherwise it is cached.
+upstream stages' keys) and the edgeclf version. The record of a finished stage lists the files
+it wrote with their sizes and sha256. A stage reruns when it is forced, its key changed, one of
+those files is gone or changed, it did not finish last time, or a stage it reads reruns;
+otherwise it is cached.
 Every stage writes its output atomically, and pipeline.json is rewritten after each one, so
 an interrupted run redoes only what had not finished (training continues from its checkpoint).
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from edgeclf.atomic import staged_dir, write_text_atomic
 from edgeclf.devices.targets import parse_target
 from edgeclf.errors import EdgeclfError, UsageError, first_line
 from edgeclf.jobs import compare
+from edgeclf.jobs.budget import BudgetSpec, export_within_budget
 from edgeclf.jobs.export import export_run
 from edgeclf.jobs.fleet import run_on_devices
 from edgeclf.jobs.optimize import OptimizeConfig, optimize
@@ -53,6 +55,7 @@ class Stage:
     key: str = ""
     settings_hash: str = ""
     why: str | None = None  # None: cached; else why it runs
+    outputs: dict | None = None  # the files it wrote: {relative path: [size, sha256]}
 
 
 def _digest(value) -> str:
@@ -73,17 +76,46 @@ def file_fingerprint(path) -> str | None:
     return _digest([p.stat().st_size, p.stat().st_mtime_ns]) if p and p.is_file() else None
 
 
+def output_record(folder: Path) -> dict[str, list]:
+    """Every file a stage wrote, with its size and sha256: what must still be there for it to count as cached."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    return {str(p.relative_to(folder)): [p.stat().st_size, _sha256(p)] for p in files}
+
+
+def output_problem(folder: Path, recorded) -> str | None:
+    """Why a finished stage's output can no longer count as cached, or None if every recorded file is intact."""
+    if not folder.is_dir():
+        return "its output is missing"
+    if not isinstance(recorded, dict) or not all(isinstance(v, list) and len(v) == 2 for v in recorded.values()):
+        return "its output was not recorded"
+    root = folder.resolve()
+    for name, (size, digest) in recorded.items():
+        path = folder / name
+        if not path.resolve().is_relative_to(root):  # a doctored record does not make us read elsewhere
+            return "its output record names a file outside it"
+        if not path.is_file():
+            return f"its output {name} is missing"
+        if path.stat().st_size != size or _sha256(path) != digest:
+            return f"its output {name} changed"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 # --------------------------------------------------------------------------------------
 # The plan
 # --------------------------------------------------------------------------------------
-def plan(pf: PipelineFile) -> list[Stage]:
+def plan(pf: PipelineFile, restart: bool = False) -> list[Stage]:
     stages: list[Stage] = []
     several = len(pf.trains) > 1
     for config in pf.trains:
         arch_dir = pf.out / config.arch
         tag = f"/{config.arch}" if several else ""
         settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "data_dir", "val_dir", "test_dir")}
-        train = Stage(f"train{tag}", "train", settings, [], Path(config.out), lambda s, r, c=config: _train(c),
+        train = Stage(f"train{tag}", "train", settings, [], Path(config.out), lambda s, r, c=config: _train(c, restart),
                       inputs={"train images": folder_fingerprint(config.data_dir), "val images": folder_fingerprint(config.val_dir),
                               "test images": folder_fingerprint(config.test_dir),
                               "weights file": file_fingerprint(config.weights) if config.pretrained else None})
@@ -97,8 +129,12 @@ def plan(pf: PipelineFile) -> list[Stage]:
         for export in pf.exports:
             # under the run, as `edgeclf export` puts them, so that the run's report finds them
             spec = dataclasses.replace(export.spec, out=str(source.output / "exports" / export.name))
-            stage = Stage(f"export{tag}/{export.name}", "export", {k: v for k, v in spec.to_dict().items() if k != "out"},
-                          [source.name], Path(spec.out), lambda s, r, up=source.output, sp=spec: export_run(up, sp, overwrite=True),
+            settings = {k: v for k, v in spec.to_dict().items() if k != "out"}
+            if export.budget is not None:
+                settings["budget"] = {"max_drop": export.budget.max_drop, "min_agreement": export.budget.min_agreement,
+                                      "allow_float_layers": export.budget.allow_float_layers}
+            stage = Stage(f"export{tag}/{export.name}", "export", settings, [source.name], Path(spec.out),
+                          lambda s, r, up=source.output, sp=spec, b=export.budget: _export(up, sp, b),
                           inputs={"calibration images": folder_fingerprint(spec.calib_dir)}, export=export)
             stages.append(stage)
             measured.append(stage)
@@ -194,10 +230,9 @@ def decide(stages: list[Stage], previous: dict, force: str | None) -> None:
             stage.why = ("its settings changed" if prev.get("settings_hash") != stage.settings_hash
                          else f"its inputs changed ({', '.join(changed_inputs)})" if changed_inputs
                          else "an upstream stage or the edgeclf version changed")
-        elif not stage.output.exists():
-            stage.why = "its output is missing"
         else:
-            stage.why = None
+            stage.why = output_problem(stage.output, prev.get("outputs"))
+            stage.outputs = prev.get("outputs") if stage.why is None else None
 
 
 def _matches(name: str, force: str) -> bool:
@@ -207,8 +242,9 @@ def _matches(name: str, force: str) -> bool:
 # --------------------------------------------------------------------------------------
 # Running it
 # --------------------------------------------------------------------------------------
-def run(pf: PipelineFile, force: str | None = None, dry_run: bool = False) -> dict:
-    stages = plan(pf)
+def run(pf: PipelineFile, force: str | None = None, dry_run: bool = False, restart: bool = False) -> dict:
+    """Run the pipeline; `restart` discards interrupted trainings (their .partial folders) instead of resuming them."""
+    stages = plan(pf, restart)
     _keys(stages)
     previous = _previous(pf.out)
     decide(stages, previous, force)
@@ -232,7 +268,7 @@ def _previous(out: Path) -> dict:
         record = json.loads(state.read_text())
         records.version(record, "pipeline", state)  # a newer edgeclf's state is not ours to overwrite
         return {r["name"]: r for r in record["stages"]}
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         console.warn(f"{state} is unreadable; every stage runs again")
         return {}
 
@@ -261,9 +297,13 @@ class _Runner:
                 "stages": [self.records[s.name] for s in self.stages if s.name in self.records]}
 
     def _record(self, stage: Stage, status: str, seconds: float = 0.0, error: str | None = None) -> None:
+        if status == "ran":
+            stage.outputs = output_record(stage.output)
         record = {"name": stage.name, "key": stage.key, "status": status, "seconds": round(seconds, 2),
                   "output": relative(stage.output, self.pf.out), "why": stage.why,
                   "settings_hash": stage.settings_hash, "inputs": stage.inputs}
+        if status in DONE:
+            record["outputs"] = stage.outputs
         if error:
             record["error"] = error
         self.records[stage.name] = record
@@ -342,19 +382,29 @@ def _catching(job: Callable) -> Callable:
     return wrapped
 
 
-def _train(config) -> None:
-    """Train, or continue this very config's interrupted run from its last epoch checkpoint."""
+def _train(config, restart: bool = False) -> None:
+    """Train, or continue this very config's interrupted run from its last epoch checkpoint
+    (unless `restart`). A damaged checkpoint state is a one-line error that names --restart."""
     from edgeclf.jobs import train as training
+    from edgeclf.pipeline.partial_runs import discard_partial, load_state
 
     out = Path(config.out)
     partial = training.partial_dir(out)
-    state = partial / training.STATE_FILE
-    if state.is_file() and _digest(json.loads(state.read_text()).get("config")) == _digest(json.loads(json.dumps(config.to_dict()))):
-        training.resume(out, overwrite=True)
-        return
-    if partial.exists():  # an interrupted run of other settings, inside our own out folder
-        shutil.rmtree(partial)
+    if not restart and (partial / training.STATE_FILE).exists():
+        state = load_state(partial)
+        if _digest(state["config"]) == _digest(json.loads(json.dumps(config.to_dict()))):
+            training.resume(out, overwrite=True)
+            return
+    if partial.exists():  # an interrupted run of other settings, or one to restart, inside our own out folder
+        discard_partial(partial)
     training.train(config, overwrite=True)
+
+
+def _export(run_dir: Path, spec, budget: BudgetSpec | None) -> None:
+    if budget is None:
+        export_run(run_dir, spec, overwrite=True)
+    else:
+        export_within_budget(run_dir, dataclasses.replace(budget, export=spec), overwrite=True)
 
 
 def _comparison_entries(pf: PipelineFile, stages: list[Stage], records: dict) -> list[dict]:

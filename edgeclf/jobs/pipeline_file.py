@@ -9,9 +9,13 @@ setting is never configured or checked two ways. Errors name the file, the line 
     optimize: {prune: 0.5, qat: true}                                  # `edgeclf optimize` options
     exports: [{target: tflite, quant: int8, ptq: cle}]                 # `edgeclf export` options (+ name)
     devices: [local, pi, ssh://user@board]                             # names, groups or URLs
-    devices_file: devices.yaml                                         # named here, so trusted
+    devices_file: devices.yaml                                         # needs --trust-pipeline-devices
     validate: {runs: 50, threads: 1, data: images/test}                # `edgeclf validate` options
     out: runs/flowers
+
+A pipeline file usually comes with a repository, so it is trusted like an `edgeclf.yaml`
+found in the working directory: settings that can make ssh run local commands or turn
+host-key checking off (TRUSTED_ONLY) take effect only with `--trust-pipeline-devices`.
 
 A `train` value may also be a mapping per backbone, e.g. `weights: {mobilenetv2: w.h5,
 efficientnetb0: none}`; with several backbones, `alpha` applies to those that have it.
@@ -29,6 +33,7 @@ from edgeclf.devices.benchmark_tool import DELEGATES
 from edgeclf.devices.targets import expand_devices, parse_target
 from edgeclf.errors import EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
+from edgeclf.jobs.budget import BudgetSpec
 from edgeclf.jobs.optimize import OptimizeConfig
 from edgeclf.pipeline.backbones import BACKBONES, get_backbone
 from edgeclf.pipeline.config import TrainConfig
@@ -36,13 +41,21 @@ from edgeclf.pipeline.config import TrainConfig
 DATA_KEYS = {"train": "data_dir", "val": "val_dir", "test": "test_dir"}
 TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data_dir", "val_dir", "test_dir", "out")]
 OPTIMIZE_KEYS = [f.name for f in dataclasses.fields(OptimizeConfig) if f.name not in ("run_dir", "out", "check")]
-EXPORT_KEYS = ["name"] + [f.name for f in dataclasses.fields(ExportSpec) if f.name != "out"]
+BUDGET_KEYS = [f.name for f in dataclasses.fields(BudgetSpec) if f.name != "export"]
+EXPORT_KEYS = ["name"] + [f.name for f in dataclasses.fields(ExportSpec) if f.name != "out"] + BUDGET_KEYS
 VALIDATE_KEYS = ["data", "runs", "warmup", "threads"] + [f.name for f in dataclasses.fields(DeviceOptions) if f.name != "devices_file"]
 TOP_KEYS = ["data", "train", "optimize", "exports", "devices", "devices_file", "validate", "report", "bundle", "out"]
 # Values that are paths on this machine, resolved against the pipeline file's folder.
 PATH_KEYS = {"weights", "calib_dir", "ssh_config", "benchmark_binary", "data", "devices_file", "out", *DATA_KEYS}
 # Types of the keys that are not fields of a config record.
 EXTRA_TYPES = {"name": "str", "data": "str", "train": "str", "val": "str", "test": "str", "runs": "int", "warmup": "int", "threads": "int | None"}
+TRUST_FLAG = "--trust-pipeline-devices"
+# Settings a pipeline file may use only when the user trusts it: an ssh config (its own or one in
+# a devices file) can run local commands (ProxyCommand, LocalCommand, Match exec), and
+# insecure_host_key turns host-key checking off.
+TRUSTED_ONLY = {("devices_file",): "names a devices file, whose ssh_config can make ssh run local commands",
+                ("validate", "ssh_config"): "can make ssh run local commands (ProxyCommand, LocalCommand)",
+                ("validate", "insecure_host_key"): "turns ssh host-key checking off"}
 TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "None": "empty",
               "tuple[str, ...]": "a list of strings"}
 
@@ -51,6 +64,7 @@ TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool
 class Export:
     name: str  # its folder and stage name, e.g. tflite-int8
     spec: ExportSpec  # out is set per backbone
+    budget: BudgetSpec | None = None  # max_drop / min_agreement: `edgeclf export`'s accuracy budget
 
 
 @dataclass
@@ -71,33 +85,63 @@ class PipelineFile:
     bundle: tuple[str, ...] = ()  # names of TFLite exports to bundle for app teams (`edgeclf bundle`)
 
 
-def load(path) -> PipelineFile:
+def load(path, trust_devices: bool = False) -> PipelineFile:
+    """The checked pipeline file; `trust_devices` lets its device settings that can run local
+    commands take effect (see TRUSTED_ONLY), as `edgeclf run --trust-pipeline-devices` says."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(f"pipeline file {path} does not exist", "pass a YAML file such as examples/digits.yaml")
-    text = path.read_text()
+        raise UsageError(f"pipeline file {path} {'is not a file' if path.exists() else 'does not exist'}",
+                         "pass a YAML file such as examples/digits.yaml")
     try:
-        data, lines = yaml.safe_load(text), _lines(yaml.compose(text))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+                         "save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"pipeline file {path} cannot be read ({exc.strerror})", "check its permissions") from None
+    try:
+        _refuse_aliases(path, text)
+        lines = _lines(path, yaml.compose(text))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UsageError(f"{path}{where} is not valid YAML ({getattr(exc, 'problem', None) or exc})", "fix its syntax") from None
-    return _Checker(path, lines).check(data)
+    except RecursionError:
+        raise UsageError(f"{path} nests lists or mappings too deeply", "write a flatter file") from None
+    return _Checker(path, lines, trust_devices).check(data)
 
 
-def _lines(node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Line of every key and list item, from yaml's node marks: {("train", "alpha"): 3}."""
+def _refuse_aliases(path: Path, text: str) -> None:
+    """An alias repeats a node without repeating its text, so a few hundred bytes of them can
+    stand for billions of values (a "billion laughs"); a pipeline file has no need for them."""
+    for event in yaml.parse(text):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise UsageError(f"{path.name} line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                             "are not supported in a pipeline file", "write each value out where it is used")
+
+
+def _lines(path: Path, node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Line of every key and list item, from yaml's node marks: {("train", "alpha"): 3}.
+
+    A key given twice in one mapping is an error here: YAML would silently keep the last one."""
     if node is None:
         return {}
     lines = {prefix: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
+        seen = {}
         for key, value in node.value:
-            where = prefix + (_norm(key.value),)
-            lines.update(_lines(value, where))
+            name = _norm(key.value)
+            if name in seen:
+                raise UsageError(f"{path.name} line {key.start_mark.line + 1}: key '{name}' is given twice "
+                                 f"(first on line {seen[name]})", "keep one of them")
+            seen[name] = key.start_mark.line + 1
+            where = prefix + (name,)
+            lines.update(_lines(path, value, where))
             lines[where] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            lines.update(_lines(item, prefix + (index,)))
+            lines.update(_lines(path, item, prefix + (index,)))
     return lines
 
 
@@ -106,8 +150,8 @@ def _norm(key) -> str:
 
 
 class _Checker:
-    def __init__(self, path: Path, lines: dict):
-        self.path, self.lines, self.base = path, lines, path.parent
+    def __init__(self, path: Path, lines: dict, trust_devices: bool = False):
+        self.path, self.lines, self.base, self.trust_devices = path, lines, path.parent, trust_devices
 
     def fail(self, where: tuple, what: str, fix: str):
         line = next((self.lines[where[:i]] for i in range(len(where), -1, -1) if where[:i] in self.lines), 1)
@@ -157,6 +201,7 @@ class _Checker:
 
     def check(self, data) -> PipelineFile:
         top = self.mapping(data if data is not None else {}, (), TOP_KEYS, required=("data", "train", "out"))
+        self.trust(top)
         out = Path(self.typed(top["out"], ("out",), "str"))
         devices_file = self.typed(top["devices_file"], ("devices_file",), "str") if "devices_file" in top else None
         data_dirs = {DATA_KEYS[k]: v for k, v in self.section(top["data"], ("data",), None, list(DATA_KEYS)).items()}
@@ -186,6 +231,16 @@ class _Checker:
         bundle = self.bundles(top.get("bundle", False), exports)
         return PipelineFile(self.path, out, trains, optimize, exports, devices, options, runs, warmup, threads,
                             validate.get("data") or trains[0].test_dir, self.lines, report, bundle)
+
+    def trust(self, top: dict) -> None:
+        """Refuse TRUSTED_ONLY settings unless the user said to trust this file."""
+        if self.trust_devices:
+            return
+        for where, why in TRUSTED_ONLY.items():
+            section = top if len(where) == 1 else top.get(where[0])
+            if isinstance(section, dict) and {_norm(k): v for k, v in section.items()}.get(where[-1]) not in (None, False):
+                self.fail(where, f"{'.'.join(where)} {why}, and a pipeline file is not trusted by default",
+                          f"pass {TRUST_FLAG} if you trust {self.path.name} (or remove {where[-1]})")
 
     def bundles(self, value, exports: list[Export]) -> tuple[str, ...]:
         """`bundle: true` bundles every TFLite export; a list names the exports to bundle."""
@@ -227,19 +282,21 @@ class _Checker:
     def exports(self, value) -> list[Export]:
         if not isinstance(value, list):
             self.fail(("exports",), "exports must be a list", "write each export as `- {target: tflite, quant: int8}`")
-        types = {f.name: f.type for f in dataclasses.fields(ExportSpec)}
+        types = {f.name: f.type for f in (*dataclasses.fields(ExportSpec), *dataclasses.fields(BudgetSpec))}
         exports = []
         for index, item in enumerate(value):
             where = ("exports", index)
             settings = self.mapping(item, where, EXPORT_KEYS)
             settings = {k: self.typed(v, where + (k,), EXTRA_TYPES.get(k) or types[k]) for k, v in settings.items()}
             name = settings.pop("name", None)
+            limits = {k: settings.pop(k) for k in BUDGET_KEYS if k in settings}
             spec = self.build(where, lambda s=settings: ExportSpec(**s))
+            budget = self.build(where, lambda: BudgetSpec(spec, **limits))
             name = name or spec.default_dir_name()
             if not _simple(name) or name in [e.name for e in exports]:
                 self.fail(where, f"export name '{name}' is {'taken' if _simple(name) else 'not a simple name'}",
                           "give the export its own `name:` (letters, digits, '-', '_' and '.')")
-            exports.append(Export(name, spec))
+            exports.append(Export(name, spec, budget if budget.active else None))
         return exports
 
     def devices(self, value, devices_file: str | None) -> list[str]:
