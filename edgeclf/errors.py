@@ -27,6 +27,14 @@ class UsageError(EdgeclfError):
     exit_code = 2
 
 
+class PartialFailure(EdgeclfError):
+    """The command ran to its end and wrote its table and files, but some results are failures
+    (a device, a format, a golden vector, a pipeline stage). Its own exit code, so that a CI gate
+    fails while a device is down and can still tell that from a command that did not run."""
+
+    exit_code = 3
+
+
 class DatasetError(EdgeclfError):
     """An image folder that cannot be used as given."""
 

@@ -252,4 +252,4 @@ def test_cli_bundle_and_check_bundle(tiny_int8, tmp_path):
     (tmp_path / "b" / "labels.txt").write_text("red\ngreen\nblue\n")
     write_sums(tmp_path / "b")
     failed = subprocess.run([*cli, "check-bundle", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
-    assert failed.returncode == 1 and re.search(r"^error: \d of 3 golden vectors failed on local", failed.stderr, re.M)
+    assert failed.returncode == 3 and re.search(r"^error: \d of 3 golden vectors failed on local", failed.stderr, re.M)

@@ -1,6 +1,7 @@
 """Hostile or careless device input (issue 10, items 2, 12 and 13): each test reproduces one defect."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -305,3 +306,42 @@ def test_interrupted_validate_stops_benchmark_model_on_an_android_device(android
                                  env=android_device.env)
     assert "error: interrupted" in stderr
     assert not (android_device.data_dir / Path(folder).name).exists()
+
+
+# -- Exit codes come from results: a failed device or format is exit 3, files still written (item 11)
+DEAD = "ssh://127.0.0.1:9"  # the discard port: nothing listens, ssh is refused at once
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from edgeclf.cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_validate_on_several_devices_exits_3_when_one_failed(tiny_int8):
+    result = _cli("validate", tiny_int8, "--device", "local", "--device", DEAD, "--runs", 2, "--warmup", 0, "--json")
+    assert result.exit_code == 3, result.output
+    rows = {row["device_name"]: row for row in json.loads(result.stdout[result.stdout.index("{"):])["rows"]}
+    assert rows["local"]["status"] == "ok" and "unreachable" in rows[DEAD]["status"]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: 1 of 2 measurements failed: {DEAD}")
+
+
+def test_bench_exits_3_when_its_only_device_or_one_of_several_failed(tiny_run, tmp_path):
+    alone = _cli("bench", tiny_run, "--formats", "tflite:fp32", "--device", DEAD, "--runs", 2, "--warmup", 0,
+                 "--out", tmp_path / "alone")
+    assert alone.exit_code == 3, alone.output
+    (row,) = json.loads((tmp_path / "alone" / "bench.json").read_text())["rows"]
+    assert "unreachable" in row["status"]
+    assert f"error: 1 of 1 measurements failed: tflite:fp32 (see the reasons in the table; the results are in {tmp_path / 'alone'})" in alone.stderr
+
+    several = _cli("bench", tiny_run, "--formats", "tflite:fp32", "--device", "local", "--device", DEAD,
+                   "--runs", 2, "--warmup", 0, "--out", tmp_path / "several")
+    assert several.exit_code == 3, several.output
+    rows = {row["device"]: row["status"] for row in json.loads((tmp_path / "several" / "bench.json").read_text())["rows"]}
+    assert rows["local"] == "ok" and "unreachable" in rows[DEAD]
+    assert f"measurements failed: tflite:fp32 on {DEAD}" in several.stderr
+
+    fine = _cli("bench", tiny_run, "--formats", "tflite:fp32", "--runs", 2, "--warmup", 0, "--out", tmp_path / "fine")
+    assert fine.exit_code == 0, fine.output

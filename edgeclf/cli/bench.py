@@ -19,15 +19,21 @@ from edgeclf.cli.tables import ms, pct
 def command(run_dir, formats, data_dir, out, overwrite, devices, runs, warmup, threads, as_json, **settings):
     """Export missing formats of RUN_DIR, validate each on --device, and compare them."""
     from edgeclf.jobs.bench import bench, parse_formats
+    from edgeclf.jobs.fleet import check_results
 
     summary = bench(run_dir, parse_formats(formats), list(devices), data_dir, runs, warmup, threads,
                     options.pop_device_options(settings), out, overwrite)
     if as_json:
         console.print_json({**summary, "rows": [{k: v for k, v in r.items() if k != "result"} for r in summary["rows"]]})
-        return
-    if "devices" in summary:
+    elif "devices" in summary:
         _devices_table(summary)
-        return
+    else:
+        _table(summary)
+    check_results(summary["rows"], lambda row: f"{row['format']}:{row['quant']}" + (f" on {row['device']}" if "device" in row else ""),
+                  summary["path"])
+
+
+def _table(summary: dict) -> None:
     dev = summary["device"]
     title = f"{dev.get('name', '')} {dev.get('arch', '')}" + (" [EMULATED]" if summary["emulated"] else "")
     rows = [

@@ -38,9 +38,8 @@ def command(artefact_dir, out, count, overwrite, as_json):
 @options.json_output
 def check_command(bundle, devices, runs, warmup, threads, as_json, **settings):
     """Replay BUNDLE's golden vectors on a device; exit 0 only if every one is within tolerance."""
-    from edgeclf.bundle import BundleError
     from edgeclf.bundle.check import check_bundle
-    from edgeclf.errors import UsageError
+    from edgeclf.errors import PartialFailure, UsageError
 
     if len(devices) != 1:
         raise UsageError("check-bundle replays on one device at a time", "pass --device once")
@@ -57,6 +56,6 @@ def check_command(bundle, devices, runs, warmup, threads, as_json, **settings):
                       f"{', emulated' if result['emulated'] else ''}): tolerance {result['tolerance']['value']} {unit}",
                       ["vector", "expected top-1", "top-1", f"deviation ({unit})", "result"], rows)
         console.out.print(f"{result['passed']} of {len(result['vectors'])} pass; largest deviation {result['max_deviation']} {unit}")
-    if result["failed"]:
-        raise BundleError(f"{result['failed']} of {len(result['vectors'])} golden vectors failed on {result['device'].get('name')}",
+    if result["failed"]:  # the table is out: exit 3, like validate and bench when a measurement failed
+        raise PartialFailure(f"{result['failed']} of {len(result['vectors'])} golden vectors failed on {result['device'].get('name')}",
                           "the device does not reproduce the bundled model's outputs: check the runtime, delegate and model file")

@@ -6,7 +6,7 @@ import click
 from edgeclf import console
 from edgeclf.cli import options
 from edgeclf.cli.tables import ms, pct
-from edgeclf.errors import EdgeclfError
+from edgeclf.errors import PartialFailure
 
 
 @click.command("run")
@@ -40,7 +40,7 @@ def command(pipeline_file, dry_run, force, restart, trust_devices, as_json):
         console.out.print(f"pipeline record: {pf.out / pipeline.STATE_FILE}")
     failed = [s["name"] for s in result["stages"] if s["status"] == "failed"]
     if failed and not dry_run:
-        raise EdgeclfError(f"{len(failed)} stage(s) failed: {', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}",
+        raise PartialFailure(f"{len(failed)} stage(s) failed: {', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}",
                            f"see the reasons above or in {pf.out / pipeline.STATE_FILE}")
 
 

@@ -16,6 +16,7 @@ from edgeclf.cli import options, tables
 def command(artefact, data_dir, labels_file, devices, runs, warmup, threads, as_json, **settings):
     """Measure ARTEFACT (export dir, .tflite, .onnx or .xml) on a device: accuracy on --data and latency."""
     from edgeclf.devices.targets import expand_devices
+    from edgeclf.jobs.fleet import check_results
     from edgeclf.jobs.validate import validate, validate_on_devices
 
     device_options = options.pop_device_options(settings)
@@ -24,8 +25,9 @@ def command(artefact, data_dir, labels_file, devices, runs, warmup, threads, as_
         summary = validate_on_devices(artefact, devices, data_dir, runs, warmup, threads, labels_file, device_options)
         if as_json:
             console.print_json(summary)
-            return
-        tables.devices_table(f"{artefact} on {len(devices)} devices ({summary['wall_s']:.1f} s)", summary["rows"])
+        else:
+            tables.devices_table(f"{artefact} on {len(devices)} devices ({summary['wall_s']:.1f} s)", summary["rows"])
+        check_results(summary["rows"], lambda row: row["device_name"])
         return
     result = validate(artefact, devices[0], data_dir, runs, warmup, threads, labels_file, device_options)
     if as_json:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from edgeclf.errors import EdgeclfError, first_line
+from edgeclf.errors import EdgeclfError, PartialFailure, first_line
 
 
 @dataclass
@@ -68,3 +68,13 @@ def _run_one(device: str, index: int, job: Callable[[], object], catch_all: bool
         # with several devices, a surprise on one must not stop the others
         result, error = None, f"unexpected {type(exc).__name__}: {first_line(exc)}"
     return Outcome(device, index, result, error, round(time.perf_counter() - started, 2))
+
+
+def check_results(rows: list[dict], describe: Callable[[dict], str], where: str | None = None) -> None:
+    """Exit codes come from results: once the table and files are out, any row whose status is
+    not "ok" fails the command with PartialFailure (exit 3)."""
+    failed = [describe(row) for row in rows if row.get("status") != "ok"]
+    if failed:
+        shown = ", ".join(failed[:3]) + (" ..." if len(failed) > 3 else "")
+        raise PartialFailure(f"{len(failed)} of {len(rows)} measurements failed: {shown}",
+                             "see the reasons in the table" + (f"; the results are in {where}" if where else ""))
