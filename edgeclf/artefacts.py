@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from edgeclf import console, exporters
+from edgeclf import console, exporters, outputs
 from edgeclf.errors import ModelError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = outputs.ARTEFACT.format  # marks manifest.json as ours (outputs.py)
 
 
 def sha256_file(path: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgeclf import console, tfenv
+from edgeclf import console, outputs, tfenv
 from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, get_backbone
 from edgeclf.pipeline.predict import split_metrics
@@ -18,7 +18,7 @@ from edgeclf.pipeline.runs import (
 )
 from edgeclf.pipeline.splits import SplitPlan, save_plan
 
-RUN_FORMAT = 1
+RUN_FORMAT = outputs.RUN.format  # marks run.json as ours (outputs.py)
 
 
 def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history: list, timing: dict,

@@ -1,7 +1,9 @@
 """Everything a run directory holds, read tolerantly: what cannot be read becomes a named problem.
 
-Only run.json is required. An older run, a manifest with missing keys or a bench folder
-with a failed device still yields a report; `Report.problems` says what was missing.
+Only run.json is required. An older run, a manifest with missing keys or values of the wrong
+type, or a bench folder with a failed device still yields a report; `Report.problems` says what
+was missing. Images are shown only if they are regular files under the run's recorded data
+folders: a run someone sent you cannot make the page embed your own files.
 """
 from __future__ import annotations
 
@@ -12,11 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf.errors import ModelError
+from edgeclf.outputs import BUNDLE, is_our_folder, is_regular
 from edgeclf.pipeline.runs import LABELS_FILE, RUN_FILE, SPLIT_FILE, read_labels
 
 RUN_KEYS = ("config", "versions", "dataset", "history", "timing", "metrics", "input")
+# The type each top-level value must have; one of another type is named and ignored.
+RUN_TYPES = {"config": dict, "versions": dict, "dataset": dict, "history": list, "timing": dict, "metrics": dict,
+             "input": dict, "labels": list, "optimization": dict}
 MANIFEST_KEYS = ("target", "quant", "io", "model_file", "input", "output", "files", "accuracy", "versions", "conversion_s")
+MANIFEST_TYPES = {"files": dict, "accuracy": dict, "input": dict, "output": dict, "calibration": dict, "versions": dict}
+BENCH_TYPES = {"rows": list, "device": dict}
 SAMPLES_PER_CLASS = 4
+SAMPLE_CLASSES = 60  # sample images for at most this many classes (2,000 classes would be 8,000 thumbnails)
 
 
 @dataclass
@@ -31,6 +40,42 @@ class Report:
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
+
+    @property
+    def data_roots(self) -> list[Path]:
+        """The image folders this run records (config and split.json); only images under them are shown."""
+        config = as_dict(self.info.get("config"))
+        roots = [config.get(k) for k in ("data_dir", "val_dir", "test_dir")]
+        roots += [s.get("root") for s in as_dict(get(self.split_plan, "splits")).values() if isinstance(s, dict)]
+        resolved = {Path(r).expanduser().resolve() for r in roots if isinstance(r, str) and r and "\0" not in r}
+        return sorted(r for r in resolved if r != Path(r.anchor) and r != Path.home())  # never a whole disk or home
+
+    def embeddable(self, path) -> Path | None:
+        """`path` if it is a regular file under one of the run's data folders, else None (not shown)."""
+        if not isinstance(path, (str, Path)) or "\0" in str(path):
+            return None
+        resolved = Path(path).expanduser().resolve()
+        if not any(root in resolved.parents for root in self.data_roots):
+            return None
+        return resolved if is_regular(resolved) else None
+
+
+def as_dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def typed(record: dict, types: dict, where: str, report: Report) -> dict:
+    """`record` with every value of the wrong type named as a problem and dropped."""
+    for key, kind in types.items():
+        value = record.get(key)
+        if value is not None and not isinstance(value, kind):
+            report.problem(f"{where}: {key} is a JSON {type(value).__name__}, not {'an object' if kind is dict else 'a list'}; ignored")
+            record.pop(key)
+    return record
 
 
 def get(data, dotted: str, default=None):
@@ -74,20 +119,37 @@ def gather(run_dir, extra_bench_dirs=()) -> Report:
     missing = [key for key in RUN_KEYS if key not in info]
     if missing:
         report.problem(f"run.json has no {', '.join(missing)} (an older or interrupted edgeclf run?)")
+    typed(info, RUN_TYPES, "run.json", report)
+    for split, metrics in list(as_dict(info.get("metrics")).items()):
+        if not isinstance(metrics, dict):
+            report.problem(f"run.json: metrics.{split} is not an object; ignored")
+            del info["metrics"][split]
+        else:
+            typed(metrics, {"per_class": dict, "confusion": list, "wrong": list}, f"run.json: metrics.{split}", report)
     report.labels = _labels(run_dir, info, report)
     if (run_dir / SPLIT_FILE).is_file():
         report.split_plan = read_json(run_dir / SPLIT_FILE, report)
     else:
         report.problem(f"{SPLIT_FILE} is missing: no sample images")
     for directory in _subdirs(run_dir / "exports"):
-        report.exports.append(_export(directory, report))
+        if not is_our_folder(directory, BUNDLE):  # `edgeclf bundle`'s default place, beside the artefact
+            report.exports.append(_guarded(_export, directory, report, "manifest.json"))
     bench_dirs = _subdirs(run_dir / "bench")
     bench_dirs += [Path(d).resolve() for d in extra_bench_dirs if Path(d).resolve() not in bench_dirs]
     for directory in bench_dirs:
-        bench = _bench(directory, report)
+        bench = _guarded(_bench, directory, report, "bench.json")
         if bench is not None:
             report.benches.append(bench)
     return report
+
+
+def _guarded(read, directory: Path, report: Report, name: str):
+    """One folder whose record holds values of unexpected types costs its own entry, not the page."""
+    try:
+        return read(directory, report)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as exc:
+        report.problem(f"{directory.name}/{name} holds values of the wrong type ({type(exc).__name__}: {exc})")
+        return _export(directory, report, {}) if name == "manifest.json" else None
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -98,6 +160,8 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def _labels(run_dir: Path, info: dict, report: Report) -> list[str]:
     try:
+        if not is_regular(run_dir / LABELS_FILE):
+            raise ModelError(f"{LABELS_FILE} is missing or not a regular file")
         return read_labels(run_dir / LABELS_FILE)
     except (OSError, ModelError) as exc:
         report.problem(f"{LABELS_FILE} could not be read ({exc}); class names come from run.json")
@@ -108,18 +172,22 @@ def _labels(run_dir: Path, info: dict, report: Report) -> list[str]:
 def sample_images(report: Report, per_class: int = SAMPLES_PER_CLASS) -> dict[str, list[Path]]:
     """A few training images per class that still exist on disk (from split.json)."""
     plan = report.split_plan or {}
-    split = get(plan, "splits.train") or {}
-    classes = plan.get("classes") or report.labels
-    root = Path(split.get("root", "."))
+    split = as_dict(get(plan, "splits.train"))
+    classes = [str(c) for c in as_list(plan.get("classes")) or report.labels][:SAMPLE_CLASSES]
+    root = split.get("root")
     chosen: dict[str, list[Path]] = {name: [] for name in classes}
-    for entry in split.get("files") or []:
+    if not isinstance(root, str):
+        return chosen
+    for entry in as_list(split.get("files")):
         try:
             rel, label = entry
             name = classes[int(label)]
         except (ValueError, TypeError, IndexError):
             continue
-        if len(chosen[name]) < per_class and (root / rel).is_file():
-            chosen[name].append(root / rel)
+        if len(chosen[name]) < per_class and (path := report.embeddable(Path(root) / str(rel))):
+            chosen[name].append(path)
+        if all(len(paths) >= per_class for paths in chosen.values()):
+            break
     return chosen
 
 
@@ -128,13 +196,14 @@ def wrong_predictions(report: Report) -> tuple[str | None, list[dict] | None]:
     metrics = report.info.get("metrics") or {}
     for split in ("test", "val"):
         if split in metrics:
-            return split, metrics[split].get("wrong")
+            wrong = metrics[split].get("wrong")
+            return split, None if wrong is None else [w for w in wrong if isinstance(w, dict)]
     return None, None
 
 
 def best_epoch(history: list[dict]) -> int | None:
     """1-based position of the lowest val_loss in the last stage, whose best weights the run kept."""
-    if not history or any("val_loss" not in h for h in history):
+    if not history or any(not isinstance(h, dict) or not isinstance(h.get("val_loss"), (int, float)) for h in history):
         return None
     last_stage = history[-1].get("stage")
     positions = [i for i, h in enumerate(history) if h.get("stage") == last_stage]
@@ -142,12 +211,14 @@ def best_epoch(history: list[dict]) -> int | None:
 
 
 # -- exports -------------------------------------------------------------------------
-def _export(directory: Path, report: Report) -> dict:
-    manifest = read_json(directory / "manifest.json", report) or {}
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
-    if manifest and missing:
-        report.problem(f"exports/{directory.name}/manifest.json has no {', '.join(missing)}")
-    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+def _export(directory: Path, report: Report, manifest: dict | None = None) -> dict:
+    if manifest is None:
+        manifest = read_json(directory / "manifest.json", report) or {}
+        missing = [key for key in MANIFEST_KEYS if key not in manifest]
+        if manifest and missing:
+            report.problem(f"exports/{directory.name}/manifest.json has no {', '.join(missing)}")
+        typed(manifest, MANIFEST_TYPES, f"exports/{directory.name}/manifest.json", report)
+    files = manifest.get("files") or {}
     model_files = [f for name, f in files.items() if name != LABELS_FILE and isinstance(f, dict)]
     acc = manifest.get("accuracy") or {}
     agreement, n_images = acc.get("agreement"), acc.get("n_images")
@@ -178,7 +249,7 @@ def _export(directory: Path, report: Report) -> dict:
 def _quant_cost(acc: dict, report: Report) -> list[dict]:
     """Per-class recall of the float model (run.json) against the artefact (its manifest's confusion)."""
     confusion = acc.get("confusion")
-    per_class = get(report.info, f"metrics.{acc.get('split')}.per_class") or {}
+    per_class = as_dict(get(as_dict(report.info.get("metrics")).get(acc.get("split")), "per_class"))
     if not confusion or not per_class:
         return []
     matrix = np.asarray(confusion)
@@ -188,7 +259,7 @@ def _quant_cost(acc: dict, report: Report) -> list[dict]:
     for i, name in enumerate(report.labels):
         support = int(matrix[i].sum())
         artefact = float(matrix[i, i] / support) if support else None
-        float_recall = get(per_class, f"{name}.recall") if name in per_class else None
+        float_recall = as_dict(per_class.get(name)).get("recall")  # by key, not dotted: a class may be named a.b
         delta = artefact - float_recall if artefact is not None and float_recall is not None else None
         rows.append({"class": name, "support": support, "float_recall": float_recall, "recall": artefact, "delta": delta})
     return rows
@@ -199,6 +270,7 @@ def _bench(directory: Path, report: Report) -> dict | None:
     summary = read_json(directory / "bench.json", report)
     if summary is None:
         return None
+    typed(summary, BENCH_TYPES, f"{directory.name}/bench.json", report)
     rows = summary.get("rows")
     if not isinstance(rows, list):
         report.problem(f"{directory.name}/bench.json has no rows")
@@ -218,11 +290,11 @@ def _bench(directory: Path, report: Report) -> dict | None:
 
 
 def _bench_row(row: dict, device: dict, emulated) -> dict:
-    result = row.get("result") if isinstance(row.get("result"), dict) else {}
-    latency = result.get("latency_ms") or {}
-    acc = result.get("accuracy") or {}
-    runtime = result.get("runtime") or {}
-    dev = result.get("device") or device
+    result = as_dict(row.get("result"))
+    latency = as_dict(result.get("latency_ms"))
+    acc = as_dict(result.get("accuracy"))
+    runtime = as_dict(result.get("runtime"))
+    dev = as_dict(result.get("device")) or device
     return {
         "format": row.get("format"),
         "quant": row.get("quant"),
