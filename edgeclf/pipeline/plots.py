@@ -43,6 +43,7 @@ def training_curves(history: list[dict], path, best_epoch: int | None = None) ->
 # counts leave the cells, then the names leave the axes (2,000 classes draw in about a second).
 CELL_TEXT_MAX = 30
 CLASS_NAMES_MAX = 80
+HEATMAP_CELLS = 400  # beyond this, a cell of the heat map sums a block of classes
 MAX_INCHES = 16.0
 
 
@@ -60,7 +61,16 @@ def confusion_matrix(confusion: list[list[int]], classes: list[str], path: Path,
     n = len(classes)
     size = min(MAX_INCHES, max(4.0, 0.6 * n + 2))
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    if n > HEATMAP_CELLS:
+        block = -(-n // HEATMAP_CELLS)
+        side = -(-n // block) * block
+        padded = np.zeros((side, side), dtype=np.float64)
+        padded[:matrix.shape[0], :matrix.shape[1]] = matrix
+        blocks = padded.reshape(side // block, block, side // block, block).sum(axis=(1, 3))
+        ax.imshow(blocks, cmap="Blues", interpolation="nearest", extent=(-0.5, side - 0.5, side - 0.5, -0.5))
+        title += f" ({block}x{block} classes per cell)"
+    else:
+        ax.imshow(matrix, cmap="Blues", interpolation="nearest")
     class_ticks(ax, "x", range(n), classes, rotate=True)
     class_ticks(ax, "y", range(n), classes)
     named = n <= CLASS_NAMES_MAX

@@ -59,7 +59,7 @@ def class_counts(per_split: dict[str, dict[str, int]], classes: list[str]) -> st
     width = 0.8 / max(1, len(per_split))
     x = np.arange(len(classes))
     for i, (split, counts) in enumerate(per_split.items()):
-        ax.bar(x + i * width, [counts.get(c, 0) for c in classes], width, label=split)
+        _bars(ax, x + i * width, [counts.get(c, 0) for c in classes], width, split)
     _class_axis(ax, x + width * (len(per_split) - 1) / 2, classes)
     ax.set_ylabel("images")
     ax.set_title("images per class and split")
@@ -77,7 +77,7 @@ def quant_cost(rows_by_artefact: dict[str, list[dict]]) -> str:
     width = 0.8 / len(rows_by_artefact)
     x = np.arange(len(classes))
     for i, (name, rows) in enumerate(rows_by_artefact.items()):
-        ax.bar(x + i * width, [100 * (r["delta"] or 0.0) for r in rows], width, label=name)
+        _bars(ax, x + i * width, [100 * (r["delta"] or 0.0) for r in rows], width, name)
     ax.axhline(0, color="black", linewidth=0.8)
     _class_axis(ax, x + width * (len(rows_by_artefact) - 1) / 2, classes)
     ax.set_ylabel("recall change (points)")
@@ -89,6 +89,14 @@ def quant_cost(rows_by_artefact: dict[str, list[dict]]) -> str:
 
 def _width(classes: list) -> float:
     return min(plots.MAX_INCHES, max(5.0, 0.5 * len(classes) + 3))
+
+
+def _bars(ax, x, heights: list, width: float, label: str) -> None:
+    """A bar per class; with very many classes one stepped line instead (thousands of bars take minutes)."""
+    if len(heights) > plots.CLASS_NAMES_MAX:
+        ax.plot(x, heights, drawstyle="steps-mid", linewidth=0.8, label=label)
+    else:
+        ax.bar(x, heights, width, label=label)
 
 
 def _class_axis(ax, positions, classes: list[str]) -> None:

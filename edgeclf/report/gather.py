@@ -18,12 +18,32 @@ from edgeclf.outputs import BUNDLE, is_our_folder, is_regular
 from edgeclf.pipeline.runs import LABELS_FILE, RUN_FILE, SPLIT_FILE, read_labels
 
 RUN_KEYS = ("config", "versions", "dataset", "history", "timing", "metrics", "input")
-# The type each top-level value must have; one of another type is named and ignored.
-RUN_TYPES = {"config": dict, "versions": dict, "dataset": dict, "history": list, "timing": dict, "metrics": dict,
-             "input": dict, "labels": list, "optimization": dict}
 MANIFEST_KEYS = ("target", "quant", "io", "model_file", "input", "output", "files", "accuracy", "versions", "conversion_s")
-MANIFEST_TYPES = {"files": dict, "accuracy": dict, "input": dict, "output": dict, "calibration": dict, "versions": dict}
-BENCH_TYPES = {"rows": list, "device": dict}
+
+# The shape of what the page reads from each record: {key: shape} an object ("*": any other key),
+# [shape] a list, NUMBER/TEXT/MATRIX leaves. A value of another shape is named as a problem and ignored.
+NUMBER, TEXT, MATRIX = "a number", "a string", "a matrix of numbers"
+PER_SPLIT = {"n_images": NUMBER, "top1": NUMBER, "top5": NUMBER, "confusion": MATRIX,
+             "per_class": {"*": {"precision": NUMBER, "recall": NUMBER, "support": NUMBER}},
+             "wrong": [{"path": TEXT, "confidence": NUMBER}]}
+RUN_SHAPE = {
+    "config": {}, "versions": {}, "input": {}, "labels": [TEXT], "timing": {"*": NUMBER}, "created": TEXT,
+    "dataset": {"split": TEXT, "*": {"n_images": NUMBER, "per_class": {"*": NUMBER}, "skipped": [{}]}},
+    "history": [{"val_loss": NUMBER, "val_accuracy": NUMBER}],
+    "metrics": {"*": PER_SPLIT},
+    "optimization": {"prune": {"target": NUMBER, "sparsity": {"overall": NUMBER, "per_layer": {"*": NUMBER}}},
+                     "source_metrics": {"*": {"top1": NUMBER}}, "sparsity_after_qat": NUMBER},
+}
+TENSOR = {"dtype": TEXT, "quantization": {}}
+MANIFEST_SHAPE = {
+    "files": {"*": {"bytes": NUMBER, "gzip_bytes": NUMBER}}, "input": TENSOR, "output": TENSOR, "calibration": {},
+    "versions": {}, "conversion_s": NUMBER, "created": TEXT,
+    "accuracy": {"split": TEXT, "top1": NUMBER, "float_top1": NUMBER, "agreement": NUMBER, "n_images": NUMBER, "confusion": MATRIX},
+}
+RESULT = {"latency_ms": {"*": NUMBER}, "accuracy": {"top1": NUMBER, "agreement": NUMBER, "n_images": NUMBER},
+          "runtime": {}, "device": {}, "init_ms": NUMBER, "peak_rss_mb": NUMBER}
+BENCH_SHAPE = {"device": {}, "rows": [{"size_mb": NUMBER, "speedup": NUMBER, "top1": NUMBER, "agreement": NUMBER, "result": RESULT}]}
+PROBLEMS_PER_RECORD = 12  # then one line says how many more
 SAMPLES_PER_CLASS = 4
 SAMPLE_CLASSES = 60  # sample images for at most this many classes (2,000 classes would be 8,000 thumbnails)
 
@@ -68,14 +88,50 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else []
 
 
-def typed(record: dict, types: dict, where: str, report: Report) -> dict:
-    """`record` with every value of the wrong type named as a problem and dropped."""
-    for key, kind in types.items():
-        value = record.get(key)
-        if value is not None and not isinstance(value, kind):
-            report.problem(f"{where}: {key} is a JSON {type(value).__name__}, not {'an object' if kind is dict else 'a list'}; ignored")
-            record.pop(key)
+def conform(record: dict, shape: dict, name: str, report: Report) -> dict:
+    """`record` with every value not of its shape named as a problem (up to a dozen) and dropped."""
+    wrong: list[str] = []
+    _conform(record, shape, "", wrong)
+    for text in wrong[:PROBLEMS_PER_RECORD]:
+        report.problem(f"{name}: {text}; ignored")
+    if len(wrong) > PROBLEMS_PER_RECORD:
+        report.problem(f"{name}: {len(wrong) - PROBLEMS_PER_RECORD} more values of the wrong type ignored")
     return record
+
+
+def _conform(value, shape, where: str, wrong: list):
+    """value if it has the shape (its wrong parts removed), else None, with what was wrong appended."""
+    if value is None:
+        return None
+    if not _fits(value, shape):
+        expected = shape if isinstance(shape, str) else "an object" if isinstance(shape, dict) else "a list"
+        wrong.append(f"{where.lstrip('.') or 'the record'} is {_json_type(value)}, not {expected}")
+        return None
+    if isinstance(shape, dict):
+        for key in list(value):
+            inner = shape.get(key, shape.get("*"))
+            if inner is not None and _conform(value[key], inner, f"{where}.{key}", wrong) is None and value[key] is not None:
+                del value[key]
+    elif isinstance(shape, list):
+        value[:] = [item for i, item in enumerate(value) if _conform(item, shape[0], f"{where}.{i}", wrong) is not None]
+    return value
+
+
+def _fits(value, shape) -> bool:
+    if shape == NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if shape == TEXT:
+        return isinstance(value, str)
+    if shape == MATRIX:
+        try:
+            return np.asarray(value, dtype=float).ndim == 2
+        except (TypeError, ValueError, OverflowError):
+            return False
+    return isinstance(value, dict if isinstance(shape, dict) else list)
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false"}.get(type(value), "a number")
 
 
 def get(data, dotted: str, default=None):
@@ -119,13 +175,7 @@ def gather(run_dir, extra_bench_dirs=()) -> Report:
     missing = [key for key in RUN_KEYS if key not in info]
     if missing:
         report.problem(f"run.json has no {', '.join(missing)} (an older or interrupted edgeclf run?)")
-    typed(info, RUN_TYPES, "run.json", report)
-    for split, metrics in list(as_dict(info.get("metrics")).items()):
-        if not isinstance(metrics, dict):
-            report.problem(f"run.json: metrics.{split} is not an object; ignored")
-            del info["metrics"][split]
-        else:
-            typed(metrics, {"per_class": dict, "confusion": list, "wrong": list}, f"run.json: metrics.{split}", report)
+    conform(info, RUN_SHAPE, "run.json", report)
     report.labels = _labels(run_dir, info, report)
     if (run_dir / SPLIT_FILE).is_file():
         report.split_plan = read_json(run_dir / SPLIT_FILE, report)
@@ -217,7 +267,7 @@ def _export(directory: Path, report: Report, manifest: dict | None = None) -> di
         missing = [key for key in MANIFEST_KEYS if key not in manifest]
         if manifest and missing:
             report.problem(f"exports/{directory.name}/manifest.json has no {', '.join(missing)}")
-        typed(manifest, MANIFEST_TYPES, f"exports/{directory.name}/manifest.json", report)
+        conform(manifest, MANIFEST_SHAPE, f"exports/{directory.name}/manifest.json", report)
     files = manifest.get("files") or {}
     model_files = [f for name, f in files.items() if name != LABELS_FILE and isinstance(f, dict)]
     acc = manifest.get("accuracy") or {}
@@ -270,7 +320,7 @@ def _bench(directory: Path, report: Report) -> dict | None:
     summary = read_json(directory / "bench.json", report)
     if summary is None:
         return None
-    typed(summary, BENCH_TYPES, f"{directory.name}/bench.json", report)
+    conform(summary, BENCH_SHAPE, f"{directory.name}/bench.json", report)
     rows = summary.get("rows")
     if not isinstance(rows, list):
         report.problem(f"{directory.name}/bench.json has no rows")
