@@ -82,6 +82,11 @@ def _names_edgeclf(record: dict) -> bool:
             or str(record.get("created_by", "")).startswith("edgeclf "))
 
 
+def is_plain_mode(mode: int) -> bool:
+    """A regular file or a folder: the only things edgeclf writes (an archive member's mode included)."""
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
 def is_regular(path: Path) -> bool:
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
@@ -194,7 +199,7 @@ def _refuse_special(target: Path, mode: int, wanted: str) -> None:
     if stat.S_ISLNK(mode):
         raise UsageError(f"{target} is a symbolic link and edgeclf writes only regular files and folders",
                          f"choose an output path that is {wanted} or does not exist")
-    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+    if not is_plain_mode(mode):
         what = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
         raise UsageError(f"{target} is a {what}, and edgeclf writes only regular files and folders",
                          f"choose an output path that is {wanted} or does not exist")

@@ -330,3 +330,19 @@ def test_no_command_writes_over_a_fifo_or_a_link(tiny_run, tiny_int8, image_fold
     for target, message in ((fifo, "is a FIFO"), (link, "is a symbolic link")):
         assert_refused(invoke(*args, "--out", target, "--overwrite"), message)
     assert fifo.is_fifo() and link.is_symlink() and not (tmp_path / "elsewhere").exists()
+
+
+def test_check_bundle_extracts_only_regular_files_and_folders(tmp_path):
+    import zipfile
+
+    from edgeclf.bundle import BundleError
+    from edgeclf.bundle.check import check_bundle
+
+    archive = tmp_path / "b.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("b/bundle.json", "{}")
+        link = zipfile.ZipInfo("b/model.tflite")
+        link.external_attr = 0o120777 << 16  # a symbolic link member, pointing out of the bundle
+        z.writestr(link, "/etc/passwd")
+    with pytest.raises(BundleError, match="'b/model.tflite', which is a link or special file"):
+        check_bundle(archive)
