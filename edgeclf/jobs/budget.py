@@ -184,6 +184,7 @@ def export_within_budget(run_dir, budget: BudgetSpec, overwrite: bool = False) -
     for number, recipe in enumerate(steps, 1):
         console.info(f"attempt {number}/{len(steps)}: {recipe.name}")
         attempt_dir = out.with_name(f".{out.name}.budget-{number}")
+        check_output(attempt_dir, MANIFEST_FILE, overwrite=True)  # outside the try: a failed attempt's folder is removed
         started = time.perf_counter()
         try:
             source, attempt_spec = recipe.prepare()
