@@ -1,8 +1,7 @@
-"""Output directories appear only when complete: work in a temp sibling, rename on success.
+"""Outputs appear only when complete: work in a temp sibling, rename on success.
 
-The overwrite rule, for every command that writes a directory (see check_output): edgeclf
-replaces only a directory it wrote itself and recognises by its marker file, only when asked,
-and never a directory that holds (or sits inside) the command's inputs.
+What may be written or replaced where is the output rule in outputs.py; every writer here
+checks it before it starts and again just before the rename.
 """
 from __future__ import annotations
 
@@ -17,60 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Iterable
 
-from edgeclf.errors import UsageError
+from edgeclf.outputs import DEMO, check_file_output, check_output, check_replaceable, overlaps  # noqa: F401 (the rule)
 
 # Our staging names: `.NAME.tmp-1a2b3c4d` (being built) and `.NAME.old-1a2b3c4d` (being replaced).
 STAGING_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}")
 STALE_AFTER_S = 60  # an unlocked staging dir this old belongs to a process that was killed
-DEMO_MARKER = ".edgeclf-demo"  # the marker of an `edgeclf demo` folder (runs and artefacts have their own)
-MARKER_KINDS = {"run.json": "run", "manifest.json": "artefact", "bench.json": "bench folder", DEMO_MARKER: "demo folder"}
-
-
-def overlaps(a: Path, b: Path) -> bool:
-    """True if two folders are the same or one is inside the other."""
-    a, b = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
-    return a == b or a in b.parents or b in a.parents
-
-
-def check_output(target: Path, marker: str, overwrite: bool, inputs: Iterable = (), input_runs: Iterable = (),
-                 flag: str = "--overwrite") -> None:
-    """Refuse an output that could destroy something, with one line saying what to change.
-
-    `marker` is the file by which edgeclf recognises a directory of this kind it wrote (run.json,
-    manifest.json, ...). `inputs` are folders the command reads (images): the output may be
-    neither inside them (it would become data) nor around them. `input_runs` may hold outputs
-    (exports/, bench/) but must never be replaced.
-    """
-    resolved = Path(target).expanduser().resolve()
-    data = [Path(p).expanduser().resolve() for p in inputs if p is not None]
-    runs = [Path(p).expanduser().resolve() for p in input_runs if p is not None]
-    for folder in data + runs:
-        if resolved == folder:
-            raise UsageError(f"{target} is the input {folder}", "choose a separate output folder")
-        if resolved in folder.parents:
-            raise UsageError(f"{target} contains the input {folder}", "choose an output folder outside the inputs")
-    for folder in data:
-        if folder in resolved.parents:
-            raise UsageError(f"{target} is inside the input folder {folder}", "choose an output folder outside it")
-    check_replaceable(Path(target), marker, overwrite, flag)
-
-
-def check_replaceable(target: Path, marker: str, overwrite: bool, flag: str = "--overwrite") -> None:
-    """An existing target may be replaced only if it is empty, or ours (has `marker`) and overwrite is set."""
-    if not target.exists() and not target.is_symlink():
-        return
-    if target.is_symlink():
-        raise UsageError(f"{target} is a symbolic link", "choose an output path that is a plain folder or does not exist")
-    if not target.is_dir():
-        raise UsageError(f"{target} exists and is not a directory", "choose another output path")
-    if not any(target.iterdir()):
-        return
-    kind = MARKER_KINDS.get(marker, "output")
-    if not (target / marker).is_file():
-        raise UsageError(f"{target} is not an edgeclf {kind} (no {marker}) and edgeclf replaces only folders it wrote",
-                         "choose a new output folder")
-    if not overwrite:
-        raise UsageError(f"{target} already exists", f"choose another output path, or pass {flag}")
+DEMO_MARKER = DEMO.marker  # the marker of an `edgeclf demo` folder (runs and artefacts have their own)
 
 
 def publish(staging: Path, target: Path, marker: str, overwrite: bool) -> None:
@@ -169,3 +120,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def publish_file(path: Path, text: str, marker, overwrite: bool, inputs: Iterable = ()) -> None:
+    """Write a user-named output file under the output rule: checked, written beside it, renamed."""
+    path = Path(path)
+    check_file_output(path, marker, overwrite, inputs)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        check_file_output(path, marker, overwrite, inputs)  # again: something may have appeared meanwhile
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

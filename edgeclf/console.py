@@ -114,8 +114,11 @@ def _plain(value):
 
 
 def pct(value) -> str:
-    """A fraction as a percentage with one decimal; "-" for a missing value, in tables, the report and the card."""
-    return "-" if value is None else f"{100 * value:.1f}%"
+    """A fraction as a percentage with one decimal; "-" for a missing value, "?" for one of the wrong type
+    (a hand-edited record), in tables, the report and the card."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 def table(title: str | None, columns: list[str], rows: list[list]) -> None:

@@ -15,7 +15,7 @@ PACKAGE = ROOT / "edgeclf"
 # Lowest first. A module belongs to the layer of its longest matching name.
 LAYERS = [
     ("base", ["edgeclf", "edgeclf.errors", "edgeclf.console", "edgeclf.tfenv", "edgeclf.atomic", "edgeclf.checks",
-              "edgeclf.records", "edgeclf.schemas"]),
+              "edgeclf.records", "edgeclf.schemas", "edgeclf.outputs"]),
     ("layout", ["edgeclf.layout"]),
     ("pipeline", ["edgeclf.pipeline"]),
     ("audit", ["edgeclf.audit"]),

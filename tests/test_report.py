@@ -204,7 +204,10 @@ def test_report_never_replaces_a_file_it_did_not_write(tmp_path):
     assert notes.read_text() == "<html>my notes</html>"
     ours = tmp_path / "ours.html"
     assert run_cli("report", run, "--out", ours).returncode == 0
-    assert run_cli("report", run, "--out", ours).returncode == 0  # its own page: replaced
+    proc = run_cli("report", run, "--out", ours)
+    assert proc.returncode != 0 and "already exists" in proc.stderr and "--overwrite" in proc.stderr
+    assert run_cli("report", run, "--out", ours, "--overwrite").returncode == 0  # its own page, when asked
+    assert run_cli("report", run).returncode == 0 and run_cli("report", run).returncode == 0  # the default place: its own
 
 
 def test_runs_record_the_images_they_get_wrong():

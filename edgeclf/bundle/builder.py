@@ -6,6 +6,7 @@ complete. An existing output is replaced only with --overwrite and only if it is
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,12 +19,14 @@ from pathlib import Path
 from edgeclf import __version__, console
 from edgeclf.artefacts import MANIFEST_FILE, Artefact
 from edgeclf.atomic import staged_dir
+from edgeclf.outputs import BUNDLE, absolute, carries_format, check_file_output, check_output, is_our_folder, is_regular
 from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, card, code, golden
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.runs import LABELS_FILE
 
 CARD_FILE = "MODEL_CARD.md"
+MARKER_MAX = 1 << 20  # a bundle.json is a few KB
 
 
 def default_out(artefact_dir: Path) -> Path:
@@ -31,23 +34,25 @@ def default_out(artefact_dir: Path) -> Path:
 
 
 def is_bundle(path: Path) -> bool:
-    """A folder or zip that `edgeclf bundle` wrote: it carries the bundle marker."""
-    if path.is_dir():
-        return (path / BUNDLE_FILE).is_file() and (path / SUMS_FILE).is_file()
-    if path.is_file() and zipfile.is_zipfile(path):
+    """A folder or zip that `edgeclf bundle` wrote: its bundle.json says so (outputs.py)."""
+    if is_our_folder(path, BUNDLE):
+        return True
+    if is_regular(path) and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            return f"{path.stem}/{BUNDLE_FILE}" in archive.namelist()
+            with contextlib.suppress(KeyError):
+                member = archive.getinfo(f"{path.stem}/{BUNDLE_FILE}")
+                return member.file_size < MARKER_MAX and carries_format(archive.read(member), BUNDLE)
     return False
 
 
-def check_out(out: Path, artefact_dir: Path, overwrite: bool) -> None:
+def check_out(out: Path, artefact_dir: Path, overwrite: bool, inputs=()) -> None:
+    """The output rule (outputs.py), with the run's image folders as inputs."""
     if out == artefact_dir or artefact_dir in out.parents or out in artefact_dir.parents:
         raise UsageError(f"--out {out} overlaps the artefact directory {artefact_dir}", "write the bundle beside it, e.g. the default <artefact>-bundle")
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise UsageError(f"{out} already exists", "choose another --out, or pass --overwrite to replace an earlier bundle")
-        if out.is_symlink() or not is_bundle(out):
-            raise UsageError(f"{out} exists and was not written by `edgeclf bundle`", "choose another --out; edgeclf never replaces it")
+    if out.suffix.lower() == ".zip":
+        check_file_output(out, BUNDLE, overwrite, inputs, ours=is_bundle)
+    else:
+        check_output(out, BUNDLE, overwrite, inputs=inputs)
 
 
 def verify_artefact(artefact_dir: Path, manifest: dict) -> None:
@@ -68,11 +73,12 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
         raise ModelError(f"{artefact_dir} is not an artefact directory", "pass a folder written by `edgeclf export`")
     artefact = Artefact.open(artefact_dir)
     manifest = artefact.manifest
-    out = Path(out).expanduser().resolve() if out else default_out(artefact_dir)
+    out = absolute(out) if out else default_out(artefact_dir)
     as_zip = out.suffix.lower() == ".zip"
-    check_out(out, artefact_dir, overwrite)
-    verify_artefact(artefact_dir, manifest)
     run = golden.source_run(manifest)
+    images = [*(run.plan.roots.values() if run.plan is not None else ()), (manifest.get("export") or {}).get("calib_dir")]
+    check_out(out, artefact_dir, overwrite, images)
+    verify_artefact(artefact_dir, manifest)
     chosen = golden.choose(run, manifest, count)
     raw, reference = golden.reference_outputs(artefact.model_path, chosen.split.images)
     spread = golden.kernel_spread(artefact.model_path, chosen.split.images, raw, manifest["output"]["dtype"])
@@ -105,7 +111,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
     if as_zip:
         summary = _write_zip(out, overwrite, fill)
     else:
-        with staged_dir(out, BUNDLE_FILE, overwrite=overwrite, input_runs=[artefact_dir]) as staging:
+        with staged_dir(out, BUNDLE_FILE, overwrite=overwrite, inputs=images, input_runs=[artefact_dir]) as staging:
             summary = fill(staging)
     console.info(f"bundle written to {out}")
     return summary | {"path": str(out), "test_accuracy": test}
@@ -143,5 +149,5 @@ def _write_zip(out: Path, overwrite: bool, fill) -> dict:
 
 def check_out_still_free(out: Path, overwrite: bool) -> None:
     """Re-check just before the rename: something may have appeared at `out` meanwhile."""
-    if out.exists() and (not overwrite or not is_bundle(out)):
+    if (out.exists() or out.is_symlink()) and (not overwrite or not is_bundle(out)):
         raise BundleError(f"{out} appeared while the bundle was being built", "choose another --out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import stat
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -14,6 +15,7 @@ from edgeclf import console, exporters, records
 from edgeclf.artefacts import MANIFEST_FILE
 from edgeclf.bundle import BUNDLE_FILE, GOLDEN_DIR, GOLDEN_FILE, SUMS_FILE, BundleError, golden
 from edgeclf.devices import DeviceOptions, open_device
+from edgeclf.outputs import is_plain_mode
 from edgeclf.pipeline.runs import LABELS_FILE, read_labels
 
 REMAKE = "re-create it with `edgeclf bundle`"
@@ -31,10 +33,12 @@ def opened(bundle):
     if not zipfile.is_zipfile(path):
         raise BundleError(f"{path} is neither a bundle folder nor a zip", "pass a folder or .zip written by `edgeclf bundle`")
     with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix="edgeclf-bundle-") as work:
-        for name in archive.namelist():
-            parts = PurePosixPath(name).parts
+        for member in archive.infolist():
+            name, parts, mode = member.filename, PurePosixPath(member.filename).parts, member.external_attr >> 16
             if name.startswith("/") or ".." in parts or not parts or parts[0] != path.stem:
                 raise BundleError(f"{path} holds {name!r}, which is outside the bundle folder {path.stem}/", REMAKE)
+            if stat.S_IFMT(mode) and not is_plain_mode(mode):  # the output rule: regular files and folders only
+                raise BundleError(f"{path} holds {name!r}, which is a link or special file, not a regular file", REMAKE)
         archive.extractall(work)
         yield Path(work) / path.stem
 

@@ -12,9 +12,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgeclf import console, records
+from edgeclf import console
 from edgeclf.artefacts import MANIFEST_FILE, read_manifest
 from edgeclf.atomic import check_output, staged_dir
+from edgeclf.outputs import BENCH
 from edgeclf.devices import DeviceOptions
 from edgeclf.devices.targets import expand_devices
 from edgeclf.errors import EdgeclfError, UsageError
@@ -100,7 +101,7 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str | list[str] = "lo
                 row["device"] = name
                 row["emulated"] = row["result"]["emulated"] if "result" in row else None
         rows += device_rows
-    summary = {"format": records.tag("bench"), "run_dir": str(run.path)}
+    summary = {**BENCH.stamp(), "run_dir": str(run.path)}
     if len(devices) == 1:
         measured = next((r["result"] for r in rows if "result" in r), None)
         summary["device"] = measured["device"] if measured else {"name": devices[0]}

@@ -32,7 +32,8 @@ from typing import Callable, NoReturn
 
 from edgeclf import calibration, console, exporters, ptq
 from edgeclf.artefacts import MANIFEST_FILE, write_manifest
-from edgeclf.atomic import check_output, publish, write_text_atomic
+from edgeclf.atomic import check_output, publish, publish_file
+from edgeclf.outputs import BUDGET_REPORT, check_file_output, is_ours
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import EXPORTS_DIR, accuracy_against, default_out, export_run
@@ -176,12 +177,14 @@ def export_within_budget(run_dir, budget: BudgetSpec, overwrite: bool = False) -
         raise UsageError(f"{run.path} records no validation split, so there is nothing to hold a budget on",
                          "export without --max-drop/--min-agreement")
     report = out.with_name(out.name + REPORT_SUFFIX)
+    check_file_output(report, BUDGET_REPORT, overwrite=True)  # a failed budget writes it; a file not ours stays untouched
     steps = recipes(run, budget)
     attempts: list[dict] = []
     console.info(f"accuracy budget on val: {budget.describe()}; up to {len(steps)} recipes, cheapest first")
     for number, recipe in enumerate(steps, 1):
         console.info(f"attempt {number}/{len(steps)}: {recipe.name}")
         attempt_dir = out.with_name(f".{out.name}.budget-{number}")
+        check_output(attempt_dir, MANIFEST_FILE, overwrite=True)  # outside the try: a failed attempt's folder is removed
         started = time.perf_counter()
         try:
             source, attempt_spec = recipe.prepare()
@@ -220,14 +223,15 @@ def _publish(attempt_dir: Path, out: Path, manifest: dict, budget: BudgetSpec, a
     manifest["budget"] = budget.record() | {"attempts": attempts, "chosen": attempts[-1]["recipe"]}
     write_manifest(attempt_dir, manifest)  # files' hashes exclude the manifest, so they still hold
     publish(attempt_dir, out, MANIFEST_FILE, overwrite)
-    report.unlink(missing_ok=True)  # a failed earlier budget's report no longer describes this folder
+    if is_ours(report, BUDGET_REPORT):  # a failed earlier budget's report no longer describes this folder
+        report.unlink()
     return manifest | {"path": str(out)}
 
 
 def _give_up(out: Path, budget: BudgetSpec, attempts: list, report: Path) -> NoReturn:
     record = budget.record() | {"attempts": attempts, "chosen": None, "artefact": str(out), "published": False}
     report.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(report, json.dumps({"budget": record}, indent=2) + "\n")
+    publish_file(report, json.dumps({**BUDGET_REPORT.stamp(), "budget": record}, indent=2) + "\n", BUDGET_REPORT, overwrite=True)
     scored = [a for a in attempts if a.get("drop") is not None]
     if not scored:
         raise ExportError(f"no int8 recipe could be exported; nothing published, attempts in {report}", "see the warnings above, or --debug")

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgeclf import console, records
 from edgeclf.artefacts import MANIFEST_FILE
 from edgeclf.atomic import staged_dir
+from edgeclf.outputs import COMPARE
 from edgeclf.pipeline.runs import LABELS_FILE, Run
 
 COMPARE_FILE = "compare.json"
@@ -24,7 +25,7 @@ def write(entries: list[dict], output: Path) -> list[dict]:
     params: dict = {}
     rows = [_row(entry, params) for entry in entries]
     with staged_dir(output, COMPARE_FILE, overwrite=True) as staging:
-        (staging / COMPARE_FILE).write_text(console.to_json({"columns": COLUMNS, "rows": rows}) + "\n")
+        (staging / COMPARE_FILE).write_text(console.to_json({**COMPARE.stamp(), "columns": COLUMNS, "rows": rows}) + "\n")
         with open(staging / "compare.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()

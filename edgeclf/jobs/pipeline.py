@@ -24,6 +24,7 @@ from typing import Callable
 
 from edgeclf import __version__, console, records
 from edgeclf.atomic import staged_dir, write_text_atomic
+from edgeclf.outputs import PIPELINE, RESULT, check_not_in_inputs, is_ours
 from edgeclf.devices.targets import parse_target
 from edgeclf.errors import EdgeclfError, UsageError, first_line
 from edgeclf.jobs import compare
@@ -244,6 +245,7 @@ def _matches(name: str, force: str) -> bool:
 # --------------------------------------------------------------------------------------
 def run(pf: PipelineFile, force: str | None = None, dry_run: bool = False, restart: bool = False) -> dict:
     """Run the pipeline; `restart` discards interrupted trainings (their .partial folders) instead of resuming them."""
+    check_not_in_inputs(pf.out, input_folders(pf))  # before anything is written, even the plan's folders
     stages = plan(pf, restart)
     _keys(stages)
     previous = _previous(pf.out)
@@ -255,12 +257,18 @@ def run(pf: PipelineFile, force: str | None = None, dry_run: bool = False, resta
     return _Runner(pf, stages, previous).run()
 
 
+def input_folders(pf: PipelineFile) -> list:
+    """Every image folder the pipeline reads: `out:` may be none of them, nor inside or around one."""
+    return [pf.data, *(e.spec.calib_dir for e in pf.exports),
+            *(folder for c in pf.trains for folder in (c.data_dir, c.val_dir, c.test_dir))]
+
+
 def _previous(out: Path) -> dict:
     """The last run's stage records, after checking `out` is ours to write in."""
     state = out / STATE_FILE
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"out {out} exists and is not a folder", "choose another `out:` in the pipeline file")
-    if out.is_dir() and any(out.iterdir()) and not state.is_file():
+    if out.is_symlink() or out.exists() and not out.is_dir():
+        raise UsageError(f"out {out} exists and is not a plain folder", "choose another `out:` in the pipeline file")
+    if out.is_dir() and any(out.iterdir()) and not is_ours(state, PIPELINE):
         raise UsageError(f"out {out} holds files that `edgeclf run` did not write", "choose another `out:` or empty that folder")
     if not state.is_file():
         return {}
@@ -293,7 +301,7 @@ class _Runner:
         return self.state()
 
     def state(self) -> dict:
-        return {"format": records.tag("pipeline"), "file": str(self.pf.path.resolve()), "out": str(self.pf.out), "edgeclf": __version__,
+        return {**PIPELINE.stamp(), "file": str(self.pf.path.resolve()), "out": str(self.pf.out), "edgeclf": __version__,
                 "stages": [self.records[s.name] for s in self.stages if s.name in self.records]}
 
     def _record(self, stage: Stage, status: str, seconds: float = 0.0, error: str | None = None) -> None:
@@ -325,7 +333,8 @@ class _Runner:
 
     def _run_here(self, stage: Stage) -> None:
         blocked = self._blocked(stage)
-        if blocked and stage.kind not in ("compare", "report"):  # they still show what finished
+        finished = [n for n in stage.upstream if self.records.get(n, {}).get("status") in DONE]
+        if blocked and (stage.kind not in ("compare", "report") or not finished):  # they still show what finished
             return self._record(stage, "skipped", error=blocked)
         if stage.why is None:
             return self._record(stage, "cached")
@@ -368,7 +377,7 @@ class _Runner:
     def _validate(self, stage: Stage, prepared: Prepared) -> None:
         result = measure(prepared, stage.device, self.pf.runs, self.pf.warmup, self.pf.threads, self.pf.device_options)
         with staged_dir(stage.output, RESULT_FILE, overwrite=True) as staging:
-            (staging / RESULT_FILE).write_text(console.to_json({records.key("result"): records.tag("result"), **result}) + "\n")
+            (staging / RESULT_FILE).write_text(console.to_json(RESULT.stamp() | result) + "\n")
 
 
 def _catching(job: Callable) -> Callable:

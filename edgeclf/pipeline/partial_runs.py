@@ -31,6 +31,8 @@ def load_state(work: Path) -> dict:
     """The checkpoint state of a partial run, or a one-line error that names --restart."""
     path = work / STATE_FILE
     restart = "pass --restart to discard it and start again"
+    if work.is_symlink():  # the output rule: a link is never written through
+        raise UsageError(f"{work} is a symbolic link, not an interrupted edgeclf run", "move it away or choose another --out")
     if not path.is_file():
         raise UsageError(f"the interrupted run at {work} saved no checkpoint (no {STATE_FILE})", restart)
     try:
@@ -46,7 +48,8 @@ def load_state(work: Path) -> dict:
 def discard_partial(work: Path) -> None:
     """Remove an interrupted run, but only one that holds nothing `edgeclf train` did not write."""
     foreign = sorted(p.name for p in work.iterdir() if p.name not in PARTIAL_NAMES
-                     and not p.name.startswith(f".{STATE_FILE}.tmp-")) if work.is_dir() else ["(not a folder)"]
+                     and not p.name.startswith(f".{STATE_FILE}.tmp-")) if work.is_dir() and not work.is_symlink() \
+        else ["(not a plain folder)"]
     if foreign:
         raise UsageError(f"{work} is not an interrupted edgeclf run (it holds {foreign[0]})",
                          "move it away or choose another --out")

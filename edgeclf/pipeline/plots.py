@@ -39,22 +39,50 @@ def training_curves(history: list[dict], path, best_epoch: int | None = None) ->
     plt.close(fig)
 
 
+# Charts with one row or bar per class stay a bounded size: beyond these many classes the
+# counts leave the cells, then the names leave the axes (2,000 classes draw in about a second).
+CELL_TEXT_MAX = 30
+CLASS_NAMES_MAX = 80
+HEATMAP_CELLS = 400  # beyond this, a cell of the heat map sums a block of classes
+MAX_INCHES = 16.0
+
+
+def class_ticks(ax, axis: str, positions, classes: list[str], rotate: bool = False) -> None:
+    """Class names on an axis when there are few enough to read, else just the axis label says 'class index'."""
+    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
+    if len(classes) <= CLASS_NAMES_MAX:
+        set_ticks(positions, classes, **({"rotation": 45, "ha": "right"} if rotate else {}),
+                  **({"fontsize": 6} if len(classes) > CELL_TEXT_MAX else {}))
+
+
 def confusion_matrix(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     plt = _pyplot()
     matrix = np.asarray(confusion)
-    size = max(4.0, 0.6 * len(classes) + 2)
+    n = len(classes)
+    size = min(MAX_INCHES, max(4.0, 0.6 * n + 2))
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    if n > HEATMAP_CELLS:
+        block = -(-n // HEATMAP_CELLS)
+        side = -(-n // block) * block
+        padded = np.zeros((side, side), dtype=np.float64)
+        padded[:matrix.shape[0], :matrix.shape[1]] = matrix
+        blocks = padded.reshape(side // block, block, side // block, block).sum(axis=(1, 3))
+        ax.imshow(blocks, cmap="Blues", interpolation="nearest", extent=(-0.5, side - 0.5, side - 0.5, -0.5))
+        title += f" ({block}x{block} classes per cell)"
+    else:
+        ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    class_ticks(ax, "x", range(n), classes, rotate=True)
+    class_ticks(ax, "y", range(n), classes)
+    named = n <= CLASS_NAMES_MAX
+    ax.set_xlabel("predicted" if named else "predicted (class index, labels.txt order)")
+    ax.set_ylabel("true" if named else "true (class index)")
     ax.set_title(title)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > threshold else "black", fontsize=8)
+    if n <= CELL_TEXT_MAX:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                        color="white" if matrix[i, j] > threshold else "black", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,30 +1,31 @@
 """`edgeclf report`: one self-contained HTML page for a run, its artefacts and their devices."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from edgeclf.atomic import write_text_atomic
+from edgeclf.atomic import publish_file
 from edgeclf.errors import UsageError
+from edgeclf.outputs import REPORT, absolute, check_file_output
 
-REPORT_FILE = "report.html"
+REPORT_FILE = REPORT.marker
 
 
-def write_report(run_dir, out=None, extra_bench_dirs=()) -> dict:
-    """Gather what the run holds, render it, and write the page atomically; returns where and what."""
+def write_report(run_dir, out=None, extra_bench_dirs=(), overwrite: bool = False) -> dict:
+    """Gather what the run holds, render it, and write the page atomically; returns where and what.
+
+    The default RUN_DIR/report.html replaces its own earlier page; `out` follows the output rule
+    (outputs.py): a new file, or an earlier page with `overwrite`, never inside the run's images.
+    """
     from edgeclf.report.gather import gather
-    from edgeclf.report.render import GENERATOR_TAG, render
+    from edgeclf.report.render import render
 
     report = gather(run_dir, extra_bench_dirs)
-    path = Path(out).expanduser().resolve() if out else report.run_dir / REPORT_FILE
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory", "give a file name, e.g. --out report.html")
+    path = absolute(out) if out else report.run_dir / REPORT_FILE
+    overwrite = overwrite or not out
     if not path.parent.is_dir():
         raise UsageError(f"the folder {path.parent} does not exist", "create it first or choose another --out")
-    if path.is_file() and GENERATOR_TAG not in path.read_text(errors="replace")[:4096]:
-        raise UsageError(f"{path} exists and is not an edgeclf report", "choose another --out; edgeclf replaces only files it wrote")
+    check_file_output(path, REPORT, overwrite, report.data_roots)  # before the work
     # ASCII with character references: the same bytes whatever the locale's encoding.
     page = render(report).encode("ascii", "xmlcharrefreplace").decode("ascii")
-    write_text_atomic(path, page)
+    publish_file(path, page, REPORT, overwrite, report.data_roots)
     return {
         "path": str(path),
         "bytes": len(page),

@@ -55,12 +55,12 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str) -> str:
 def class_counts(per_split: dict[str, dict[str, int]], classes: list[str]) -> str:
     """Grouped bars: images per class in each split."""
     plt = plots._pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(classes) + 3), 3.2))
+    fig, ax = plt.subplots(figsize=(_width(classes), 3.2))
     width = 0.8 / max(1, len(per_split))
     x = np.arange(len(classes))
     for i, (split, counts) in enumerate(per_split.items()):
-        ax.bar(x + i * width, [counts.get(c, 0) for c in classes], width, label=split)
-    ax.set_xticks(x + width * (len(per_split) - 1) / 2, classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
+        _bars(ax, x + i * width, [counts.get(c, 0) for c in classes], width, split)
+    _class_axis(ax, x + width * (len(per_split) - 1) / 2, classes)
     ax.set_ylabel("images")
     ax.set_title("images per class and split")
     ax.margins(y=0.2)
@@ -73,18 +73,36 @@ def quant_cost(rows_by_artefact: dict[str, list[dict]]) -> str:
     """Per-class recall change (artefact minus float model), one group of bars per class."""
     plt = plots._pyplot()
     classes = [r["class"] for r in next(iter(rows_by_artefact.values()))]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(classes) + 3), 3.2))
+    fig, ax = plt.subplots(figsize=(_width(classes), 3.2))
     width = 0.8 / len(rows_by_artefact)
     x = np.arange(len(classes))
     for i, (name, rows) in enumerate(rows_by_artefact.items()):
-        ax.bar(x + i * width, [100 * (r["delta"] or 0.0) for r in rows], width, label=name)
+        _bars(ax, x + i * width, [100 * (r["delta"] or 0.0) for r in rows], width, name)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(x + width * (len(rows_by_artefact) - 1) / 2, classes, rotation=45 if len(classes) > 6 else 0, ha="right" if len(classes) > 6 else "center")
+    _class_axis(ax, x + width * (len(rows_by_artefact) - 1) / 2, classes)
     ax.set_ylabel("recall change (points)")
     ax.set_title("what each artefact changed per class, against the float model")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _figure_uri(fig)
+
+
+def _width(classes: list) -> float:
+    return min(plots.MAX_INCHES, max(5.0, 0.5 * len(classes) + 3))
+
+
+def _bars(ax, x, heights: list, width: float, label: str) -> None:
+    """A bar per class; with very many classes one stepped line instead (thousands of bars take minutes)."""
+    if len(heights) > plots.CLASS_NAMES_MAX:
+        ax.plot(x, heights, drawstyle="steps-mid", linewidth=0.8, label=label)
+    else:
+        ax.bar(x, heights, width, label=label)
+
+
+def _class_axis(ax, positions, classes: list[str]) -> None:
+    plots.class_ticks(ax, "x", positions, classes, rotate=len(classes) > 6)
+    if len(classes) > plots.CLASS_NAMES_MAX:
+        ax.set_xlabel("class index (labels.txt order)")
 
 
 def latency_percentiles(rows: list[dict]) -> str:

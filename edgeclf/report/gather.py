@@ -1,7 +1,9 @@
 """Everything a run directory holds, read tolerantly: what cannot be read becomes a named problem.
 
-Only run.json is required. An older run, a manifest with missing keys or a bench folder
-with a failed device still yields a report; `Report.problems` says what was missing.
+Only run.json is required. An older run, a manifest with missing keys or values of the wrong
+type, or a bench folder with a failed device still yields a report; `Report.problems` says what
+was missing. Images are shown only if they are regular files under the run's recorded data
+folders: a run someone sent you cannot make the page embed your own files.
 """
 from __future__ import annotations
 
@@ -13,11 +15,38 @@ import numpy as np
 
 from edgeclf import records
 from edgeclf.errors import ModelError
+from edgeclf.outputs import BUNDLE, is_our_folder, is_regular
 from edgeclf.pipeline.runs import LABELS_FILE, RUN_FILE, SPLIT_FILE, read_labels
 
 RUN_KEYS = ("config", "versions", "dataset", "history", "timing", "metrics", "input")
 MANIFEST_KEYS = ("target", "quant", "io", "model_file", "input", "output", "files", "accuracy", "versions", "conversion_s")
+
+# The shape of what the page reads from each record: {key: shape} an object ("*": any other key),
+# [shape] a list, NUMBER/TEXT/MATRIX leaves. A value of another shape is named as a problem and ignored.
+NUMBER, TEXT, MATRIX = "a number", "a string", "a matrix of numbers"
+PER_SPLIT = {"n_images": NUMBER, "top1": NUMBER, "top5": NUMBER, "confusion": MATRIX,
+             "per_class": {"*": {"precision": NUMBER, "recall": NUMBER, "support": NUMBER}},
+             "wrong": [{"path": TEXT, "confidence": NUMBER}]}
+RUN_SHAPE = {
+    "config": {}, "versions": {}, "input": {}, "labels": [TEXT], "timing": {"*": NUMBER}, "created": TEXT,
+    "dataset": {"split": TEXT, "*": {"n_images": NUMBER, "per_class": {"*": NUMBER}, "skipped": [{}]}},
+    "history": [{"val_loss": NUMBER, "val_accuracy": NUMBER}],
+    "metrics": {"*": PER_SPLIT},
+    "optimization": {"prune": {"target": NUMBER, "sparsity": {"overall": NUMBER, "per_layer": {"*": NUMBER}}},
+                     "source_metrics": {"*": {"top1": NUMBER}}, "sparsity_after_qat": NUMBER},
+}
+TENSOR = {"dtype": TEXT, "quantization": {}}
+MANIFEST_SHAPE = {
+    "files": {"*": {"bytes": NUMBER, "gzip_bytes": NUMBER}}, "input": TENSOR, "output": TENSOR, "calibration": {},
+    "versions": {}, "conversion_s": NUMBER, "created": TEXT,
+    "accuracy": {"split": TEXT, "top1": NUMBER, "float_top1": NUMBER, "agreement": NUMBER, "n_images": NUMBER, "confusion": MATRIX},
+}
+RESULT = {"latency_ms": {"*": NUMBER}, "accuracy": {"top1": NUMBER, "agreement": NUMBER, "n_images": NUMBER},
+          "runtime": {}, "device": {}, "init_ms": NUMBER, "peak_rss_mb": NUMBER}
+BENCH_SHAPE = {"device": {}, "rows": [{"size_mb": NUMBER, "speedup": NUMBER, "top1": NUMBER, "agreement": NUMBER, "result": RESULT}]}
+PROBLEMS_PER_RECORD = 12  # then one line says how many more
 SAMPLES_PER_CLASS = 4
+SAMPLE_CLASSES = 60  # sample images for at most this many classes (2,000 classes would be 8,000 thumbnails)
 
 
 @dataclass
@@ -32,6 +61,78 @@ class Report:
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
+
+    @property
+    def data_roots(self) -> list[Path]:
+        """The image folders this run records (config and split.json); only images under them are shown."""
+        config = as_dict(self.info.get("config"))
+        roots = [config.get(k) for k in ("data_dir", "val_dir", "test_dir")]
+        roots += [s.get("root") for s in as_dict(get(self.split_plan, "splits")).values() if isinstance(s, dict)]
+        resolved = {Path(r).expanduser().resolve() for r in roots if isinstance(r, str) and r and "\0" not in r}
+        return sorted(r for r in resolved if r != Path(r.anchor) and r != Path.home())  # never a whole disk or home
+
+    def embeddable(self, path) -> Path | None:
+        """`path` if it is a regular file under one of the run's data folders, else None (not shown)."""
+        if not isinstance(path, (str, Path)) or "\0" in str(path):
+            return None
+        resolved = Path(path).expanduser().resolve()
+        if not any(root in resolved.parents for root in self.data_roots):
+            return None
+        return resolved if is_regular(resolved) else None
+
+
+def as_dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def conform(record: dict, shape: dict, name: str, report: Report) -> dict:
+    """`record` with every value not of its shape named as a problem (up to a dozen) and dropped."""
+    wrong: list[str] = []
+    _conform(record, shape, "", wrong)
+    for text in wrong[:PROBLEMS_PER_RECORD]:
+        report.problem(f"{name}: {text}; ignored")
+    if len(wrong) > PROBLEMS_PER_RECORD:
+        report.problem(f"{name}: {len(wrong) - PROBLEMS_PER_RECORD} more values of the wrong type ignored")
+    return record
+
+
+def _conform(value, shape, where: str, wrong: list):
+    """value if it has the shape (its wrong parts removed), else None, with what was wrong appended."""
+    if value is None:
+        return None
+    if not _fits(value, shape):
+        expected = shape if isinstance(shape, str) else "an object" if isinstance(shape, dict) else "a list"
+        wrong.append(f"{where.lstrip('.') or 'the record'} is {_json_type(value)}, not {expected}")
+        return None
+    if isinstance(shape, dict):
+        for key in list(value):
+            inner = shape.get(key, shape.get("*"))
+            if inner is not None and _conform(value[key], inner, f"{where}.{key}", wrong) is None and value[key] is not None:
+                del value[key]
+    elif isinstance(shape, list):
+        value[:] = [item for i, item in enumerate(value) if _conform(item, shape[0], f"{where}.{i}", wrong) is not None]
+    return value
+
+
+def _fits(value, shape) -> bool:
+    if shape == NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if shape == TEXT:
+        return isinstance(value, str)
+    if shape == MATRIX:
+        try:
+            return np.asarray(value, dtype=float).ndim == 2
+        except (TypeError, ValueError, OverflowError):
+            return False
+    return isinstance(value, dict if isinstance(shape, dict) else list)
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false"}.get(type(value), "a number")
 
 
 def get(data, dotted: str, default=None):
@@ -89,20 +190,31 @@ def gather(run_dir, extra_bench_dirs=()) -> Report:
     missing = [key for key in RUN_KEYS if key not in info]
     if missing:
         report.problem(f"run.json has no {', '.join(missing)} (an older or interrupted edgeclf run?)")
+    conform(info, RUN_SHAPE, "run.json", report)
     report.labels = _labels(run_dir, info, report)
     if (run_dir / SPLIT_FILE).is_file():
         report.split_plan = read_json(run_dir / SPLIT_FILE, report)
     else:
         report.problem(f"{SPLIT_FILE} is missing: no sample images")
     for directory in _subdirs(run_dir / "exports"):
-        report.exports.append(_export(directory, report))
+        if not is_our_folder(directory, BUNDLE):  # `edgeclf bundle`'s default place, beside the artefact
+            report.exports.append(_guarded(_export, directory, report, "manifest.json"))
     bench_dirs = _subdirs(run_dir / "bench")
     bench_dirs += [Path(d).resolve() for d in extra_bench_dirs if Path(d).resolve() not in bench_dirs]
     for directory in bench_dirs:
-        bench = _bench(directory, report)
+        bench = _guarded(_bench, directory, report, "bench.json")
         if bench is not None:
             report.benches.append(bench)
     return report
+
+
+def _guarded(read, directory: Path, report: Report, name: str):
+    """One folder whose record holds values of unexpected types costs its own entry, not the page."""
+    try:
+        return read(directory, report)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as exc:
+        report.problem(f"{directory.name}/{name} holds values of the wrong type ({type(exc).__name__}: {exc})")
+        return _export(directory, report, {}) if name == "manifest.json" else None
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -113,6 +225,8 @@ def _subdirs(folder: Path) -> list[Path]:
 
 def _labels(run_dir: Path, info: dict, report: Report) -> list[str]:
     try:
+        if not is_regular(run_dir / LABELS_FILE):
+            raise ModelError(f"{LABELS_FILE} is missing or not a regular file")
         return read_labels(run_dir / LABELS_FILE)
     except (OSError, ModelError) as exc:
         report.problem(f"{LABELS_FILE} could not be read ({exc}); class names come from run.json")
@@ -123,18 +237,22 @@ def _labels(run_dir: Path, info: dict, report: Report) -> list[str]:
 def sample_images(report: Report, per_class: int = SAMPLES_PER_CLASS) -> dict[str, list[Path]]:
     """A few training images per class that still exist on disk (from split.json)."""
     plan = report.split_plan or {}
-    split = get(plan, "splits.train") or {}
-    classes = plan.get("classes") or report.labels
-    root = Path(split.get("root", "."))
+    split = as_dict(get(plan, "splits.train"))
+    classes = [str(c) for c in as_list(plan.get("classes")) or report.labels][:SAMPLE_CLASSES]
+    root = split.get("root")
     chosen: dict[str, list[Path]] = {name: [] for name in classes}
-    for entry in split.get("files") or []:
+    if not isinstance(root, str):
+        return chosen
+    for entry in as_list(split.get("files")):
         try:
             rel, label = entry
             name = classes[int(label)]
         except (ValueError, TypeError, IndexError):
             continue
-        if len(chosen[name]) < per_class and (root / rel).is_file():
-            chosen[name].append(root / rel)
+        if len(chosen[name]) < per_class and (path := report.embeddable(Path(root) / str(rel))):
+            chosen[name].append(path)
+        if all(len(paths) >= per_class for paths in chosen.values()):
+            break
     return chosen
 
 
@@ -143,13 +261,14 @@ def wrong_predictions(report: Report) -> tuple[str | None, list[dict] | None]:
     metrics = report.info.get("metrics") or {}
     for split in ("test", "val"):
         if split in metrics:
-            return split, metrics[split].get("wrong")
+            wrong = metrics[split].get("wrong")
+            return split, None if wrong is None else [w for w in wrong if isinstance(w, dict)]
     return None, None
 
 
 def best_epoch(history: list[dict]) -> int | None:
     """1-based position of the lowest val_loss in the last stage, whose best weights the run kept."""
-    if not history or any("val_loss" not in h for h in history):
+    if not history or any(not isinstance(h, dict) or not isinstance(h.get("val_loss"), (int, float)) for h in history):
         return None
     last_stage = history[-1].get("stage")
     positions = [i for i, h in enumerate(history) if h.get("stage") == last_stage]
@@ -157,12 +276,14 @@ def best_epoch(history: list[dict]) -> int | None:
 
 
 # -- exports -------------------------------------------------------------------------
-def _export(directory: Path, report: Report) -> dict:
-    manifest = read_json(directory / "manifest.json", report, "manifest") or {}
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
-    if manifest and missing:
-        report.problem(f"exports/{directory.name}/manifest.json has no {', '.join(missing)}")
-    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+def _export(directory: Path, report: Report, manifest: dict | None = None) -> dict:
+    if manifest is None:
+        manifest = read_json(directory / "manifest.json", report, "manifest") or {}
+        missing = [key for key in MANIFEST_KEYS if key not in manifest]
+        if manifest and missing:
+            report.problem(f"exports/{directory.name}/manifest.json has no {', '.join(missing)}")
+        conform(manifest, MANIFEST_SHAPE, f"exports/{directory.name}/manifest.json", report)
+    files = manifest.get("files") or {}
     model_files = [f for name, f in files.items() if name != LABELS_FILE and isinstance(f, dict)]
     acc = manifest.get("accuracy") or {}
     agreement, n_images = acc.get("agreement"), acc.get("n_images")
@@ -193,7 +314,7 @@ def _export(directory: Path, report: Report) -> dict:
 def _quant_cost(acc: dict, report: Report) -> list[dict]:
     """Per-class recall of the float model (run.json) against the artefact (its manifest's confusion)."""
     confusion = acc.get("confusion")
-    per_class = get(report.info, f"metrics.{acc.get('split')}.per_class") or {}
+    per_class = as_dict(get(as_dict(report.info.get("metrics")).get(acc.get("split")), "per_class"))
     if not confusion or not per_class:
         return []
     matrix = np.asarray(confusion)
@@ -203,7 +324,7 @@ def _quant_cost(acc: dict, report: Report) -> list[dict]:
     for i, name in enumerate(report.labels):
         support = int(matrix[i].sum())
         artefact = float(matrix[i, i] / support) if support else None
-        float_recall = get(per_class, f"{name}.recall") if name in per_class else None
+        float_recall = as_dict(per_class.get(name)).get("recall")  # by key, not dotted: a class may be named a.b
         delta = artefact - float_recall if artefact is not None and float_recall is not None else None
         rows.append({"class": name, "support": support, "float_recall": float_recall, "recall": artefact, "delta": delta})
     return rows
@@ -214,6 +335,7 @@ def _bench(directory: Path, report: Report) -> dict | None:
     summary = read_json(directory / "bench.json", report, "bench")
     if summary is None:
         return None
+    conform(summary, BENCH_SHAPE, f"{directory.name}/bench.json", report)
     rows = summary.get("rows")
     if not isinstance(rows, list):
         report.problem(f"{directory.name}/bench.json has no rows")
@@ -233,11 +355,11 @@ def _bench(directory: Path, report: Report) -> dict | None:
 
 
 def _bench_row(row: dict, device: dict, emulated) -> dict:
-    result = row.get("result") if isinstance(row.get("result"), dict) else {}
-    latency = result.get("latency_ms") or {}
-    acc = result.get("accuracy") or {}
-    runtime = result.get("runtime") or {}
-    dev = result.get("device") or device
+    result = as_dict(row.get("result"))
+    latency = as_dict(result.get("latency_ms"))
+    acc = as_dict(result.get("accuracy"))
+    runtime = as_dict(result.get("runtime"))
+    dev = as_dict(result.get("device")) or device
     return {
         "format": row.get("format"),
         "quant": row.get("quant"),

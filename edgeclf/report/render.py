@@ -12,14 +12,16 @@ from pathlib import Path
 
 from edgeclf import __version__
 from edgeclf.console import pct
+from edgeclf.outputs import REPORT_TAG
 from edgeclf.report import figures
 from edgeclf.report.assets import CSS, SORT_JS
-from edgeclf.report.gather import Report, best_epoch, get, sample_images, wrong_predictions
+from edgeclf.report.gather import Report, as_dict, best_epoch, get, sample_images, wrong_predictions
 
 WRONG_SHOWN = 24
 
-# Marks a page as edgeclf's own: `edgeclf report` replaces only a file that carries it.
-GENERATOR_TAG = "<meta name='generator' content='edgeclf report'>"
+# Marks a page as edgeclf's own: `edgeclf report` replaces only a file that carries it (outputs.py).
+GENERATOR_TAG = REPORT_TAG
+SECTION_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError, OverflowError)
 
 
 class Raw(str):
@@ -30,12 +32,16 @@ def esc(value) -> str:
     return value if isinstance(value, Raw) else html.escape("-" if value is None else str(value))
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def num(value, digits: int = 2, unit: str = "") -> str:
-    return "-" if value is None else f"{value:.{digits}f}{unit}"
+    return "-" if value is None else f"{value:.{digits}f}{unit}" if is_number(value) else "?"
 
 
 def mb(n_bytes) -> str:
-    return "-" if n_bytes is None else f"{n_bytes / 1e6:.2f} MB"
+    return "-" if n_bytes is None else f"{n_bytes / 1e6:.2f} MB" if is_number(n_bytes) else "?"
 
 
 def table(headers: list[str], rows: list[list], sort_keys: list[list] | None = None) -> Raw:
@@ -46,7 +52,7 @@ def table(headers: list[str], rows: list[list], sort_keys: list[list] | None = N
         cells = []
         for c, cell in enumerate(row):
             key = sort_keys[r][c] if sort_keys else None
-            attr = f' data-v="{key}"' if isinstance(key, (int, float)) and not isinstance(key, bool) else ""
+            attr = f' data-v="{key}"' if is_number(key) else ""
             cells.append(f"<td{attr}>{esc(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return Raw(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
@@ -80,6 +86,14 @@ class Page:
         except Exception as exc:  # a chart from odd data must not cost the whole page
             self.report.problem(f"the {what} chart could not be drawn ({type(exc).__name__}: {exc})")
             return None
+
+    def guarded(self, anchor: str, title: str, build) -> Raw | None:
+        """A section built from records of unexpected shape becomes a note and a problem, not a lost page."""
+        try:
+            return build()
+        except SECTION_ERRORS as exc:
+            self.report.problem(f"the {title} section could not be drawn ({type(exc).__name__}: {exc})")
+            return section(anchor, title, [note(f"this section could not be drawn from the run's records ({type(exc).__name__})")])
 
     # -- sections ------------------------------------------------------------------
     def header(self) -> Raw:
@@ -126,7 +140,9 @@ class Page:
         for name, paths in samples.items():
             thumbs = "".join(img(figures.thumbnail(p), f"{name}: {p.name}", "thumb") for p in paths)
             rows.append(f"<figure class='samples'><figcaption>{esc(name)}</figcaption>{thumbs or esc('(no image found)')}</figure>")
-        return Raw("<div class='grid'>" + "".join(rows) + "</div>")
+        shown = "" if len(samples) >= len(self.report.labels) else \
+            f"<p class='small'>Sample images of the first {len(samples)} of {len(self.report.labels)} classes.</p>"
+        return Raw(shown + "<div class='grid'>" + "".join(rows) + "</div>")
 
     def training(self) -> Raw:
         history = self.info.get("history") or []
@@ -163,6 +179,7 @@ class Page:
         m = metrics[split]
         per_class = m.get("per_class") or {}
         parts.append(Raw(f"<h3>Per class ({esc(split)})</h3>"))
+        per_class = {c: as_dict(v) for c, v in per_class.items()}
         rows = [[c, v.get("support"), pct(v.get("precision")), pct(v.get("recall"))] for c, v in per_class.items()]
         keys = [[None, v.get("support"), v.get("precision"), v.get("recall")] for v in per_class.values()]
         parts.append(table(["class", "images", "precision", "recall"], rows, keys) if rows else note("no per-class metrics"))
@@ -182,8 +199,9 @@ class Page:
             return Raw(title + "<p>None: every image was classified correctly.</p>")
         cells = []
         for w in wrong[:WRONG_SHOWN]:
-            uri = figures.thumbnail(Path(str(w.get("path"))))
-            picture = img(uri, f"{w.get('true')} predicted as {w.get('predicted')}", "thumb") if uri else esc("(image gone)")
+            path = self.report.embeddable(w.get("path"))
+            uri = figures.thumbnail(path) if path else None
+            picture = img(uri, f"{w.get('true')} predicted as {w.get('predicted')}", "thumb") if uri else esc("(image not available)")
             cells.append(f"<figure class='wrong'>{picture}<figcaption>true <b>{esc(w.get('true'))}</b><br>"
                          f"predicted <b>{esc(w.get('predicted'))}</b> {pct(w.get('confidence'))}</figcaption></figure>")
         more = f"<p>{len(wrong) - WRONG_SHOWN} more in run.json.</p>" if len(wrong) > WRONG_SHOWN else ""
@@ -287,8 +305,12 @@ class Page:
         return Raw(f'<div class="problems" id="problems"><b>What this page could not read</b><ul>{items}</ul></div>')
 
     def html(self) -> str:
-        body = [self.dataset(), self.training(), self.results(), self.artefacts(), self.devices(), self.optimization()]
+        body = [self.guarded(anchor, title, build) for anchor, title, build in (
+            ("dataset", "Dataset", self.dataset), ("training", "Training", self.training),
+            ("results", "Float model results", self.results), ("artefacts", "Artefacts", self.artefacts),
+            ("devices", "Devices", self.devices), ("optimization", "Optimization", self.optimization))]
         body = [b for b in body if b]
+        header = self.guarded("header", "header", self.header)
         nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (("dataset", "Dataset"), ("training", "Training"),
                        ("results", "Results"), ("artefacts", "Artefacts"), ("devices", "Devices"))
                        ) + (' <a href="#optimization">Optimization</a>' if self.info.get("optimization") else "")
@@ -299,7 +321,7 @@ class Page:
             f"{GENERATOR_TAG}"
             f"<title>edgeclf report: {esc(self.report.run_dir.name)}</title>"
             f"<style>{CSS}</style></head><body>"
-            f"{self.header()}<nav>{nav}</nav>{self.problems()}<main>{''.join(body)}</main>"
+            f"{header}<nav>{nav}</nav>{self.problems()}<main>{''.join(body)}</main>"
             f"<footer>Written by {generated}. One self-contained file: no network needed.</footer>"
             f"<script>{SORT_JS}</script></body></html>\n"
         )
