@@ -18,7 +18,7 @@ from pathlib import Path
 from edgeclf import __version__, console
 from edgeclf.artefacts import Artefact, sha256_file, write_manifest
 from edgeclf.atomic import staged_dir
-from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, archive, card, code, golden
+from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, archive, card, code, golden, sums_line
 from edgeclf.bundle.handoff import HandOff
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.pipeline.runs import LABELS_FILE
@@ -119,7 +119,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
 
 def write_sums(directory: Path) -> None:
     """SHA256SUMS in `sha256sum -c` format, for every file but itself."""
-    lines = [f"{sha256_file(p)}  {p.relative_to(directory).as_posix()}\n"
+    lines = [sums_line(sha256_file(p), p.relative_to(directory).as_posix())
              for p in sorted(directory.rglob("*")) if p.is_file() and p.name != SUMS_FILE]
     (directory / SUMS_FILE).write_text("".join(lines))
 

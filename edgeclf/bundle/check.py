@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeclf import console, exporters
 from edgeclf.artefacts import MANIFEST_FILE, model_in_folder, read_manifest, sha256_file
-from edgeclf.bundle import BUNDLE_FILE, GOLDEN_DIR, GOLDEN_FILE, SUMS_FILE, BundleError, archive, golden
+from edgeclf.bundle import BUNDLE_FILE, GOLDEN_DIR, GOLDEN_FILE, SUMS_FILE, BundleError, archive, golden, parse_sums_line
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.errors import first_line
 from edgeclf.pipeline.runs import LABELS_FILE, read_labels
@@ -43,14 +43,15 @@ def verify(directory: Path) -> set[str]:
         if not (directory / name).is_file():
             raise BundleError(f"{directory} is not an edgeclf bundle (no {name})", "pass a folder or .zip written by `edgeclf bundle`")
     try:
-        lines = (directory / SUMS_FILE).read_text().splitlines()
+        with open(directory / SUMS_FILE, encoding="utf-8", newline="") as f:
+            lines = [line for line in f.read().split("\n") if line]
     except UnicodeDecodeError as exc:
         raise BundleError(f"{SUMS_FILE} in {directory} is not text", REMAKE) from exc
     checked = set()
     for line in lines:
-        digest, _, name = line.partition("  ")
+        digest, name = parse_sums_line(line)
         pure = PurePosixPath(name)
-        if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or name in checked:
+        if not name or pure.is_absolute() or ".." in pure.parts or name in checked:
             raise BundleError(f"{SUMS_FILE} in {directory} has a bad line {line!r}", REMAKE)
         path = directory / name
         if path.is_symlink() or any(parent.is_symlink() for parent in path.parents if directory in parent.parents):
@@ -63,7 +64,7 @@ def verify(directory: Path) -> set[str]:
     stray = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
                    if (p.is_file() or p.is_symlink()) and p.relative_to(directory).as_posix() not in checked | {SUMS_FILE})
     if stray:
-        console.warn(f"{len(stray)} file(s) of the bundle are not in {SUMS_FILE} and are ignored (e.g. {stray[0]})")
+        console.warn(f"{len(stray)} file(s) of the bundle are not in {SUMS_FILE} and are ignored (e.g. {stray[0]!r})")
     covered(checked, MANIFEST_FILE, LABELS_FILE, f"{GOLDEN_DIR}/{GOLDEN_FILE}", what="the bundle's")
     return checked
 
