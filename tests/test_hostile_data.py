@@ -42,7 +42,7 @@ def copy_run(run: Path, dest: Path) -> Path:
 # -- item 3: class names labels.txt cannot round-trip ------------------------------------------
 
 @pytest.mark.parametrize("name", [" padded ", "new\nline", "carriage\rreturn", "tab\there", "bell\x07", "trailing ", "line\u2028sep",
-                                  os.fsdecode(b"latin1-\xe9")])
+                                  os.fsdecode(b"latin1-\xe9"), "cat\u202egod", "zero\u200bwidth", "bom\ufeff"])
 def test_class_folders_labels_txt_cannot_round_trip_are_refused(tmp_path, name):
     from edgeclf.pipeline.datasets import scan_folder
 

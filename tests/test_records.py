@@ -79,8 +79,9 @@ def test_a_newer_pipeline_state_is_not_overwritten(tmp_path):
     (tmp_path / "pipeline.json").write_text(json.dumps({"format": "edgeclf.pipeline/2", "stages": []}))
     with pytest.raises(records.RecordError, match=r"pipeline.json was written by a newer edgeclf \(edgeclf.pipeline/2;"):
         _previous(tmp_path)
-    (tmp_path / "pipeline.json").write_text(json.dumps({"stages": [{"name": "train", "status": "ran"}]}))
-    assert _previous(tmp_path) == {"train": {"name": "train", "status": "ran"}}  # today's, without a version
+    older = {"edgeclf": "0.2.0", "stages": [{"name": "train", "status": "ran"}]}  # before versions: known by its edgeclf key
+    (tmp_path / "pipeline.json").write_text(json.dumps(older))
+    assert _previous(tmp_path) == {"train": {"name": "train", "status": "ran"}}
 
 
 def test_check_names_every_problem_of_a_record(tmp_path):

@@ -6,7 +6,6 @@ complete. An existing output is replaced only with --overwrite and only if it is
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,10 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgeclf import __version__, console
-from edgeclf.artefacts import MANIFEST_FILE, Artefact
+from edgeclf.artefacts import Artefact, write_manifest
 from edgeclf.atomic import staged_dir
 from edgeclf.outputs import BUNDLE, absolute, carries_format, check_file_output, check_output, is_our_folder, is_regular
-from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, card, code, golden
+from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, archive, card, code, golden, sums_line
+from edgeclf.bundle.handoff import HandOff
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.runs import LABELS_FILE
@@ -34,14 +34,15 @@ def default_out(artefact_dir: Path) -> Path:
 
 
 def is_bundle(path: Path) -> bool:
-    """A folder or zip that `edgeclf bundle` wrote: its bundle.json says so (outputs.py)."""
+    """A folder or zip that `edgeclf bundle` wrote: its bundle.json says so (outputs.py), whatever the zip is named."""
     if is_our_folder(path, BUNDLE):
         return True
     if is_regular(path) and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            with contextlib.suppress(KeyError):
-                member = archive.getinfo(f"{path.stem}/{BUNDLE_FILE}")
-                return member.file_size < MARKER_MAX and carries_format(archive.read(member), BUNDLE)
+        with zipfile.ZipFile(path) as zipped:
+            root = archive.bundle_root(zipped)
+            if root is not None:
+                member = zipped.getinfo(f"{root}{BUNDLE_FILE}")
+                return member.file_size < MARKER_MAX and carries_format(zipped.read(member), BUNDLE)
     return False
 
 
@@ -65,7 +66,9 @@ def verify_artefact(artefact_dir: Path, manifest: dict) -> None:
             raise ModelError(f"{path} does not match the sha256 in its manifest (changed after export?)", "re-run `edgeclf export`")
 
 
-def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, overwrite: bool = False) -> dict:
+def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, overwrite: bool = False,
+                 full_paths: bool = False) -> dict:
+    """`full_paths`: keep the trainer's absolute paths in the hand-off files (default: folder names)."""
     artefact_dir = Path(artefact_dir).expanduser().resolve()
     if count < 1:
         raise UsageError(f"--golden {count} must be at least 1", f"e.g. --golden {golden.DEFAULT_COUNT}")
@@ -78,29 +81,33 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
     run = golden.source_run(manifest)
     images = [*(run.plan.roots.values() if run.plan is not None else ()), (manifest.get("export") or {}).get("calib_dir")]
     check_out(out, artefact_dir, overwrite, images)
+    code.contract(manifest)  # a manifest no template can take is refused before any work
     verify_artefact(artefact_dir, manifest)
+    handoff = HandOff(run.info, manifest, paths=[artefact_dir, run.path, *(run.plan.roots.values() if run.plan else ())],
+                      full=full_paths)
     chosen = golden.choose(run, manifest, count)
     raw, reference = golden.reference_outputs(artefact.model_path, chosen.split.images)
     spread = golden.kernel_spread(artefact.model_path, chosen.split.images, raw, manifest["output"]["dtype"])
     test = card.test_accuracy(run, artefact.model_path)
 
     def fill(staging: Path) -> dict:
-        files = artefact.format.model_files(artefact.model_path)
-        for path in files:
-            shutil.copyfile(path, staging / path.name)
+        files = {path.relative_to(artefact_dir).as_posix(): path for path in artefact.format.model_files(artefact.model_path)}
+        for name, path in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, staging / name)
         shutil.copyfile(artefact_dir / LABELS_FILE, staging / LABELS_FILE)
-        shutil.copyfile(artefact_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
-        record = golden.write(staging, chosen, raw, reference, manifest, spread)
+        write_manifest(staging, handoff.tree(manifest) | {"labels": manifest["labels"]})
+        record = golden.write(staging, chosen, raw, reference, manifest, spread, handoff)
         written = code.write(staging, manifest, record)
-        digests = {p.name: sha256_file(p) for p in files}
+        digests = {name: sha256_file(staging / name) for name in files}
         (staging / CARD_FILE).write_text(
-            card.render(manifest, run, record, test, card.device_measurements(run, manifest), digests))
+            card.render(manifest, run, record, test, card.device_measurements(run, manifest), digests, handoff))
         summary = {
             "format": BUNDLE_FORMAT,
             "created_by": f"edgeclf bundle {__version__}",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "artefact": str(artefact_dir),
-            "model_files": [p.name for p in files],
+            "artefact": handoff.text(artefact_dir),
+            "model_files": list(files),
             "golden": {k: record[k] for k in ("count", "source", "reference", "tolerance")},
             "code": written,
         }
@@ -119,7 +126,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
 
 def write_sums(directory: Path) -> None:
     """SHA256SUMS in `sha256sum -c` format, for every file but itself."""
-    lines = [f"{sha256_file(p)}  {p.relative_to(directory).as_posix()}\n"
+    lines = [sums_line(sha256_file(p), p.relative_to(directory).as_posix())
              for p in sorted(directory.rglob("*")) if p.is_file() and p.name != SUMS_FILE]
     (directory / SUMS_FILE).write_text("".join(lines))
 
@@ -133,12 +140,12 @@ def _write_zip(out: Path, overwrite: bool, fill) -> dict:
             staging = Path(work) / out.stem
             staging.mkdir()
             summary = fill(staging)
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zipped:
                 for path in sorted(staging.rglob("*")):
                     if path.is_file():
                         info = zipfile.ZipInfo.from_file(path, f"{out.stem}/{path.relative_to(staging).as_posix()}")
                         with open(path, "rb") as f:
-                            archive.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
+                            zipped.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
         check_out_still_free(out, overwrite)
         os.replace(tmp, out)
     except BaseException:

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from edgeclf import console, records
+from edgeclf.bundle import escape
+from edgeclf.bundle.handoff import HandOff
 from edgeclf.console import pct
 from edgeclf.devices.host import predict_file
 from edgeclf.pipeline.datasets import samples_digest
 from edgeclf.pipeline.metrics import score
 from edgeclf.pipeline.runs import SPLIT_FILE, Run
+
+HEX = re.compile(r"[0-9a-f]{1,64}")
 
 
 def test_accuracy(run: Run, model_path: Path) -> dict | None:
@@ -50,31 +55,31 @@ def device_measurements(run: Run, manifest: dict) -> list[dict]:
     return rows
 
 
-def _accuracy_rows(manifest: dict, test: dict | None) -> list[str]:
+def _accuracy_rows(manifest: dict, test: dict | None, t) -> list[str]:
     rows = []
     for acc in (manifest.get("accuracy"), test):
         if not acc:
             continue
         n = acc["n_images"]
         changed = acc.get("changed", round((1 - acc["agreement"]) * n) if acc.get("agreement") is not None else None)
-        rows.append(f"| {acc['split']} | {n} | {pct(acc.get('float_top1'))} | {pct(acc['top1'])} | "
-                    f"{pct(acc.get('agreement'))} | {'-' if changed is None else changed} |")
+        rows.append(f"| {t(acc['split'])} | {t(n)} | {pct(acc.get('float_top1'))} | {pct(acc['top1'])} | "
+                    f"{pct(acc.get('agreement'))} | {t('n/a' if changed is None else changed)} |")
     return rows or ["| (no split scored) | | | | | |"]
 
 
-def confused_pairs(confusion, labels: list[str], limit: int = 5) -> list[str]:
+def confused_pairs(confusion, labels: list[str], t=escape.markdown, limit: int = 5) -> list[str]:
     matrix = np.asarray(confusion)
     pairs = [(int(matrix[i, j]), labels[i], labels[j]) for i in range(len(labels)) for j in range(len(labels)) if i != j and matrix[i, j]]
-    return [f"- {true} taken for {pred}: {count} image(s)" for count, true, pred in sorted(pairs, key=lambda p: -p[0])[:limit]]
+    return [f"- {t(true)} taken for {t(pred)}: {count} image(s)" for count, true, pred in sorted(pairs, key=lambda p: -p[0])[:limit]]
 
 
-def _dataset_lines(run: Run) -> list[str]:
+def _dataset_lines(run: Run, t) -> list[str]:
     dataset = run.info.get("dataset", {})
-    lines = [f"- split: {dataset.get('split', 'n/a')}"]
+    lines = [f"- split: {t(dataset.get('split', 'n/a'))}"]
     for name in ("train", "val", "test"):
         if name in dataset:
             per_class = ", ".join(f"{k} {v}" for k, v in dataset[name]["per_class"].items())
-            lines.append(f"- {name}: {dataset[name]['n_images']} images from `{dataset[name]['root']}` ({per_class})")
+            lines.append(f"- {name}: {t(dataset[name]['n_images'])} images from {t(dataset[name]['root'])} ({t(per_class)})")
     if run.plan is not None:
         digest = samples_digest(run.plan.samples["train"], run.plan.roots["train"])
         lines.append(f"- training file list hash (relative paths + labels): `{digest[:16]}`; "
@@ -82,62 +87,75 @@ def _dataset_lines(run: Run) -> list[str]:
     return lines
 
 
-def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: list[dict], files: dict[str, str]) -> str:
+def _hex(value) -> str:
+    """A digest in a code span, when it is one (nothing else goes between backticks)."""
+    text = str(value)
+    return f"`{text}`" if HEX.fullmatch(text) else escape.markdown(text)
+
+
+def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: list[dict], files: dict[str, str],
+           handoff: HandOff) -> str:
+    """The card. Every value from the manifest, run.json, bench.json or golden record goes through
+    `t`: the trainer's paths reduced to folder names (handoff.py), then Markdown-escaped (escape.py)."""
+    def t(value) -> str:
+        return escape.markdown(handoff.text(value))
+
     labels = manifest["labels"]
     config = run.info.get("config", {})
     inp, out = manifest["input"], manifest["output"]
     q_in, q_out = inp.get("quantization"), out.get("quantization")
     calib = manifest.get("calibration") or {}
     coverage = (manifest.get("details") or {}).get("quantization_coverage") or {}
+    tol = golden["tolerance"]
     lines = [
-        f"# Model card: {config.get('arch', 'classifier')} {manifest['target']} {manifest['quant']}",
+        f"# Model card: {t(config.get('arch', 'classifier'))} {t(manifest['target'])} {t(manifest['quant'])}",
         "", "## What it classifies",
-        f"{len(labels)} classes, in output order: {', '.join(labels)}. One RGB image in, one score per class out.",
-        "", "## Training data", *_dataset_lines(run),
+        f"{len(labels)} classes, in output order: {', '.join(t(label) for label in labels)}. One RGB image in, one score per class out.",
+        "", "## Training data", *_dataset_lines(run, t),
         "", "## How it was trained",
-        f"- {config.get('arch')} (alpha {config.get('alpha')}), weights `{config.get('weights')}`, {config.get('img_size')} px, "
-        f"head {config.get('head_epochs')} + fine-tune {config.get('fine_tune_epochs')} epochs, lr {config.get('lr')}, "
-        f"augment {config.get('augment')}, seed {config.get('seed')}",
-        f"- optimization: {json.dumps(run.info.get('optimization')) if run.info.get('optimization') else 'none'}",
+        f"- {t(config.get('arch'))} (alpha {t(config.get('alpha'))}), weights {t(config.get('weights'))}, {t(config.get('img_size'))} px, "
+        f"head {t(config.get('head_epochs'))} + fine-tune {t(config.get('fine_tune_epochs'))} epochs, lr {t(config.get('lr'))}, "
+        f"augment {t(config.get('augment'))}, seed {t(config.get('seed'))}",
+        f"- optimization: {t(json.dumps(run.info.get('optimization'))) if run.info.get('optimization') else 'none'}",
         "", "## How it was exported and quantized",
-        f"- {manifest['target']} {manifest['quant']}, IO {manifest.get('io') or inp['dtype']}",
-        f"- calibration: {calib.get('count', 'n/a')} images from {calib.get('source', 'n/a')} (seed {calib.get('seed', 'n/a')}, "
-        f"sample hash `{str(calib.get('sample_hash', 'n/a'))[:16]}`)" if calib else "- calibration: none (not an int8 export)",
+        f"- {t(manifest['target'])} {t(manifest['quant'])}, IO {t(manifest.get('io') or inp['dtype'])}",
+        f"- calibration: {t(calib.get('count', 'n/a'))} images from {t(calib.get('source', 'n/a'))} (seed {t(calib.get('seed', 'n/a'))}, "
+        f"sample hash {_hex(str(calib.get('sample_hash', 'n/a'))[:16])})" if calib else "- calibration: none (not an int8 export)",
         f"- integer ops: {pct(coverage.get('ops_integer_fraction'))}, int8 weights: {pct(coverage.get('weights_int8_fraction'))}" if coverage else "",
         "", "## Accuracy",
         "| split | images | float top-1 | this artefact top-1 | agreement with float | changed predictions |",
-        "| --- | --- | --- | --- | --- | --- |", *_accuracy_rows(manifest, test),
+        "| --- | --- | --- | --- | --- | --- |", *_accuracy_rows(manifest, test, t),
         "", "## On-device measurements",
         "| device | runtime | emulated | latency p50 / p90 (ms) | on-device top-1 | where |", "| --- | --- | --- | --- | --- | --- |",
-        *([f"| {m['device'].get('name')} ({m['device'].get('arch')}) | {m['runtime'].get('name')} {m['runtime'].get('version') or ''} | "
-           f"{m.get('emulated')} | {(m.get('latency_ms') or {}).get('p50')} / {(m.get('latency_ms') or {}).get('p90')} | "
-           f"{pct((m.get('accuracy') or {}).get('top1'))} | bench/{m['bench']} |" for m in measured]
+        *([f"| {t(m['device'].get('name'))} ({t(m['device'].get('arch'))}) | {t(m['runtime'].get('name'))} {t(m['runtime'].get('version') or '')} | "
+           f"{t(m.get('emulated'))} | {t((m.get('latency_ms') or {}).get('p50'))} / {t((m.get('latency_ms') or {}).get('p90'))} | "
+           f"{pct((m.get('accuracy') or {}).get('top1'))} | bench/{t(m['bench'])} |" for m in measured]
           or ["| none recorded (run `edgeclf bench` on the run, or `edgeclf check-bundle --device ...`) | | | | | |"]),
         "", "## Input contract",
-        f"- tensor `{inp.get('name')}`: shape {inp['shape']} (NHWC), dtype {inp['dtype']}"
-        + (f", scale {q_in['scale']}, zero point {q_in['zero_point']}" if q_in else ""),
+        f"- tensor {t(inp.get('name'))}: shape {t(inp['shape'])} (NHWC), dtype {t(inp['dtype'])}"
+        + (f", scale {t(q_in['scale'])}, zero point {t(q_in['zero_point'])}" if q_in else ""),
         "- channel order RGB (not BGR); raw pixel values 0-255: do not normalise, the model does it",
-        f"- resize: {manifest.get('preprocessing')}; training used PIL bilinear straight to the model size (aspect ratio not kept), EXIF orientation applied",
-        f"- how golden inputs become the tensor: {golden['input']['tensor']}",
+        f"- resize: {t(manifest.get('preprocessing'))}; training used PIL bilinear straight to the model size (aspect ratio not kept), EXIF orientation applied",
+        f"- how golden inputs become the tensor: {t(golden['input']['tensor'])}",
         "", "## Output contract",
-        f"- tensor `{out.get('name')}`: shape {out['shape']}, dtype {out['dtype']}"
-        + (f", scale {q_out['scale']}, zero point {q_out['zero_point']}" if q_out else ""),
-        (f"- probabilities already (softmax inside the model) after dequantizing: p = (raw - {q_out['zero_point']}) * {q_out['scale']}; "
+        f"- tensor {t(out.get('name'))}: shape {t(out['shape'])}, dtype {t(out['dtype'])}"
+        + (f", scale {t(q_out['scale'])}, zero point {t(q_out['zero_point'])}" if q_out else ""),
+        (f"- probabilities already (softmax inside the model) after dequantizing: p = (raw - {t(q_out['zero_point'])}) * {t(q_out['scale'])}; "
          "never read raw uint8 scores as probabilities" if q_out else "- float probabilities (softmax inside the model); use them as they are"),
         "", "## Known limits",
-        *(confused_pairs((test or manifest.get("accuracy") or {}).get("confusion") or [[0]], labels)
+        *(confused_pairs((test or manifest.get("accuracy") or {}).get("confusion") or [[0]], labels, t)
           or ["- no confusions on the scored split (it may be small: check the counts above)"]),
         "", "## Golden vectors",
-        f"- {golden['count']} images from the run's {golden['source']['split']} split"
-        + ("".join(f"; {note}" for note in golden["source"]["fallbacks"])),
-        f"- reference: {golden['reference']['runtime']} {golden['reference']['version']} on {golden['reference']['machine']}",
-        f"- tolerance: {golden['tolerance']['reference']} {golden['tolerance']['unit']} on the reference runtime, "
-        f"{golden['tolerance']['other']} on any other runtime, build or delegate (TFLite's other kernel sets on the "
-        f"goldens, measured at bundle time: {golden['tolerance'].get('measured_across_kernels') or 'n/a'})",
+        f"- {t(golden['count'])} images from the run's {t(golden['source']['split'])} split"
+        + ("".join(f"; {t(note)}" for note in golden["source"]["fallbacks"])),
+        f"- reference: {t(golden['reference']['runtime'])} {t(golden['reference']['version'])} on {t(golden['reference']['machine'])}",
+        f"- tolerance: {t(tol['reference'])} {t(tol['unit'])} on the reference runtime, "
+        f"{t(tol['other'])} on any other runtime, build or delegate (TFLite's other kernel sets on the "
+        f"goldens, measured at bundle time: {t(tol.get('measured_across_kernels') or 'n/a')})",
         "- check: `python check_golden.py` here, or `edgeclf check-bundle BUNDLE --device ...`",
         "", "## Versions and checksums",
-        *[f"- {k}: {v}" for k, v in (manifest.get("versions") or {}).items()],
-        *[f"- `{name}` sha256 `{digest}`" for name, digest in files.items()],
+        *[f"- {t(k)}: {t(v)}" for k, v in (manifest.get("versions") or {}).items()],
+        *[f"- {t(name)} sha256 {_hex(digest)}" for name, digest in files.items()],
         "",
     ]
     return "\n".join(line for line in lines if line is not None)

@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import stat
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgeclf import console, exporters, records
-from edgeclf.artefacts import MANIFEST_FILE
-from edgeclf.bundle import BUNDLE_FILE, GOLDEN_DIR, GOLDEN_FILE, SUMS_FILE, BundleError, golden
+from edgeclf import console, exporters
+from edgeclf.artefacts import MANIFEST_FILE, model_in_folder, read_manifest
+from edgeclf.bundle import BUNDLE_FILE, GOLDEN_DIR, GOLDEN_FILE, SUMS_FILE, BundleError, archive, golden, parse_sums_line
 from edgeclf.devices import DeviceOptions, open_device
-from edgeclf.outputs import is_plain_mode
+from edgeclf.errors import first_line
+from edgeclf.layout import sha256_file
 from edgeclf.pipeline.runs import LABELS_FILE, read_labels
 
 REMAKE = "re-create it with `edgeclf bundle`"
@@ -23,7 +21,7 @@ REMAKE = "re-create it with `edgeclf bundle`"
 
 @contextlib.contextmanager
 def opened(bundle):
-    """The bundle as a folder: itself, or a zip extracted to a temp dir (members checked first)."""
+    """The bundle as a folder: itself, or a zip unpacked (bounded, members confined) to a temp dir."""
     path = Path(bundle).expanduser()
     if path.is_dir():
         yield path
@@ -32,51 +30,93 @@ def opened(bundle):
         raise BundleError(f"bundle {path} does not exist", "pass a folder or .zip written by `edgeclf bundle`")
     if not zipfile.is_zipfile(path):
         raise BundleError(f"{path} is neither a bundle folder nor a zip", "pass a folder or .zip written by `edgeclf bundle`")
-    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix="edgeclf-bundle-") as work:
-        for member in archive.infolist():
-            name, parts, mode = member.filename, PurePosixPath(member.filename).parts, member.external_attr >> 16
-            if name.startswith("/") or ".." in parts or not parts or parts[0] != path.stem:
-                raise BundleError(f"{path} holds {name!r}, which is outside the bundle folder {path.stem}/", REMAKE)
-            if stat.S_IFMT(mode) and not is_plain_mode(mode):  # the output rule: regular files and folders only
-                raise BundleError(f"{path} holds {name!r}, which is a link or special file, not a regular file", REMAKE)
-        archive.extractall(work)
-        yield Path(work) / path.stem
+    with tempfile.TemporaryDirectory(prefix="edgeclf-bundle-") as work:
+        yield archive.extract(path, Path(work))
 
 
-def verify(directory: Path) -> list[str]:
-    """Check the marker and every SHA256SUMS entry; returns the files checked."""
+def verify(directory: Path) -> set[str]:
+    """Check the marker and every SHA256SUMS entry; returns the names it verified.
+
+    What check-bundle then reads must be among them (`covered`): a file swapped or added
+    after bundling is tampering, never blamed on the device.
+    """
     for name in (BUNDLE_FILE, SUMS_FILE):
         if not (directory / name).is_file():
             raise BundleError(f"{directory} is not an edgeclf bundle (no {name})", "pass a folder or .zip written by `edgeclf bundle`")
-    checked = []
-    for line in (directory / SUMS_FILE).read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        path = directory / name
-        if not name or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+    try:
+        with open(directory / SUMS_FILE, encoding="utf-8", newline="") as f:
+            lines = [line for line in f.read().split("\n") if line]
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{SUMS_FILE} in {directory} is not text", REMAKE) from exc
+    checked = set()
+    for line in lines:
+        digest, name = parse_sums_line(line)
+        pure = PurePosixPath(name)
+        if not name or pure.is_absolute() or ".." in pure.parts or name in checked:
             raise BundleError(f"{SUMS_FILE} in {directory} has a bad line {line!r}", REMAKE)
+        path = directory / name
+        if path.is_symlink() or any(parent.is_symlink() for parent in path.parents if directory in parent.parents):
+            raise BundleError(f"{name} in the bundle is a symlink", REMAKE)
         if not path.is_file():
             raise BundleError(f"the bundle is missing {name}", REMAKE)
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if sha256_file(path) != digest:
             raise BundleError(f"{name} in the bundle does not match {SUMS_FILE} (changed after bundling)", REMAKE)
-        checked.append(name)
-    for name in (MANIFEST_FILE, LABELS_FILE, f"{GOLDEN_DIR}/{GOLDEN_FILE}"):
-        if name not in checked:
-            raise BundleError(f"the bundle's {SUMS_FILE} does not cover {name}", REMAKE)
+        checked.add(name)
+    stray = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if (p.is_file() or p.is_symlink()) and p.relative_to(directory).as_posix() not in checked | {SUMS_FILE})
+    if stray:
+        console.warn(f"{len(stray)} file(s) of the bundle are not in {SUMS_FILE} and are ignored (e.g. {stray[0]!r})")
+    covered(checked, MANIFEST_FILE, LABELS_FILE, f"{GOLDEN_DIR}/{GOLDEN_FILE}", what="the bundle's")
     return checked
+
+
+def covered(checked: set[str], *names, what: str) -> None:
+    for name in names:
+        if name not in checked:
+            raise BundleError(f"{what} {name!r} is not a file of the bundle listed in {SUMS_FILE} (added or renamed after bundling?)", REMAKE)
+
+
+def model_files(directory: Path, manifest: dict, checked: set[str]) -> Path:
+    """The manifest's model file (and companions): inside the bundle, listed in SHA256SUMS and
+    still the bytes the manifest recorded at export."""
+    model_path = model_in_folder(directory, manifest["model_file"], directory / MANIFEST_FILE)
+    for path in exporters.for_path(model_path).model_files(model_path):
+        name = path.relative_to(directory).as_posix()
+        covered(checked, name, what="model file")
+        recorded = ((manifest.get("files") or {}).get(name) or {}).get("sha256")
+        if recorded is not None and recorded != sha256_file(path):
+            raise BundleError(f"{name} in the bundle is not the model its manifest.json records (swapped after export)", REMAKE)
+    return model_path
+
+
+def load_vectors(directory: Path, record: dict, manifest: dict, checked: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every vector's input and expected output, from files of the bundle only, checked for shape."""
+    inputs, outputs = [], []
+    shape = tuple(manifest["input"]["shape"])
+    for vector in record["vectors"]:
+        covered(checked, vector["input"], vector["output"], what=f"golden vector {vector['id']}'s file")
+        try:
+            pixels = np.load(directory / vector["input"], allow_pickle=False)
+            expected = np.load(directory / vector["output"], allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise BundleError(f"golden vector {vector['id']} is not a readable .npy ({first_line(exc)})", REMAKE) from exc
+        if pixels.dtype != np.uint8 or pixels.shape != (1, *shape[1:]) or expected.shape != (1, len(record["labels"])):
+            raise BundleError(f"golden vector {vector['id']} has pixels {pixels.dtype} {pixels.shape} and output {expected.shape}, "
+                              f"not uint8 {(1, *shape[1:])} and {(1, len(record['labels']))}", REMAKE)
+        inputs.append(pixels)
+        outputs.append(expected)
+    return np.concatenate(inputs), np.concatenate(outputs)
 
 
 def check_bundle(bundle, device: str = "local", threads: int | None = None, options: DeviceOptions | None = None) -> dict:
     with opened(bundle) as directory:
-        verify(directory)
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
-        record = json.loads((directory / GOLDEN_DIR / GOLDEN_FILE).read_text())
-        records.version(manifest, "manifest", f"the bundle's {MANIFEST_FILE}")
-        records.version(record, "golden", f"the bundle's {GOLDEN_FILE}")
+        checked = verify(directory)
+        manifest = read_manifest(directory / MANIFEST_FILE)
+        record = golden.read(directory / GOLDEN_DIR / GOLDEN_FILE)
         labels = read_labels(directory / LABELS_FILE)
+        model_path = model_files(directory, manifest, checked)
         vectors = record["vectors"]
-        pixels = np.concatenate([np.load(directory / v["input"]) for v in vectors])
-        expected = np.concatenate([np.load(directory / v["output"]) for v in vectors])
-        model_path = directory / manifest["model_file"]
+        pixels, expected = load_vectors(directory, record, manifest, checked)
         target = open_device(device, options or DeviceOptions())
         console.info(f"replaying {len(vectors)} golden vectors of {model_path.name} on {target.transport.name}")
         fmt = exporters.for_path(model_path)

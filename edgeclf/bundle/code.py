@@ -1,7 +1,9 @@
 """Integration code, one template per language, filled in from the manifest.
 
-Templates live in edgeclf/bundle/templates/ (package data) and use {{NAME}} placeholders;
-rendering fails loudly on a placeholder it has no value for.
+Templates live in edgeclf/bundle/templates/ (package data) and use {{NAME}} placeholders.
+Every value is checked first (`contract`: closed sets and numbers) and then made a literal by
+the one escaper of the template's language (escape.py); rendering refuses anything else, and a
+placeholder it has no value for.
 """
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE
+from edgeclf import exporters
+from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE, BundleError, escape
+from edgeclf.bundle.escape import Code
+from edgeclf.bundle.golden import FLOAT_DTYPES, INTEGER_DTYPES
+from edgeclf.pipeline.backbones import BACKBONES
 from edgeclf.pipeline.runs import LABELS_FILE
 
 PLACEHOLDER = re.compile(r"\{\{([A-Z0-9_]+)\}\}")
@@ -19,88 +25,120 @@ RUNTIME_HINTS = {
     "onnx": "onnxruntime (pip install onnxruntime)",
     "openvino": "OpenVINO (pip install openvino)",
 }
+TOLERANCE_UNITS = ("quantization steps", "absolute")
 PYTHON_CHECK = "check_golden.py"
+LANGUAGES = {".py.tmpl": "python", ".kt.tmpl": "kotlin", ".swift.tmpl": "swift"}
+ESCAPERS = {"python": escape.python, "kotlin": escape.kotlin, "swift": escape.swift}
 
 
-def render(template: str, values: dict) -> str:
+def language(template: str) -> str:
+    return next(lang for suffix, lang in LANGUAGES.items() if template.endswith(suffix))
+
+
+def render(template: str, values: dict[str, Code]) -> str:
     text = resources.files("edgeclf.bundle").joinpath("templates", template).read_text()
+    lang = language(template)
 
     def fill(match: re.Match) -> str:
-        if match.group(1) not in values:
-            raise KeyError(f"template {template} needs {match.group(1)}")
-        return str(values[match.group(1)])
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"template {template} needs {name}")
+        value = values[name]
+        if not isinstance(value, Code) or value.lang not in (lang, "any"):
+            raise TypeError(f"{name} for {template} is not checked or escaped for {lang} (see escape.py)")
+        return value
 
     return PLACEHOLDER.sub(fill, text)
 
 
-def class_name(manifest: dict) -> str:
-    """E.g. MobilenetV2Int8Classifier: the arch and quantization, as a type name."""
-    words = re.split(r"[^A-Za-z0-9]+", f"{manifest['source_run'].get('arch', 'image')} {manifest.get('quant', '')}")
-    name = "".join(w[:1].upper() + w[1:] for w in words if w)
-    return (name if name[:1].isalpha() else "Model" + name) + "Classifier"
+def contract(manifest: dict) -> dict:
+    """The manifest values the templates use, each checked: closed sets, integers, finite numbers.
+    `edgeclf bundle` calls it first, so a hostile manifest is refused before any work."""
+    try:
+        return _contract(manifest)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise BundleError(f"manifest.json lacks or mangles {exc} for the integration code", escape.REMAKE) from exc
 
 
-def _quant(tensor: dict) -> tuple[float | None, int]:
-    q = tensor.get("quantization")
-    return (float(q["scale"]), int(q["zero_point"])) if q else (None, 0)
-
-
-def _kotlin_float(value: float | None) -> str:
-    return f"{(1.0 if value is None else value)!r}f"
-
-
-def _swift_float(value: float | None) -> str:
-    return repr(1.0 if value is None else float(value))
-
-
-def values(manifest: dict, golden: dict) -> dict:
+def _contract(manifest: dict) -> dict:
+    source = manifest.get("source_run") or {}
+    target = escape.one_of(manifest.get("target"), exporters.names(), "manifest.json target")
     model_file = manifest["model_file"]
-    in_scale, in_zero = _quant(manifest["input"])
-    out_scale, out_zero = _quant(manifest["output"])
-    tol = golden["tolerance"]
+    runtime = RUNTIMES.get(Path(model_file).suffix.lower())
+    if runtime is None:
+        raise BundleError(f"manifest.json model_file {model_file!r} is not a {'/'.join(RUNTIMES)} file", escape.REMAKE)
+
+    def tensor(name: str) -> dict:
+        t = manifest[name]
+        q = t.get("quantization")
+        return {"dtype": escape.one_of(t.get("dtype"), INTEGER_DTYPES + FLOAT_DTYPES, f"manifest.json {name}.dtype"),
+                "scale": q["scale"] if q else None, "zero_point": q["zero_point"] if q else 0}
+
+    checked = {
+        "arch": escape.one_of(source.get("arch"), BACKBONES, "manifest.json source_run.arch"),
+        "target": target,
+        "quant": escape.one_of(manifest.get("quant"), exporters.get(target).quant_modes, "manifest.json quant"),
+        "runtime": runtime,
+        "model_file": model_file,
+        "shape": [escape.integer(d, "manifest.json input.shape") for d in manifest["input"]["shape"]],
+        "num_labels": escape.integer(len(manifest["labels"]), "the label count"),
+        "input": tensor("input"),
+        "output": tensor("output"),
+    }
+    for name in ("input", "output"):
+        escape.integer(checked[name]["zero_point"], f"manifest.json {name}.quantization.zero_point")
+        for lang in ESCAPERS:  # a scale no language can write is refused now, not while writing
+            ESCAPERS[lang](checked[name]["scale"] if checked[name]["scale"] is not None else 1.0, f"manifest.json {name} scale")
+    return checked
+
+
+def class_name(checked: dict) -> Code:
+    """E.g. Mobilenetv2Int8Classifier: the arch and quantization (closed sets), as a type name."""
+    words = re.split(r"[^A-Za-z0-9]+", f"{checked['arch']} {checked['quant']}")
+    name = "".join(w[:1].upper() + w[1:] for w in words if w)
+    return Code((name if name[:1].isalpha() else "Model" + name) + "Classifier", "any")
+
+
+def values(checked: dict, golden: dict, lang: str) -> dict[str, Code]:
+    """The placeholders of one language's template: plain words from closed sets, or literals
+    made by that language's escaper."""
+    literal = ESCAPERS[lang]
+    native = lang == "python"  # Python says None for "not quantized"; Kotlin and Swift use scale 1.0
+    inp, out = checked["input"], checked["output"]
+    runtime = checked["runtime"]
     return {
-        "MODEL_NAME": f"{manifest['source_run'].get('arch')} {manifest.get('target')} {manifest.get('quant')} "
-                      f"({len(manifest['labels'])} classes)",
-        "CLASS_NAME": class_name(manifest),
-        "PACKAGE": "com.example.edgeclf",
-        "RUNTIME": repr(RUNTIMES[Path(model_file).suffix]),
-        "RUNTIME_HINT": RUNTIME_HINTS[RUNTIMES[Path(model_file).suffix]],
-        "MODEL_FILE": model_file,
-        "LABELS_FILE": LABELS_FILE,
-        "GOLDEN_JSON": f"{GOLDEN_DIR}/{GOLDEN_FILE}",
-        "INPUT_SHAPE": repr([int(d) for d in manifest["input"]["shape"]]),
-        "INPUT_SHAPE_LIST": ", ".join(str(int(d)) for d in manifest["input"]["shape"]),
-        "INPUT_DTYPE": manifest["input"]["dtype"],
-        "INPUT_SCALE": repr(in_scale),
-        "INPUT_ZERO_POINT": repr(in_zero),
-        "INPUT_SCALE_F": _kotlin_float(in_scale),
-        "INPUT_SCALE_SWIFT": _swift_float(in_scale),
-        "INPUT_ZERO_POINT_I": str(in_zero),
-        "OUTPUT_DTYPE": manifest["output"]["dtype"],
-        "OUTPUT_SCALE": repr(out_scale),
-        "OUTPUT_ZERO_POINT": repr(out_zero),
-        "OUTPUT_SCALE_F": _kotlin_float(out_scale),
-        "OUTPUT_SCALE_SWIFT": _swift_float(out_scale),
-        "OUTPUT_ZERO_POINT_I": str(out_zero),
-        "NUM_LABELS": str(len(manifest["labels"])),
-        "TOLERANCE_OTHER_F": f"{float(tol['other'])!r}f",
-        "TOLERANCE_OTHER_SWIFT": repr(float(tol["other"])),
-        "TOLERANCE_UNIT": tol["unit"],
+        "MODEL_NAME": Code(f"{checked['arch']} {checked['target']} {checked['quant']} ({checked['num_labels']} classes)", "any"),
+        "CLASS_NAME": class_name(checked),
+        "PACKAGE": Code("com.example.edgeclf", "any"),
+        "RUNTIME": literal(runtime),
+        "RUNTIME_HINT": Code(RUNTIME_HINTS[runtime], "any"),
+        "MODEL_FILE": literal(checked["model_file"], "model_file"),
+        "LABELS_FILE": literal(LABELS_FILE),
+        "GOLDEN_JSON": literal(f"{GOLDEN_DIR}/{GOLDEN_FILE}"),
+        "INPUT_SHAPE_LIST": Code(", ".join(checked["shape"]), "any"),
+        "INPUT_DTYPE": literal(inp["dtype"]),
+        "INPUT_SCALE": literal(inp["scale"] if native or inp["scale"] is not None else 1.0, "input scale"),
+        "INPUT_ZERO_POINT": escape.integer(inp["zero_point"], "input zero point"),
+        "OUTPUT_DTYPE": literal(out["dtype"]),
+        "OUTPUT_SCALE": literal(out["scale"] if native or out["scale"] is not None else 1.0, "output scale"),
+        "OUTPUT_ZERO_POINT": escape.integer(out["zero_point"], "output zero point"),
+        "NUM_LABELS": checked["num_labels"],
+        "TOLERANCE_OTHER": literal(float(golden["tolerance"]["other"]), "tolerance"),
+        "TOLERANCE_UNIT": escape.one_of(golden["tolerance"]["unit"], TOLERANCE_UNITS, "golden tolerance unit"),
     }
 
 
 def write(staging: Path, manifest: dict, golden: dict) -> list[str]:
     """check_golden.py for every format; Android Kotlin and iOS Swift for TFLite. Returns the files written."""
-    filled = values(manifest, golden)
-    quoted = {k: repr(v) for k, v in filled.items() if k in ("MODEL_FILE", "LABELS_FILE", "INPUT_DTYPE", "OUTPUT_DTYPE")}
+    checked = contract(manifest)
     check = staging / PYTHON_CHECK
-    check.write_text(render("check_golden.py.tmpl", filled | quoted))
+    check.write_text(render("check_golden.py.tmpl", values(checked, golden, "python")))
     check.chmod(0o755)
     written = [PYTHON_CHECK]
-    if filled["RUNTIME"] == repr("tflite"):
-        for folder, template, suffix in (("android", "Classifier.kt.tmpl", ".kt"), ("ios", "Classifier.swift.tmpl", ".swift")):
+    if checked["runtime"] == "tflite":
+        for folder, template in (("android", "Classifier.kt.tmpl"), ("ios", "Classifier.swift.tmpl")):
             (staging / folder).mkdir()
-            path = staging / folder / f"{filled['CLASS_NAME']}{suffix}"
-            path.write_text(render(template, filled))
+            path = staging / folder / f"{class_name(checked)}{template.removeprefix('Classifier').removesuffix('.tmpl')}"
+            path.write_text(render(template, values(checked, golden, language(template))))
             written.append(str(path.relative_to(staging)))
     return written

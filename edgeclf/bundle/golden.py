@@ -18,14 +18,18 @@ from PIL import Image
 
 from edgeclf import console, records
 from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE, BundleError
+from edgeclf.bundle.handoff import HandOff
 from edgeclf.errors import DatasetError, ModelError, UsageError
 from edgeclf.layout import relative
 from edgeclf.pipeline.datasets import DecodedSplit, Sample, decode, map_to_labels, scan_folder, stratified_sample
 from edgeclf.pipeline.runs import Run
 
 DEFAULT_COUNT = 20
+STEM_LABEL_CHARS = 40
 TOP_K = 5
 INTEGER_DTYPES = ("uint8", "int8", "int16", "int32")
+FLOAT_DTYPES = ("float16", "float32")
+REMAKE = "re-create the bundle with `edgeclf bundle`"
 # Across runtimes, builds and delegates: what TFLite's other kernel sets measurably do on the
 # goldens, plus this margin for builds of those kernels (integer kernels round differently;
 # float kernels reorder sums).
@@ -145,8 +149,16 @@ def input_tensor_rule(tensor: dict) -> str:
     return f"the pixels cast to {tensor['dtype']} (raw 0-255, no normalisation: the model does it)"
 
 
-def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, manifest: dict, spread: dict) -> dict:
-    """golden/NNN_label.npy (uint8 pixels), .png (same pixels), .output.npy (raw output) and golden.json."""
+def vector_stem(index: int, label: str) -> str:
+    """NNN_label: the label's letters and digits only, cut short (a class name may be as long as a
+    file name allows, and the suffixes must still fit)."""
+    return f"{index:03d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', label)[:STEM_LABEL_CHARS]}"
+
+
+def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, manifest: dict, spread: dict,
+          handoff: HandOff) -> dict:
+    """golden/NNN_label.npy (uint8 pixels), .png (same pixels), .output.npy (raw output) and golden.json
+    (paths as hand-off names, see handoff.py)."""
     folder = staging / GOLDEN_DIR
     folder.mkdir()
     labels = list(manifest["labels"])
@@ -154,7 +166,7 @@ def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, ma
     q = output.get("quantization")
     vectors = []
     for i, (pixels, label) in enumerate(zip(golden.split.images, golden.split.labels)):
-        stem = f"{i:03d}_{re.sub(r'[^A-Za-z0-9_-]+', '_', labels[label])}"
+        stem = vector_stem(i, labels[label])
         np.save(folder / f"{stem}.npy", pixels[None])
         Image.fromarray(pixels, "RGB").save(folder / f"{stem}.png")
         if not np.array_equal(np.asarray(Image.open(folder / f"{stem}.png").convert("RGB")), pixels):
@@ -177,7 +189,7 @@ def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, ma
     record = {
         "format": records.tag("golden"),
         "count": len(vectors),
-        "source": golden.source,
+        "source": handoff.tree(golden.source),
         "labels": labels,
         "input": {"shape": manifest["input"]["shape"], "dtype": manifest["input"]["dtype"],
                   "quantization": manifest["input"].get("quantization"),
@@ -193,6 +205,48 @@ def write(staging: Path, golden: GoldenSet, raw: np.ndarray, reference: dict, ma
     }
     (folder / GOLDEN_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def read(path: Path) -> dict:
+    """golden.json, checked for everything check-bundle reads: a damaged one is one clear error."""
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({str(exc).splitlines()[0]})", REMAKE) from exc
+    if isinstance(record, dict):
+        records.version(record, "golden", path)  # a newer golden.json is not misread
+    problem = _golden_problem(record)
+    if problem:
+        raise BundleError(f"{path} {problem}", REMAKE)
+    return record
+
+
+def _golden_problem(record) -> str | None:
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
+
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not an object"
+    labels, vectors = record.get("labels"), record.get("vectors")
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        return "has no labels list"
+    if not isinstance(vectors, list) or not vectors:
+        return "has no golden vectors"
+    for i, v in enumerate(vectors):
+        if not isinstance(v, dict) or not all(isinstance(v.get(k), str) for k in ("id", "input", "output")):
+            return f"vector {i} lacks its id, input or output file"
+        top = v.get("expected_top_k")
+        if not isinstance(top, list) or not top or not isinstance(top[0], dict) or not isinstance(top[0].get("label"), str):
+            return f"vector {v['id']!r} has no expected_top_k label"
+    if not isinstance(record.get("output"), dict) or record["output"].get("dtype") not in INTEGER_DTYPES + FLOAT_DTYPES:
+        return "has no output.dtype"
+    reference = record.get("reference")
+    if not isinstance(reference, dict) or not all(isinstance(reference.get(k), (str, type(None))) for k in ("runtime", "version", "machine")):
+        return "has no reference runtime, version and machine"
+    tol = record.get("tolerance")
+    if not isinstance(tol, dict) or not number(tol.get("reference")) or not number(tol.get("other")) or not isinstance(tol.get("unit"), str):
+        return "has no tolerance (reference, other, unit)"
+    return None
 
 
 # --- comparison, used by check-bundle on the host (check_golden.py carries its own copy) ---

@@ -11,13 +11,15 @@ from edgeclf.cli import options
 @click.argument("artefact_dir", type=options.folder)
 @click.option("--out", help="Bundle folder, or a path ending in .zip [default: <ARTEFACT_DIR>-bundle].")
 @click.option("--golden", "count", default=20, show_default=True, type=int, help="Golden vectors, stratified over classes.")
+@click.option("--full-paths", is_flag=True, help="Keep the trainer's absolute paths in MODEL_CARD.md, golden.json, "
+              "manifest.json and bundle.json [default: folder names only].")
 @options.overwrite
 @options.json_output
-def command(artefact_dir, out, count, overwrite, as_json):
+def command(artefact_dir, out, count, full_paths, overwrite, as_json):
     """Bundle ARTEFACT_DIR for an app team: model, MODEL_CARD.md, golden vectors, integration code, SHA256SUMS."""
     from edgeclf.bundle.builder import build_bundle
 
-    summary = build_bundle(artefact_dir, out, count, overwrite)
+    summary = build_bundle(artefact_dir, out, count, overwrite, full_paths)
     if as_json:
         console.print_json(summary)
         return

@@ -15,10 +15,12 @@ from edgeclf.atomic import check_output, staged_dir, temp_files_in
 from edgeclf.devices.host import predict_file
 from edgeclf.exporters.base import ExportJob
 from edgeclf.exporters.spec import ExportSpec
+from edgeclf.errors import ModelError, UsageError
 from edgeclf.layout import sha256_file
+from edgeclf.pipeline.backbones import BACKBONES, get_backbone
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.predict import predict_probs
-from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, Run, write_labels
+from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, Run, write_labels
 
 EXPORTS_DIR = "exports"
 
@@ -36,6 +38,7 @@ def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
     overwrite = overwrite or not spec.out
     images = [spec.calib_dir, *(run.plan.roots.values() if run.plan is not None else ())]
     check_output(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path])
+    checked_arch(run)
     model = run.load_model()
     calib = _calibration(run, spec)
     val = _validation_split(run)
@@ -58,6 +61,15 @@ def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
         write_manifest(staging, manifest)
     manifest["path"] = str(out)
     return manifest
+
+
+def checked_arch(run: Run) -> str:
+    """run.json's arch, from the closed set of backbones: the manifest hands it on to generated code."""
+    try:
+        return get_backbone(str(run.arch)).name
+    except UsageError:
+        raise ModelError(f"{run.path / RUN_FILE} names arch {run.arch!r}, not one of {', '.join(BACKBONES)}",
+                         "fix config.arch in run.json or train the run again") from None
 
 
 def accuracy_against(run: Run, model_path: Path) -> dict | None:
@@ -102,7 +114,7 @@ def _manifest(run: Run, spec: ExportSpec, out: Path, result, calib, conversion_s
         "source_run": {
             "path": str(run.path.resolve()),
             "model_sha256": sha256_file(run.path / MODEL_FILE),
-            "arch": run.arch,
+            "arch": checked_arch(run),
             "metrics": {split: {k: m.get(k) for k in ("top1", "top5", "n_images")} for split, m in run.metrics.items()},
             "optimization": run.info.get("optimization"),
         },

@@ -98,12 +98,15 @@ def scan_folder(root: Path, what: str = "dataset", min_classes: int = 2) -> Imag
 
 def check_class_name(name: str, root: Path) -> None:
     """Refuse a class folder whose name would not come back unchanged from labels.txt (one label a line)."""
-    control = any(unicodedata.category(c) == "Cc" for c in name)
+    # Cc: control characters; Cf: invisible format controls such as U+202E, which reverses how
+    # the rest of the name reads (and of any line it is shown in)
+    control = any(unicodedata.category(c) in ("Cc", "Cf") for c in name)
     utf8 = name.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == name  # undecodable bytes come as surrogates
     if not name or control or not utf8 or name != name.strip() or len(name.splitlines()) != 1:
         raise DatasetError(
             f"the name of class folder {name!r} in {root} would not survive labels.txt",
-            "rename it without line breaks, control characters, leading/trailing spaces or non-UTF-8 bytes",
+            "rename it without line breaks, control or invisible formatting characters (e.g. U+202E), "
+            "leading/trailing spaces or non-UTF-8 bytes",
         )
 
 
