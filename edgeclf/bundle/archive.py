@@ -32,7 +32,10 @@ def bundle_root(zipped: zipfile.ZipFile) -> str | None:
 def _member_path(name: str, root: str, zip_path: Path) -> PurePosixPath | None:
     """The member's path inside the bundle folder; refused if it would land anywhere else."""
     pure = PurePosixPath(name)
-    if name.startswith("/") or "\\" in name or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]) \
+    # A backslash is a plain character here (a model may be named so), but a separator where the
+    # bundle may be unpacked again (Windows): a `..` or a drive either way is refused.
+    windows_parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in windows_parts or (pure.parts and ":" in pure.parts[0]) \
             or not name.startswith(root):
         raise BundleError(f"{zip_path} holds {name!r}, which is outside the bundle folder {root or '(top level)'}", REMAKE)
     inside = PurePosixPath(name[len(root):])
