@@ -366,6 +366,7 @@ def test_input_fold_says_why_it_cannot_fold():
     plain = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
     same, details = input_fold.fold_input_scaling(plain)
     assert same is plain and "no in-graph pixel scaling" in details["skipped"]
+    inputs = keras.Input((8, 8, 3))  # a fresh input: single_consumer counts every model's use of a layer
     zero = keras.Model(inputs, keras.layers.Conv2D(2, 3)(keras.layers.Rescaling(0.0)(inputs)))
     assert "scaled by zero" in input_fold.fold_input_scaling(zero)[1]["skipped"]
 

@@ -148,7 +148,7 @@ def test_an_older_run_with_a_broken_manifest_and_a_failed_device_still_renders(t
     assert "run.json has no versions, dataset, history, timing, input" in problems
     assert "split.json is missing" in problems
     assert "tflite-int8/manifest.json has no io, model_file" in problems
-    assert "onnx-fp32/manifest.json could not be read" in problems
+    assert "onnx-fp32/manifest.json is not valid JSON" in problems
 
     page = (run / "report.html").read_text()
     assert HOSTILE not in page and "&lt;img src=x onerror=" in page

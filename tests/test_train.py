@@ -17,7 +17,7 @@ def test_tiny_run_writes_a_complete_run_directory(image_folder, tmp_path):
     result = training.train(tiny_config(image_folder, tmp_path / "run", test_dir=str(test_dir), class_weight="auto"))
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png",
+        "audit.json", "confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png",
     ]
     info = json.loads((run_dir / "run.json").read_text())
     assert (run_dir / "labels.txt").read_text() == "blue\ngreen\nred\n"
