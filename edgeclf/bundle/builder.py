@@ -18,8 +18,8 @@ from pathlib import Path
 from edgeclf import __version__, console
 from edgeclf.artefacts import MANIFEST_FILE, Artefact
 from edgeclf.atomic import staged_dir
-from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, card, code, golden
-from edgeclf.errors import ModelError, UsageError
+from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, card, code, golden, raw as raw_golden
+from edgeclf.errors import DatasetError, ModelError, UsageError
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.runs import LABELS_FILE
 
@@ -77,6 +77,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
     raw, reference = golden.reference_outputs(artefact.model_path, chosen.split.images)
     spread = golden.kernel_spread(artefact.model_path, chosen.split.images, raw, manifest["output"]["dtype"])
     test = card.test_accuracy(run, artefact.model_path)
+    last_mile = app_mistakes(run, artefact, manifest)
 
     def fill(staging: Path) -> dict:
         files = artefact.format.model_files(artefact.model_path)
@@ -85,10 +86,11 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
         shutil.copyfile(artefact_dir / LABELS_FILE, staging / LABELS_FILE)
         shutil.copyfile(artefact_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
         record = golden.write(staging, chosen, raw, reference, manifest, spread)
+        raw_golden.write(staging, chosen.split, record, manifest, run.resize, last_mile)
         written = code.write(staging, manifest, record)
         digests = {p.name: sha256_file(p) for p in files}
         (staging / CARD_FILE).write_text(
-            card.render(manifest, run, record, test, card.device_measurements(run, manifest), digests))
+            card.render(manifest, run, record, test, card.device_measurements(run, manifest), digests, last_mile))
         summary = {
             "format": BUNDLE_FORMAT,
             "created_by": f"edgeclf bundle {__version__}",
@@ -96,6 +98,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
             "artefact": str(artefact_dir),
             "model_files": [p.name for p in files],
             "golden": {k: record[k] for k in ("count", "source", "reference", "tolerance")},
+            "raw_golden": {k: record["raw"][k] for k in ("count", "limits", "tolerance")},
             "code": written,
         }
         (staging / BUNDLE_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -109,6 +112,22 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
             summary = fill(staging)
     console.info(f"bundle written to {out}")
     return summary | {"path": str(out), "test_accuracy": test}
+
+
+def app_mistakes(run, artefact: Artefact, manifest: dict) -> dict | None:
+    """The manifest's last-mile table (export --last-mile), checked; else measured now."""
+    from edgeclf.lastmile import sensitivity
+
+    if manifest.get("last_mile"):
+        try:
+            return sensitivity.validated(manifest["last_mile"])
+        except (ValueError, TypeError, AttributeError) as exc:
+            console.warn(f"the manifest's last_mile table is unusable ({exc}); measuring it again")
+    try:
+        return sensitivity.measure(run, artefact.model_path, manifest["input"]["dtype"])
+    except DatasetError as exc:
+        console.warn(f"app mistakes not measured: {exc.what}")
+        return None
 
 
 def write_sums(directory: Path) -> None:

@@ -12,7 +12,9 @@ from edgeclf.console import pct
 from edgeclf.devices.host import predict_file
 from edgeclf.pipeline.datasets import samples_digest
 from edgeclf.pipeline.metrics import score
+from edgeclf.pipeline.resize import words as resize_words
 from edgeclf.pipeline.runs import SPLIT_FILE, Run
+from edgeclf.lastmile import sensitivity
 
 
 def test_accuracy(run: Run, model_path: Path) -> dict | None:
@@ -22,7 +24,7 @@ def test_accuracy(run: Run, model_path: Path) -> dict | None:
         return None
     from edgeclf.pipeline.predict import predict_probs
 
-    split = plan.decode("test", run.img_size, cache="auto")
+    split = plan.decode("test", run.img_size, cache="auto", resize=run.resize)
     probs = predict_file(model_path, split.images, label="scoring the artefact on test")
     float_probs = predict_probs(run.load_model(), split.images)
     metrics = score(probs, split.labels, run.labels, float_probs)
@@ -82,7 +84,8 @@ def _dataset_lines(run: Run) -> list[str]:
     return lines
 
 
-def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: list[dict], files: dict[str, str]) -> str:
+def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: list[dict], files: dict[str, str],
+           last_mile: dict | None = None) -> str:
     labels = manifest["labels"]
     config = run.info.get("config", {})
     inp, out = manifest["input"], manifest["output"]
@@ -117,8 +120,10 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         f"- tensor `{inp.get('name')}`: shape {inp['shape']} (NHWC), dtype {inp['dtype']}"
         + (f", scale {q_in['scale']}, zero point {q_in['zero_point']}" if q_in else ""),
         "- channel order RGB (not BGR); raw pixel values 0-255: do not normalise, the model does it",
-        f"- resize: {manifest.get('preprocessing')}; training used PIL bilinear straight to the model size (aspect ratio not kept), EXIF orientation applied",
+        f"- resize: {resize_words(run.resize)}; EXIF orientation applied; the whole contract is `preprocessing` in golden/golden.json",
         f"- how golden inputs become the tensor: {golden['input']['tensor']}",
+        "", "## App mistakes and resize sensitivity",
+        *(sensitivity.markdown(last_mile) if last_mile else ["- not measured (the run's test and val images are gone)"]),
         "", "## Output contract",
         f"- tensor `{out.get('name')}`: shape {out['shape']}, dtype {out['dtype']}"
         + (f", scale {q_out['scale']}, zero point {q_out['zero_point']}" if q_out else ""),
@@ -134,7 +139,12 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         f"- tolerance: {golden['tolerance']['reference']} {golden['tolerance']['unit']} on the reference runtime, "
         f"{golden['tolerance']['other']} on any other runtime, build or delegate (TFLite's other kernel sets on the "
         f"goldens, measured at bundle time: {golden['tolerance'].get('measured_across_kernels') or 'n/a'})",
-        "- check: `python check_golden.py` here, or `edgeclf check-bundle BUNDLE --device ...`",
+        f"- raw golden images: {golden['raw']['count']} source files as they were (EXIF intact; at most "
+        f"{golden['raw']['limits']['max_images']}, each at most {golden['raw']['limits']['max_bytes']} bytes), with the tensor "
+        f"training's pipeline makes from them; tensor tolerance mean {golden['raw']['tolerance']['mean']} / max "
+        f"{golden['raw']['tolerance']['max']} levels (other real decoders on these files, measured at bundle time)",
+        "- check: `python check_golden.py` here (`--tensors DIR` / `--outputs DIR` for your app's tensors and outputs), "
+        "or `edgeclf check-bundle BUNDLE --device ...`",
         "", "## Versions and checksums",
         *[f"- {k}: {v}" for k, v in (manifest.get("versions") or {}).items()],
         *[f"- `{name}` sha256 `{digest}`" for name, digest in files.items()],

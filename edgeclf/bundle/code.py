@@ -103,4 +103,8 @@ def write(staging: Path, manifest: dict, golden: dict) -> list[str]:
             path = staging / folder / f"{filled['CLASS_NAME']}{suffix}"
             path.write_text(render(template, filled))
             written.append(str(path.relative_to(staging)))
+        for folder, template in (("android", "GoldenRawReplay.kt.tmpl"), ("ios", "GoldenRawReplay.swift.tmpl")):
+            path = staging / folder / template.removesuffix(".tmpl")
+            path.write_text(render(template, filled))
+            written.append(str(path.relative_to(staging)))
     return written

@@ -1,0 +1,191 @@
+"""Raw golden inputs: source image files as they were, for replaying the app's whole pipeline.
+
+A few golden images also travel as their original bytes (EXIF intact), with the model-input
+tensor training's pipeline makes from them, the expected outputs (the golden vector's) and,
+for the diagnosis, the tensor each known app mistake makes from the same file. golden.json
+gains the whole preprocessing contract and a tensor tolerance measured at bundle time: how
+far other real JPEG decoders (OpenCV's libjpeg-turbo, Skia's codec, which Android uses) land
+from Pillow's on these very files, through the same resize kernel.
+
+The bundle ships pipeline/preprocess.py and golden_replay.py (plain Python, numpy and
+Pillow) so check_golden.py replays the raw files with training's own code.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgeclf import console
+from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE
+from edgeclf.exporters.runtimes.tflite import quantize_input
+from edgeclf.lastmile.mistakes import applicable, mistakes
+from edgeclf.pipeline import preprocess, resize
+
+RAW_DIR = "raw"
+# The bundle stays small: a few files, none large (a phone photo is 2-5 MB; pets3's are < 0.3 MB).
+MAX_IMAGES = 4
+MAX_BYTES = 2_000_000
+REPLAY_FILES = ("preprocess.py", "golden_replay.py")
+LOSSY = ("JPEG", "WEBP")
+# Added to the largest measured decoder difference, for decoders and builds not measured here.
+MEAN_MARGIN, MAX_MARGIN = 0.25, 2
+EXIF_ORIENTATION = 0x0112
+ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+
+
+def contract(manifest: dict, kernel: str, input_rule: str) -> dict:
+    """The whole preprocessing contract, in fields and words, as training applies it."""
+    inp = manifest["input"]
+    return {
+        "decoder": f"Pillow {Image.__version__} (Image.open; the first frame of an animated GIF/WebP)",
+        "exif": "EXIF orientation applied first (ImageOps.exif_transpose): the image as a viewer shows it",
+        "colour": {
+            "order": "RGB (not BGR)",
+            "alpha": "RGBA, LA and transparent palette images composited on white",
+            "cmyk": "Pillow's CMYK to RGB conversion (no ICC colour management)",
+            "16-bit": "16-bit grey scaled by 1/257 and rounded to 8 bits (not clipped)",
+            "palette": "expanded to RGB",
+            "icc": "embedded ICC profiles ignored",
+        },
+        "resize": resize.contract(kernel),
+        "layout": "NHWC (1, H, W, 3)",
+        "normalisation": "none outside the model: raw 0-255 values (the model normalises inside)",
+        "dtype": inp["dtype"],
+        "quantization": inp.get("quantization"),
+        "tensor": input_rule,
+    }
+
+
+def choose(paths: list[Path], labels: np.ndarray, count: int = MAX_IMAGES) -> tuple[list[int], list[str]]:
+    """Golden images to ship raw: one per class in turn, none over MAX_BYTES; and what was left out."""
+    skipped = [f"{p.name} ({p.stat().st_size} bytes > {MAX_BYTES})" for p in paths if p.stat().st_size > MAX_BYTES]
+    order = sorted(range(len(paths)), key=lambda i: (list(labels[:i]).count(labels[i]), i))
+    return sorted([i for i in order if paths[i].stat().st_size <= MAX_BYTES][:count]), skipped
+
+
+def _oriented(pixels: np.ndarray, data: bytes, upright: tuple[int, int]) -> Image.Image:
+    """A foreign decoder's pixels, turned upright by the file's EXIF orientation if it did not do so."""
+    image = Image.fromarray(pixels, "RGB")
+    with Image.open(io.BytesIO(data)) as img:
+        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    if image.size != upright and orientation in ORIENT:
+        image = image.transpose(ORIENT[orientation])
+    return image
+
+
+def _other_decoders(data: bytes, upright: tuple[int, int]) -> dict[str, Image.Image]:
+    decoded = {}
+    try:
+        import cv2
+
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        decoded[f"opencv {cv2.__version__} imdecode"] = _oriented(np.ascontiguousarray(bgr[..., ::-1]), data, upright)
+    except ImportError:
+        pass
+    try:
+        import skia
+
+        image = skia.Image.MakeFromEncoded(skia.Data.MakeWithCopy(data))
+        rgba = image.toarray(colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kUnpremul_AlphaType)
+        decoded[f"skia {skia.__version__} codec"] = _oriented(np.ascontiguousarray(rgba[..., :3]), data, upright)
+    except ImportError:
+        pass
+    return decoded
+
+
+def decoder_spread(data: bytes, size: int, kernel: str, expected: np.ndarray) -> dict:
+    """Mean and max level difference from training's pixels of other real decoders, same kernel.
+    Lossless files decode to the same pixels everywhere: nothing to measure."""
+    with Image.open(io.BytesIO(data)) as img:
+        lossy = img.format in LOSSY
+    if not lossy:
+        return {}
+    upright = preprocess.decode_rgb(data).size
+    spread = {}
+    for name, image in _other_decoders(data, upright).items():
+        diff = np.abs(resize.fit(image, size, kernel).astype(np.int64) - expected.astype(np.int64))
+        spread[name] = {"mean": round(float(diff.mean()), 4), "max": int(diff.max())}
+    return spread
+
+
+def to_tensor(values: np.ndarray, inp: dict) -> np.ndarray:
+    q = inp.get("quantization")
+    return quantize_input(values[None], inp["dtype"], (q["scale"], q["zero_point"]) if q else None)
+
+
+def write(staging: Path, split, record: dict, manifest: dict, kernel: str, table: dict | None) -> dict:
+    """golden/raw/ and the raw part of golden.json (which is rewritten); returns that part."""
+    folder = staging / GOLDEN_DIR / RAW_DIR
+    folder.mkdir()
+    inp = manifest["input"]
+    size = int(inp["shape"][1])
+    chosen, skipped = choose(split.paths, split.labels)
+    costs = {r["name"]: r for r in (table or {}).get("rows", [])}
+    known = [m for m in mistakes(kernel) if applicable(m, inp["dtype"])]
+    vectors, spreads = [], {}
+    for i in chosen:
+        vector = record["vectors"][i]
+        source = Path(split.paths[i])
+        data = source.read_bytes()
+        name = f"{vector['id']}{source.suffix.lower()}"
+        (folder / name).write_bytes(data)
+        expected_pixels = split.images[i]
+        tensor = to_tensor(expected_pixels, inp)
+        np.save(folder / f"{vector['id']}.tensor.npy", tensor)
+        candidates = {}
+        for mistake in known:
+            made = to_tensor(mistake.read(source, size, kernel), inp)
+            if not np.array_equal(made, tensor):  # e.g. EXIF ignored on a file without a rotation
+                candidates[mistake.name] = made
+        np.savez_compressed(folder / f"{vector['id']}.mistakes.npz", **candidates)
+        for decoder, measured in decoder_spread(data, size, kernel, expected_pixels).items():
+            spreads.setdefault(decoder, []).append(measured)
+        with Image.open(source) as img:
+            stored = {"format": img.format, "width": img.width, "height": img.height,
+                      "exif_orientation": int(img.getexif().get(EXIF_ORIENTATION, 1))}
+        vectors.append({
+            "id": vector["id"], "file": f"{GOLDEN_DIR}/{RAW_DIR}/{name}", "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), **stored,
+            "tensor": f"{GOLDEN_DIR}/{RAW_DIR}/{vector['id']}.tensor.npy", "output": vector["output"],
+            "mistakes": f"{GOLDEN_DIR}/{RAW_DIR}/{vector['id']}.mistakes.npz", "candidates": sorted(candidates),
+            "true_label": vector["true_label"], "expected_top1": vector["expected_top_k"][0]["label"],
+        })
+    measured = {d: {"mean": max(m["mean"] for m in ms), "max": max(m["max"] for m in ms)} for d, ms in spreads.items()}
+    raw = {
+        "count": len(vectors),
+        "limits": {"max_images": MAX_IMAGES, "max_bytes": MAX_BYTES, "left_out": skipped,
+                   "why": "the bundle stays small: a few source files, each at most max_bytes"},
+        "tolerance": {
+            "unit": "0-255 levels of the model-input tensor (dequantized)",
+            "mean": round(max((m["mean"] for m in measured.values()), default=0.0) + MEAN_MARGIN, 4),
+            "max": max((m["max"] for m in measured.values()), default=0) + MAX_MARGIN,
+            "measured_decoders": measured,
+            "rule": "a tensor passes if its mean and its max absolute difference from the expected tensor are within "
+                    f"these: the largest difference other real decoders make on these files (plus {MEAN_MARGIN} mean, "
+                    f"{MAX_MARGIN} max); lossless files decode exactly everywhere",
+        },
+        "mistakes": [{"name": m.name, "kind": m.kind, "what": m.what,
+                      **{k: (costs.get(m.name) or {}).get(k) for k in ("top1", "agreement", "drop", "within_noise")}}
+                     for m in known],
+        "cost_split": (table or {}).get("split"),
+        "training_top1": (costs.get("training") or {}).get("top1"),
+        "vectors": vectors,
+    }
+    record["preprocessing"] = contract(manifest, kernel, record["input"]["tensor"])
+    record["raw"] = raw
+    (staging / GOLDEN_DIR / GOLDEN_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    for name in REPLAY_FILES:
+        source = resources.files("edgeclf.pipeline").joinpath(name) if name == "preprocess.py" else \
+            resources.files("edgeclf.bundle").joinpath("templates", name)
+        (staging / name).write_bytes(source.read_bytes())
+    console.info(f"raw golden inputs: {len(vectors)} source files"
+                 + (f" ({len(skipped)} over {MAX_BYTES} bytes left out)" if skipped else ""))
+    return raw
