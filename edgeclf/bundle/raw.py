@@ -23,7 +23,7 @@ from PIL import Image
 
 from edgeclf import console
 from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE
-from edgeclf.exporters.runtimes.tflite import quantize_input
+from edgeclf.devices.runtimes.tflite import quantize_input
 from edgeclf.lastmile.mistakes import applicable, mistakes
 from edgeclf.pipeline import preprocess, resize
 
