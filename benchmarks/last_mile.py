@@ -1,9 +1,9 @@
 """The last mile on pets3 (full-resolution photos) with a MobileNetV2 at 160 px.
 
-    nice .venv/bin/python benchmarks/last_mile.py --work /tmp/last-mile
+    nice .venv/bin/python benchmarks/last_mile.py --work /tmp/last-mile [--runs DEFAULT_RUN ANDROID_RUN]
 
-1. Trains two runs (unless --work already holds them): training's default kernel and
-   `--resize android`, each exported to TFLite fp32 and int8 with `--last-mile`: the
+1. Trains two runs (unless --runs names them or --work already holds them): training's default
+   kernel and `--resize android`, each exported (into --work, never inside a run) to TFLite fp32 and int8 with `--last-mile`: the
    resize-sensitivity tables, float and int8, measured on the test split.
 2. Bundles the int8 (and fp32) artefacts and plants app mistakes in tensors made from the raw
    golden images: BGR, nearest, Skia and OpenCV bilinear without antialias, centre-crop, a
@@ -48,8 +48,8 @@ def train(work: Path, kernel: str) -> Path:
     return run
 
 
-def export(run: Path, quant: str, last_mile: bool = True) -> Path:
-    out = run / "exports" / f"tflite-{quant}"
+def export(run: Path, work: Path, quant: str, last_mile: bool = True) -> Path:
+    out = work / "exports" / f"{run.name}-tflite-{quant}"
     if not (out / "manifest.json").is_file() or (last_mile and "last_mile" not in json.loads((out / "manifest.json").read_text())):
         edgeclf("export", str(run), "--quant", quant, "--out", str(out), "--overwrite", *(["--last-mile"] if last_mile else []))
     return out
@@ -109,7 +109,7 @@ def rotated_run(run: Path, work: Path) -> Path:
                 img.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(dst, quality=95, exif=exif)
     copy = work / "run-exif6"
     if not copy.is_dir():
-        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("exports", "cache"))
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("exports", "cache", "*.partial"))
         split = json.loads((copy / "split.json").read_text())
         split["splits"]["test"]["root"] = str(rotated)
         (copy / "split.json").write_text(json.dumps(split, indent=1))
@@ -125,20 +125,24 @@ def markdown(table: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/last-mile")
+    parser.add_argument("--runs", nargs=2, type=Path, metavar=("DEFAULT_RUN", "ANDROID_RUN"),
+                        help="existing runs at 160 px on pets3: training's kernel and --resize android")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     from edgeclf.pipeline.images import load_image
 
     results: dict = {"size": SIZE, "tables": {}, "replay": []}
-    default, android = train(work, "pil-bilinear"), train(work, "android")
+    default, android = args.runs or (train(work, "pil-bilinear"), train(work, "android"))
+    artefacts = {}
     for run in (default, android):
         for quant in ("fp32", "int8"):
-            manifest = json.loads((export(run, quant) / "manifest.json").read_text())
+            artefacts[run, quant] = export(run, work, quant)
+            manifest = json.loads((artefacts[run, quant] / "manifest.json").read_text())
             results["tables"][f"{run.name} {quant}"] = manifest["last_mile"]
 
-    int8 = bundle(default / "exports" / "tflite-int8")
-    fp32 = bundle(default / "exports" / "tflite-fp32")
+    int8 = bundle(artefacts[default, "int8"])
+    fp32 = bundle(artefacts[default, "fp32"])
     load = lambda kernel="pil-bilinear", **kw: (lambda p: load_image(p, SIZE, kernel, **kw))  # noqa: E731
     for target, name, make in [
         (int8, "training", load()),
@@ -153,11 +157,11 @@ def main() -> None:
         results["replay"].append({"bundle": target.name} | plant(target, work, name, make))
 
     rotated = rotated_run(default, work)
-    exif = bundle(export(rotated, "int8", last_mile=False))
+    exif = bundle(export(rotated, work, "int8", last_mile=False))
     results["replay"].append({"bundle": "exif6 " + exif.name} | plant(exif, work, "training", load()))
     results["replay"].append({"bundle": "exif6 " + exif.name} | plant(exif, work, "exif-ignored", load(orient=False)))
 
-    skia_bundle = bundle(android / "exports" / "tflite-int8")
+    skia_bundle = bundle(artefacts[android, "int8"])
     from edgeclf.pipeline import resize
 
     results["replay"].append({"bundle": "android " + skia_bundle.name} | plant(

@@ -45,6 +45,29 @@ def test_sensitivity_table_in_the_manifest(tiny_run, tmp_path):
     assert len(sensitivity.markdown(table)) > len(table["rows"])
 
 
+def test_other_real_decoders_measure_the_tolerance_on_jpeg_only(tmp_path):
+    """A portrait JPEG (stored sideways, EXIF orientation 6): every other decoder's pixels are turned
+    upright before they are compared, the ones with libjpeg's defaults land exactly on Pillow's, and
+    the fast IDCT does not; a PNG decodes alike everywhere, so nothing is measured."""
+    from PIL import Image
+
+    from conftest import synthetic_image
+    from edgeclf.bundle.raw import decoded_elsewhere, level_difference
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    synthetic_image(1, 2, 96).resize((120, 90)).save(tmp_path / "portrait.jpg", quality=85, exif=exif)
+    data = (tmp_path / "portrait.jpg").read_bytes()
+    expected = load_image(tmp_path / "portrait.jpg", 32)
+    found = {name.split(" ")[0] + (" ifast" if "IFAST" in name else " plain" if "fancy" in name else ""):
+             level_difference(pixels, expected) for name, pixels in decoded_elsewhere(data, 32, "pil-bilinear").items()}
+    assert set(found) == {"opencv", "skia", "libjpeg ifast", "libjpeg plain"}, found
+    assert found["opencv"]["max"] <= 1 and found["skia"]["max"] <= 1, found  # upright, same IDCT: no difference
+    assert found["libjpeg ifast"]["mean"] > 0 and found["libjpeg ifast"]["max"] < 40, found
+    synthetic_image(1, 2, 96).save(tmp_path / "lossless.png")
+    assert decoded_elsewhere((tmp_path / "lossless.png").read_bytes(), 32, "pil-bilinear") == {}
+
+
 # --- raw golden images in the bundle, replayed standalone -------------------------------------
 import hashlib  # noqa: E402
 import subprocess  # noqa: E402
@@ -82,11 +105,23 @@ def test_raw_golden_images_are_the_source_files_with_the_whole_contract(raw_bund
         source = next(p for p in sources.values() if p.read_bytes() == data)  # the very file, byte for byte
         assert np.array_equal(np.load(raw_bundle / vector["tensor"])[0], load_image(source, 32))
         assert "resize android" in vector["candidates"] and "bgr" in vector["candidates"]
-    assert raw["tolerance"]["mean"] == 0.25 and raw["tolerance"]["measured_decoders"] == {}  # PNG: exact everywhere
+    tol = raw["tolerance"]
+    assert tol["mean"] == 0.25 and tol["measured_decoders"] == {}  # PNG: exact everywhere
+    # Each mistake's measured distance from training's pixels, against the tolerance it must exceed to be caught.
+    separation = tol["mistake_separation"]
+    assert set(separation) == {name for v in raw["vectors"] for name in v["candidates"]}
+    for name in ("bgr", "resize android", "resize nearest"):
+        assert separation[name]["mean"] > tol["mean"] and name not in tol["undetectable"], name
+    assert all(separation[name]["mean"] <= tol["mean"] for name in tol["undetectable"])
+    with np.load(raw_bundle / raw["vectors"][0]["mistakes"]) as stored:  # pixels, not float tensors: the bundle stays small
+        assert all(stored[name].dtype == np.uint8 and stored[name].shape == (1, 32, 32, 3) for name in stored.files)
     costs = {m["name"]: m for m in raw["mistakes"]}
     assert costs["bgr"]["agreement"] is not None and "float-minus1-1" not in costs  # uint8 input: not a possible mistake
     card = (raw_bundle / "MODEL_CARD.md").read_text()
     assert "## App mistakes and resize sensitivity" in card and "| resize android |" in card
+    kotlin = next((raw_bundle / "android").glob("*Classifier.kt")).read_text()
+    assert "trained with\n     *  `pil-bilinear`" in kotlin and "createScaledBitmap(bitmap, width, height, true)" in kotlin
+    assert "writeTensors(to dir: URL" in (raw_bundle / "ios" / "GoldenRawReplay.swift").read_text()
 
 
 def test_replay_passes_training_and_diagnoses_planted_mistakes(raw_bundle, litert_python, tmp_path):

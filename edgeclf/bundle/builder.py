@@ -86,7 +86,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
         shutil.copyfile(artefact_dir / LABELS_FILE, staging / LABELS_FILE)
         shutil.copyfile(artefact_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
         record = golden.write(staging, chosen, raw, reference, manifest, spread)
-        raw_golden.write(staging, chosen.split, record, manifest, run.resize, last_mile)
+        raw_golden.write(staging, chosen.split, record, manifest, run.resize, last_mile, artefact.model_path)
         written = code.write(staging, manifest, record)
         digests = {p.name: sha256_file(p) for p in files}
         (staging / CARD_FILE).write_text(

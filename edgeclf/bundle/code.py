@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE
+from edgeclf.pipeline import resize
 from edgeclf.pipeline.runs import LABELS_FILE
 
 PLACEHOLDER = re.compile(r"\{\{([A-Z0-9_]+)\}\}")
@@ -86,7 +87,14 @@ def values(manifest: dict, golden: dict) -> dict:
         "TOLERANCE_OTHER_F": f"{float(tol['other'])!r}f",
         "TOLERANCE_OTHER_SWIFT": repr(float(tol["other"])),
         "TOLERANCE_UNIT": tol["unit"],
+        "TRAINING_RESIZE": training_resize(manifest),
     }
+
+
+def training_resize(manifest: dict) -> str:
+    """The run's resize kernel, from the closed set (manifests from before `--resize`: the default)."""
+    name = (manifest.get("resize") or {}).get("name", resize.DEFAULT)
+    return name if name in resize.KERNELS else "unknown"
 
 
 def write(staging: Path, manifest: dict, golden: dict) -> list[str]:

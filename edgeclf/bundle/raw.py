@@ -4,8 +4,9 @@ A few golden images also travel as their original bytes (EXIF intact), with the 
 tensor training's pipeline makes from them, the expected outputs (the golden vector's) and,
 for the diagnosis, the tensor each known app mistake makes from the same file. golden.json
 gains the whole preprocessing contract and a tensor tolerance measured at bundle time: how
-far other real JPEG decoders (OpenCV's libjpeg-turbo, Skia's codec, which Android uses) land
-from Pillow's on these very files, through the same resize kernel.
+far other real JPEG decoders (OpenCV's libjpeg-turbo, Skia's codec, which Android uses, and
+libjpeg's fast IDCT and plain upsampling, through TensorFlow) land from Pillow's on these very
+files, through the same resize kernel.
 
 The bundle ships pipeline/preprocess.py and golden_replay.py (plain Python, numpy and
 Pillow) so check_golden.py replays the raw files with training's own code.
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from edgeclf import console
-from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE
+from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE, golden
 from edgeclf.devices.runtimes.tflite import quantize_input
 from edgeclf.lastmile.mistakes import applicable, mistakes
 from edgeclf.pipeline import preprocess, resize
@@ -98,22 +99,34 @@ def _other_decoders(data: bytes, upright: tuple[int, int]) -> dict[str, Image.Im
         decoded[f"skia {skia.__version__} codec"] = _oriented(np.ascontiguousarray(rgba[..., :3]), data, upright)
     except ImportError:
         pass
+    with Image.open(io.BytesIO(data)) as img:
+        jpeg = img.format == "JPEG"
+    if jpeg:
+        # libjpeg's other settings, which decoders ship with: the fast integer IDCT (TensorFlow's own
+        # default, older Android builds) and plain instead of fancy chroma upsampling.
+        from edgeclf import tfenv
+
+        tf = tfenv.tf()
+        for label, options in (("IFAST integer IDCT", {"dct_method": "INTEGER_FAST"}),
+                               ("no fancy upsampling", {"dct_method": "INTEGER_ACCURATE", "fancy_upscaling": False})):
+            pixels = tf.io.decode_jpeg(data, channels=3, **options).numpy()
+            decoded[f"libjpeg {label} (tf.io.decode_jpeg)"] = _oriented(pixels, data, upright)
     return decoded
 
 
-def decoder_spread(data: bytes, size: int, kernel: str, expected: np.ndarray) -> dict:
-    """Mean and max level difference from training's pixels of other real decoders, same kernel.
-    Lossless files decode to the same pixels everywhere: nothing to measure."""
+def decoded_elsewhere(data: bytes, size: int, kernel: str) -> dict[str, np.ndarray]:
+    """The model-size pixels other real decoders make of a lossy file, through the same kernel.
+    Lossless files decode to the same pixels everywhere: none."""
     with Image.open(io.BytesIO(data)) as img:
-        lossy = img.format in LOSSY
-    if not lossy:
-        return {}
+        if img.format not in LOSSY:
+            return {}
     upright = preprocess.decode_rgb(data).size
-    spread = {}
-    for name, image in _other_decoders(data, upright).items():
-        diff = np.abs(resize.fit(image, size, kernel).astype(np.int64) - expected.astype(np.int64))
-        spread[name] = {"mean": round(float(diff.mean()), 4), "max": int(diff.max())}
-    return spread
+    return {name: resize.fit(image, size, kernel) for name, image in _other_decoders(data, upright).items()}
+
+
+def level_difference(pixels: np.ndarray, expected: np.ndarray) -> dict:
+    diff = np.abs(pixels.astype(np.int64) - expected.astype(np.int64))
+    return {"mean": round(float(diff.mean()), 4), "max": int(diff.max())}
 
 
 def to_tensor(values: np.ndarray, inp: dict) -> np.ndarray:
@@ -121,8 +134,12 @@ def to_tensor(values: np.ndarray, inp: dict) -> np.ndarray:
     return quantize_input(values[None], inp["dtype"], (q["scale"], q["zero_point"]) if q else None)
 
 
-def write(staging: Path, split, record: dict, manifest: dict, kernel: str, table: dict | None) -> dict:
+def write(staging: Path, split, record: dict, manifest: dict, kernel: str, table: dict | None, model_path: Path) -> dict:
     """golden/raw/ and the raw part of golden.json (which is rewritten); returns that part."""
+    from edgeclf.devices.host import open_model
+
+    model = open_model(model_path)
+    out_dtype = manifest["output"]["dtype"]
     folder = staging / GOLDEN_DIR / RAW_DIR
     folder.mkdir()
     inp = manifest["input"]
@@ -130,7 +147,7 @@ def write(staging: Path, split, record: dict, manifest: dict, kernel: str, table
     chosen, skipped = choose(split.paths, split.labels)
     costs = {r["name"]: r for r in (table or {}).get("rows", [])}
     known = [m for m in mistakes(kernel) if applicable(m, inp["dtype"])]
-    vectors, spreads = [], {}
+    vectors, spreads, distances = [], {}, {}
     for i in chosen:
         vector = record["vectors"][i]
         source = Path(split.paths[i])
@@ -138,16 +155,25 @@ def write(staging: Path, split, record: dict, manifest: dict, kernel: str, table
         name = f"{vector['id']}{source.suffix.lower()}"
         (folder / name).write_bytes(data)
         expected_pixels = split.images[i]
+        reference = np.load(staging / vector["output"])[0]
         tensor = to_tensor(expected_pixels, inp)
         np.save(folder / f"{vector['id']}.tensor.npy", tensor)
         candidates = {}
         for mistake in known:
-            made = to_tensor(mistake.read(source, size, kernel), inp)
-            if not np.array_equal(made, tensor):  # e.g. EXIF ignored on a file without a rotation
-                candidates[mistake.name] = made
+            # Pixel mistakes are stored as their uint8 pixels (the replay makes the tensor), 4x
+            # smaller than a float tensor; the normalisation mistakes as the float values fed.
+            made = mistake.read(source, size, kernel)
+            if not np.array_equal(made, expected_pixels):  # e.g. EXIF ignored on a file without a rotation
+                candidates[mistake.name] = made[None]
+                diff = np.abs(made.astype(np.float64) - expected_pixels)
+                distances.setdefault(mistake.name, []).append((float(diff.mean()), float(diff.max())))
         np.savez_compressed(folder / f"{vector['id']}.mistakes.npz", **candidates)
-        for decoder, measured in decoder_spread(data, size, kernel, expected_pixels).items():
-            spreads.setdefault(decoder, []).append(measured)
+        for decoder, pixels in decoded_elsewhere(data, size, kernel).items():
+            # How far that decoder moves the tensor, and the model's outputs (a tensor within the
+            # tolerance may move an int8 output by more than the runtime alone does).
+            output = model.invoke_raw(pixels[None])
+            spreads.setdefault(decoder, []).append(level_difference(pixels, expected_pixels)
+                                                   | {"output": golden.deviation(output, reference, out_dtype)})
         with Image.open(source) as img:
             stored = {"format": img.format, "width": img.width, "height": img.height,
                       "exif_orientation": int(img.getexif().get(EXIF_ORIENTATION, 1))}
@@ -158,19 +184,36 @@ def write(staging: Path, split, record: dict, manifest: dict, kernel: str, table
             "mistakes": f"{GOLDEN_DIR}/{RAW_DIR}/{vector['id']}.mistakes.npz", "candidates": sorted(candidates),
             "true_label": vector["true_label"], "expected_top1": vector["expected_top_k"][0]["label"],
         })
-    measured = {d: {"mean": max(m["mean"] for m in ms), "max": max(m["max"] for m in ms)} for d, ms in spreads.items()}
+    measured = {d: {k: max(m[k] for m in ms) for k in ("mean", "max", "output")} for d, ms in spreads.items()}
+    tolerance = {"mean": round(max((m["mean"] for m in measured.values()), default=0.0) + MEAN_MARGIN, 4),
+                 "max": max((m["max"] for m in measured.values()), default=0) + MAX_MARGIN}
+    # A mistake whose pixels are within the tolerance on some file would pass there unnoticed.
+    separation = {name: {"mean": round(min(d[0] for d in ds), 4), "max": min(d[1] for d in ds)}
+                  for name, ds in sorted(distances.items())}
+    hidden = [name for name, ds in distances.items()
+              if any(mean <= tolerance["mean"] and worst <= tolerance["max"] for mean, worst in ds)]
+    if hidden:
+        console.warn(f"raw golden images: {', '.join(hidden)} stay within the replay's tolerance on some of these "
+                     "files, so the replay cannot catch them there")
     raw = {
         "count": len(vectors),
         "limits": {"max_images": MAX_IMAGES, "max_bytes": MAX_BYTES, "left_out": skipped,
                    "why": "the bundle stays small: a few source files, each at most max_bytes"},
         "tolerance": {
             "unit": "0-255 levels of the model-input tensor (dequantized)",
-            "mean": round(max((m["mean"] for m in measured.values()), default=0.0) + MEAN_MARGIN, 4),
-            "max": max((m["max"] for m in measured.values()), default=0) + MAX_MARGIN,
+            **tolerance,
             "measured_decoders": measured,
+            "output": max((m["output"] for m in measured.values()), default=0),
+            "output_unit": record["tolerance"]["unit"],
+            "mistake_separation": separation,
+            "undetectable": hidden,
             "rule": "a tensor passes if its mean and its max absolute difference from the expected tensor are within "
                     f"these: the largest difference other real decoders make on these files (plus {MEAN_MARGIN} mean, "
-                    f"{MAX_MARGIN} max); lossless files decode exactly everywhere",
+                    f"{MAX_MARGIN} max); lossless files decode exactly everywhere. mistake_separation: the smallest "
+                    "mean and max each known mistake moves these files' pixels (it must exceed the tolerance to be "
+                    "caught); undetectable: the mistakes that do not on some file. output: the largest output "
+                    "deviation those decoders' tensors cause, added to the runtime's tolerance when a tensor passes "
+                    "without being identical",
         },
         "mistakes": [{"name": m.name, "kind": m.kind, "what": m.what,
                       **{k: (costs.get(m.name) or {}).get(k) for k in ("top1", "agreement", "drop", "within_noise")}}
