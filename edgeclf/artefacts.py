@@ -101,5 +101,12 @@ class Artefact:
         return list(self.manifest["labels"]) if self.manifest else None
 
     @property
+    def resize(self) -> str:
+        """The resize kernel of the run it was exported from (pipeline/resize.py; older manifests: the default)."""
+        from edgeclf.pipeline.resize import DEFAULT
+
+        return ((self.manifest or {}).get("resize") or {}).get("name", DEFAULT)
+
+    @property
     def img_size(self) -> int | None:
         return int(self.manifest["input"]["shape"][1]) if self.manifest else None

@@ -23,22 +23,22 @@ from edgeclf.devices import DeviceOptions
 from edgeclf.errors import DatasetError, ModelError, UsageError
 from edgeclf.pipeline.images import load_image
 
-LITERT_VENV = Path(tempfile.gettempdir()) / "edgeclf-test-venv-numpy-litert"
+LITERT_VENV = Path(tempfile.gettempdir()) / "edgeclf-test-venv-numpy-litert-pillow"
 CLEAN_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}  # no PYTHONPATH
 
 
 @pytest.fixture(scope="session")
 def litert_python() -> Path:
-    """A venv with only numpy and ai-edge-litert from the registry (no edgeclf, no TensorFlow); reused across sessions."""
+    """A venv with only numpy, Pillow and ai-edge-litert from the registry (no edgeclf, no TensorFlow); reused across sessions."""
     python = LITERT_VENV / "bin" / "python"
     if not python.is_file():
         staging = LITERT_VENV.with_name(f"{LITERT_VENV.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             subprocess.run(["python3", "-m", "venv", str(staging)], check=True, capture_output=True, timeout=120)
-            pip = subprocess.run([str(staging / "bin" / "python"), "-m", "pip", "install", "-q", "numpy", "ai-edge-litert"],
+            pip = subprocess.run([str(staging / "bin" / "python"), "-m", "pip", "install", "-q", "numpy", "pillow", "ai-edge-litert"],
                                  capture_output=True, text=True, timeout=900)
             if pip.returncode != 0:
-                pytest.skip(f"cannot install numpy + ai-edge-litert into a venv: {pip.stderr.strip()[-300:]}")
+                pytest.skip(f"cannot install numpy + pillow + ai-edge-litert into a venv: {pip.stderr.strip()[-300:]}")
             # venvs hard-code their path in scripts, but `bin/python` works after a rename
             os.replace(staging, LITERT_VENV)
         finally:
@@ -91,7 +91,8 @@ def test_bundle_holds_exact_inputs_and_reference_outputs(bundle, tiny_int8, tiny
 def test_check_golden_runs_standalone_and_catches_tampering(bundle, litert_python, tmp_path):
     ok = run_check_golden(litert_python, bundle)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.count("PASS ") == 15 and "FAIL" not in ok.stdout and "all 15 golden vectors pass" in ok.stdout
+    assert ok.stdout.count("PASS ") == 15 + 4 and ok.stdout.count("PASS raw ") == 4  # 4 raw golden images
+    assert "FAIL" not in ok.stdout and "all 15 golden vectors pass" in ok.stdout
 
     tampered = shutil.copytree(bundle, tmp_path / "tampered")
     model = bytearray((tampered / "model.tflite").read_bytes())

@@ -23,6 +23,7 @@ LAYERS = [
     ("calibration", ["edgeclf.calibration"]),
     ("exporters", ["edgeclf.exporters", "edgeclf.artefacts"]),
     ("devices", ["edgeclf.devices"]),
+    ("lastmile", ["edgeclf.lastmile"]),
     ("report/bundle", ["edgeclf.report", "edgeclf.bundle"]),
     ("jobs", ["edgeclf.jobs"]),
     ("cli", ["edgeclf.cli", "edgeclf.__main__"]),

@@ -20,8 +20,9 @@ from edgeclf.artefacts import Artefact, write_manifest
 from edgeclf.atomic import staged_dir
 from edgeclf.outputs import BUNDLE, absolute, carries_format, check_file_output, check_output, is_our_folder, is_regular
 from edgeclf.bundle import BUNDLE_FILE, BUNDLE_FORMAT, SUMS_FILE, BundleError, archive, card, code, golden, sums_line
+from edgeclf.bundle import raw as raw_golden
 from edgeclf.bundle.handoff import HandOff
-from edgeclf.errors import ModelError, UsageError
+from edgeclf.errors import DatasetError, ModelError, UsageError
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.runs import LABELS_FILE
 
@@ -89,6 +90,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
     raw, reference = golden.reference_outputs(artefact.model_path, chosen.split.images)
     spread = golden.kernel_spread(artefact.model_path, chosen.split.images, raw, manifest["output"]["dtype"])
     test = card.test_accuracy(run, artefact.model_path)
+    last_mile = app_mistakes(run, artefact, manifest)
 
     def fill(staging: Path) -> dict:
         files = {path.relative_to(artefact_dir).as_posix(): path for path in artefact.format.model_files(artefact.model_path)}
@@ -98,10 +100,11 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
         shutil.copyfile(artefact_dir / LABELS_FILE, staging / LABELS_FILE)
         write_manifest(staging, handoff.tree(manifest) | {"labels": manifest["labels"]})
         record = golden.write(staging, chosen, raw, reference, manifest, spread, handoff)
+        raw_golden.write(staging, chosen.split, record, manifest, run.resize, last_mile, artefact.model_path)
         written = code.write(staging, manifest, record)
         digests = {name: sha256_file(staging / name) for name in files}
         (staging / CARD_FILE).write_text(
-            card.render(manifest, run, record, test, card.device_measurements(run, manifest), digests, handoff))
+            card.render(manifest, run, record, test, card.device_measurements(run, manifest), digests, handoff, last_mile))
         summary = {
             "format": BUNDLE_FORMAT,
             "created_by": f"edgeclf bundle {__version__}",
@@ -109,6 +112,7 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
             "artefact": handoff.text(artefact_dir),
             "model_files": list(files),
             "golden": {k: record[k] for k in ("count", "source", "reference", "tolerance")},
+            "raw_golden": {k: record["raw"][k] for k in ("count", "limits", "tolerance")},
             "code": written,
         }
         (staging / BUNDLE_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -122,6 +126,22 @@ def build_bundle(artefact_dir, out=None, count: int = golden.DEFAULT_COUNT, over
             summary = fill(staging)
     console.info(f"bundle written to {out}")
     return summary | {"path": str(out), "test_accuracy": test}
+
+
+def app_mistakes(run, artefact: Artefact, manifest: dict) -> dict | None:
+    """The manifest's last-mile table (export --last-mile), checked; else measured now."""
+    from edgeclf.lastmile import sensitivity
+
+    if manifest.get("last_mile"):
+        try:
+            return sensitivity.validated(manifest["last_mile"])
+        except (ValueError, TypeError, AttributeError) as exc:
+            console.warn(f"the manifest's last_mile table is unusable ({exc}); measuring it again")
+    try:
+        return sensitivity.measure(run, artefact.model_path, manifest["input"]["dtype"])
+    except DatasetError as exc:
+        console.warn(f"app mistakes not measured: {exc.what}")
+        return None
 
 
 def write_sums(directory: Path) -> None:

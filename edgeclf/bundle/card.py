@@ -15,7 +15,9 @@ from edgeclf.console import pct
 from edgeclf.devices.host import predict_file
 from edgeclf.pipeline.datasets import samples_digest
 from edgeclf.pipeline.metrics import score
+from edgeclf.pipeline.resize import words as resize_words
 from edgeclf.pipeline.runs import SPLIT_FILE, Run
+from edgeclf.lastmile import sensitivity
 
 HEX = re.compile(r"[0-9a-f]{1,64}")
 
@@ -27,7 +29,7 @@ def test_accuracy(run: Run, model_path: Path) -> dict | None:
         return None
     from edgeclf.pipeline.predict import predict_probs
 
-    split = plan.decode("test", run.img_size, cache="auto")
+    split = plan.decode("test", run.img_size, cache="auto", resize=run.resize)
     probs = predict_file(model_path, split.images, label="scoring the artefact on test")
     float_probs = predict_probs(run.load_model(), split.images)
     metrics = score(probs, split.labels, run.labels, float_probs)
@@ -94,7 +96,7 @@ def _hex(value) -> str:
 
 
 def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: list[dict], files: dict[str, str],
-           handoff: HandOff) -> str:
+           handoff: HandOff, last_mile: dict | None = None) -> str:
     """The card. Every value from the manifest, run.json, bench.json or golden record goes through
     `t`: the trainer's paths reduced to folder names (handoff.py), then Markdown-escaped (escape.py)."""
     def t(value) -> str:
@@ -135,8 +137,10 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         f"- tensor {t(inp.get('name'))}: shape {t(inp['shape'])} (NHWC), dtype {t(inp['dtype'])}"
         + (f", scale {t(q_in['scale'])}, zero point {t(q_in['zero_point'])}" if q_in else ""),
         "- channel order RGB (not BGR); raw pixel values 0-255: do not normalise, the model does it",
-        f"- resize: {t(manifest.get('preprocessing'))}; training used PIL bilinear straight to the model size (aspect ratio not kept), EXIF orientation applied",
+        f"- resize: {t(resize_words(run.resize))}; EXIF orientation applied; the whole contract is `preprocessing` in golden/golden.json",
         f"- how golden inputs become the tensor: {t(golden['input']['tensor'])}",
+        "", "## App mistakes and resize sensitivity",
+        *(sensitivity.markdown(last_mile) if last_mile else ["- not measured (the run's test and val images are gone)"]),
         "", "## Output contract",
         f"- tensor {t(out.get('name'))}: shape {t(out['shape'])}, dtype {t(out['dtype'])}"
         + (f", scale {t(q_out['scale'])}, zero point {t(q_out['zero_point'])}" if q_out else ""),
@@ -152,7 +156,12 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         f"- tolerance: {t(tol['reference'])} {t(tol['unit'])} on the reference runtime, "
         f"{t(tol['other'])} on any other runtime, build or delegate (TFLite's other kernel sets on the "
         f"goldens, measured at bundle time: {t(tol.get('measured_across_kernels') or 'n/a')})",
-        "- check: `python check_golden.py` here, or `edgeclf check-bundle BUNDLE --device ...`",
+        f"- raw golden images: {t(golden['raw']['count'])} source files as they were (EXIF intact; at most "
+        f"{t(golden['raw']['limits']['max_images'])}, each at most {t(golden['raw']['limits']['max_bytes'])} bytes), with the tensor "
+        f"training's pipeline makes from them; tensor tolerance mean {t(golden['raw']['tolerance']['mean'])} / max "
+        f"{t(golden['raw']['tolerance']['max'])} levels (other real decoders on these files, measured at bundle time)",
+        "- check: `python check_golden.py` here (`--tensors DIR` / `--outputs DIR` for your app's tensors and outputs), "
+        "or `edgeclf check-bundle BUNDLE --device ...`",
         "", "## Versions and checksums",
         *[f"- {t(k)}: {t(v)}" for k, v in (manifest.get("versions") or {}).items()],
         *[f"- {t(name)} sha256 {_hex(digest)}" for name, digest in files.items()],

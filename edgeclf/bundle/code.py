@@ -16,6 +16,7 @@ from edgeclf.bundle import GOLDEN_DIR, GOLDEN_FILE, BundleError, escape
 from edgeclf.bundle.escape import Code
 from edgeclf.bundle.golden import FLOAT_DTYPES, INTEGER_DTYPES
 from edgeclf.pipeline.backbones import BACKBONES
+from edgeclf.pipeline import resize
 from edgeclf.pipeline.runs import LABELS_FILE
 
 PLACEHOLDER = re.compile(r"\{\{([A-Z0-9_]+)\}\}")
@@ -84,6 +85,7 @@ def _contract(manifest: dict) -> dict:
         "num_labels": escape.integer(len(manifest["labels"]), "the label count"),
         "input": tensor("input"),
         "output": tensor("output"),
+        "resize": ((manifest.get("resize") or {}).get("name", resize.DEFAULT)),
     }
     for name in ("input", "output"):
         escape.integer(checked[name]["zero_point"], f"manifest.json {name}.quantization.zero_point")
@@ -125,7 +127,14 @@ def values(checked: dict, golden: dict, lang: str) -> dict[str, Code]:
         "NUM_LABELS": checked["num_labels"],
         "TOLERANCE_OTHER": literal(float(golden["tolerance"]["other"]), "tolerance"),
         "TOLERANCE_UNIT": escape.one_of(golden["tolerance"]["unit"], TOLERANCE_UNITS, "golden tolerance unit"),
+        "TRAINING_RESIZE": escape.one_of(training_resize(checked), (*resize.KERNELS, "unknown"), "the training resize"),
     }
+
+
+def training_resize(checked: dict) -> str:
+    """The run's resize kernel, from the closed set (manifests from before `--resize`: the default)."""
+    name = checked["resize"]
+    return name if name in resize.KERNELS else "unknown"
 
 
 def write(staging: Path, manifest: dict, golden: dict) -> list[str]:
@@ -139,6 +148,10 @@ def write(staging: Path, manifest: dict, golden: dict) -> list[str]:
         for folder, template in (("android", "Classifier.kt.tmpl"), ("ios", "Classifier.swift.tmpl")):
             (staging / folder).mkdir()
             path = staging / folder / f"{class_name(checked)}{template.removeprefix('Classifier').removesuffix('.tmpl')}"
+            path.write_text(render(template, values(checked, golden, language(template))))
+            written.append(str(path.relative_to(staging)))
+        for folder, template in (("android", "GoldenRawReplay.kt.tmpl"), ("ios", "GoldenRawReplay.swift.tmpl")):
+            path = staging / folder / template.removesuffix(".tmpl")
             path.write_text(render(template, values(checked, golden, language(template))))
             written.append(str(path.relative_to(staging)))
     return written

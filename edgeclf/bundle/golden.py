@@ -68,7 +68,7 @@ def choose(run: Run, manifest: dict, count: int) -> GoldenSet:
             fallbacks.append(f"the run's {name} images are gone (e.g. {missing[0]})")
             console.warn(fallbacks[-1] + "; falling back")
             continue
-        split = decode(f"golden ({name})", root, labels, chosen, size)
+        split = decode(f"golden ({name})", root, labels, chosen, size, resize=run.resize)
         if len(split) == 0:
             fallbacks.append(f"none of the chosen {name} images could be decoded")
             continue

@@ -31,7 +31,7 @@ CACHE_DIR = "cache"
 
 @dataclass
 class CalibrationSet:
-    images: np.ndarray  # (N, H, W, 3) uint8 raw RGB, exactly as training decodes them
+    images: np.ndarray  # (N, H, W, 3) uint8 raw RGB, exactly as training decodes them (same resize kernel)
     source: str
     seed: int
     per_class: dict[str, int]
@@ -131,7 +131,7 @@ def _content_key(run: Run, chosen: list[Sample]) -> str:
     Reading the files is cheap next to decoding them, and unlike names, sizes or mtimes their
     bytes cannot stay the same while the pixels change.
     """
-    h = hashlib.sha256(json.dumps({"img_size": run.img_size, "edgeclf": __version__}).encode())
+    h = hashlib.sha256(json.dumps({"img_size": run.img_size, "edgeclf": __version__, "resize": run.resize}).encode())
     for sample in chosen:
         h.update(f"{sample.label}\t{_file_digest(sample.path)}\n".encode())
     return h.hexdigest()[:16]
@@ -159,7 +159,7 @@ def _cached_decode(run: Run, key: str, chosen: list[Sample], root: Path) -> tupl
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass
         console.warn(f"{cache} is damaged; decoding the calibration images again")
-    split = decode("calibration", root, run.labels, chosen, run.img_size)
+    split = decode("calibration", root, run.labels, chosen, run.img_size, resize=run.resize)
     ok_paths = set(split.paths)
     ok = [s.path in ok_paths for s in chosen]
     try:

@@ -30,6 +30,8 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 @click.option("--min-agreement", type=float, help="int8 accuracy budget: least fraction of val images labelled as the float model does, e.g. 0.97.")
 @click.option("--allow-float-layers", is_flag=True, help="int8 budget: may keep the worst layers in float as a last resort before QAT "
               "(TFLite: the debugger's worst ops; OpenVINO: NNCF accuracy control).")
+@click.option("--last-mile", is_flag=True, help="Measure what app mistakes cost on the run's test split (other resize kernels, "
+              "centre-crop, BGR, EXIF, normalisation, truncation) into manifest.json: the resize-sensitivity table.")
 @click.option("--out", type=click.Path(file_okay=False), help="Artefact directory [default: RUN_DIR/exports/<target>-<quant>, replaced on every export].")
 @options.overwrite
 @options.json_output
@@ -49,5 +51,7 @@ def command(run_dir, float_layers, overwrite, as_json, max_drop, min_agreement, 
         console.print_json(manifest)
         return
     tables.export_summary(manifest)
+    if manifest.get("last_mile"):
+        tables.last_mile_table(manifest["last_mile"])
     if manifest.get("budget"):
         tables.budget_table(manifest["budget"])

@@ -47,6 +47,14 @@ def export_summary(manifest: dict) -> None:
     console.table(None, ["", ""], rows)
 
 
+def last_mile_table(table: dict) -> None:
+    from edgeclf.lastmile.sensitivity import COLUMNS, table_rows
+
+    console.table(f"app mistakes on the {table['split']} split ({table['n_images']} images)", COLUMNS, table_rows(table))
+    for line in table["recommendation"]:
+        console.out.print(f"- {line}")
+
+
 def points(value) -> str:
     return f"{100 * value:+.1f}"
 

@@ -8,6 +8,7 @@ from edgeclf.cli import options, tables
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import BACKBONES
 from edgeclf.pipeline.config import EMBEDDING_MODES, LEAK_POLICIES, TrainConfig
+from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE, KERNELS
 
 
 @click.command("train")
@@ -32,6 +33,9 @@ from edgeclf.pipeline.config import EMBEDDING_MODES, LEAK_POLICIES, TrainConfig
 @click.option("--class-weight", default="none", show_default=True, type=click.Choice(["none", "auto"]), help="'auto' weights classes by inverse frequency.")
 @click.option("--patience", default=5, show_default=True, type=int, help="Early-stopping patience (epochs without val_loss improvement).")
 @click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--resize", default=DEFAULT_RESIZE, show_default=True, type=click.Choice(list(KERNELS)),
+              help="Resize kernel for every image of the run (training, evaluation, calibration, golden vectors): "
+                   "train with the one your app uses, e.g. android for Bitmap.createScaledBitmap.")
 @options.cache
 @options.distribute
 @click.option("--leaks", default="warn", show_default=True, type=click.Choice(LEAK_POLICIES),

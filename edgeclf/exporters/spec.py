@@ -40,6 +40,7 @@ class ExportSpec:
     # is at most this many points below the float model (quantize_with_accuracy_control).
     accuracy_control: float | None = None
     out: str | None = None
+    last_mile: bool = False  # measure app mistakes (resize sensitivity) on the run's test split into the manifest
 
     def __post_init__(self):
         fmt = exporters.get(self.target)

@@ -15,6 +15,7 @@ from edgeclf.exporters.tflite_metadata import (
     read_associated_files,
     read_metadata,
 )
+from edgeclf.pipeline.resize import words as resize_words
 
 MODEL_FILE = "model.tflite"
 DEBUG_FILE = "quant_debug.csv"
@@ -51,7 +52,8 @@ def export(job: ExportJob) -> ExportOutput:
         name=f"edgeclf {job.run.arch} image classifier",
         description=(
             f"Classifies a {size}x{size} RGB image into {len(job.run.labels)} classes. "
-            f"Input: raw RGB pixels 0-255 (normalisation happens inside the model). "
+            f"Input: raw RGB pixels 0-255 (normalisation happens inside the model), "
+            f"resized with {resize_words(job.run.resize)}. "
             f"Quantization: {spec.quant}, IO {spec.io}."
         ),
         version=__version__,

@@ -20,7 +20,7 @@ def evaluate_run(run_dir, data_dir, batch_size: int = 64) -> dict:
     run = Run.open(run_dir)
     folder = scan_for_scoring(Path(data_dir), run.labels, "evaluation")
     mode = streaming.choose_cache("auto", len(folder.samples), run.img_size, streamed="none")
-    split = streaming.load_split("evaluation", folder.root, run.labels, folder.samples, run.img_size, mode)
+    split = streaming.load_split("evaluation", folder.root, run.labels, folder.samples, run.img_size, mode, resize=run.resize)
     model = run.load_model()
     metrics = classification_metrics(predict_probs(model, split.images, batch_size), split.labels, run.labels)
     metrics["skipped"] = split.skipped
@@ -43,7 +43,7 @@ def predict_images(run_dir, image_paths, top_k: int) -> list[dict]:
     errors: dict[str, str] = {}
     for path in image_paths:
         try:
-            pixels[path] = load_image(Path(path), run.img_size)
+            pixels[path] = load_image(Path(path), run.img_size, run.resize)
         except UnreadableImage as exc:
             errors[path] = str(exc)
     model = run.load_model() if pixels else None  # nothing readable: no need to load TensorFlow

@@ -20,6 +20,7 @@ from edgeclf.layout import sha256_file
 from edgeclf.pipeline.backbones import BACKBONES, get_backbone
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.predict import predict_probs
+from edgeclf.pipeline.resize import contract as resize_contract
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, Run, write_labels
 
 EXPORTS_DIR = "exports"
@@ -57,6 +58,10 @@ def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
             probs = predict_file(staging / result.model_file, val.images, label=f"scoring {spec.target} {spec.quant} on val")
             accuracy = _accuracy("val", probs, float_probs, val.labels, run.labels)
         manifest = _manifest(run, spec, out, result, calib, conversion_s, accuracy)
+        if spec.last_mile:
+            from edgeclf.lastmile import sensitivity
+
+            manifest["last_mile"] = sensitivity.measure(run, staging / result.model_file, result.input["dtype"])
         manifest["files"] = file_entries(staging)
         write_manifest(staging, manifest)
     manifest["path"] = str(out)
@@ -111,6 +116,7 @@ def _manifest(run: Run, spec: ExportSpec, out: Path, result, calib, conversion_s
         "output": result.output,
         "labels": run.labels,
         "preprocessing": run.info["input"]["preprocessing"],
+        "resize": resize_contract(run.resize),
         "source_run": {
             "path": str(run.path.resolve()),
             "model_sha256": sha256_file(run.path / MODEL_FILE),
@@ -147,4 +153,4 @@ def _validation_split(run: Run):
     if missing:
         console.warn(f"{len(missing)} validation image(s) of the run are gone (e.g. {missing[0]}); the manifest will carry no accuracy")
         return None
-    return run.plan.decode("val", run.img_size, cache="auto")
+    return run.plan.decode("val", run.img_size, cache="auto", resize=run.resize)

@@ -164,7 +164,7 @@ def optimize(config: OptimizeConfig, overwrite: bool = False) -> dict:
             staged_dir(place.out, RUN_FILE, overwrite, inputs=images, input_runs=[run.path]) as staging:
         started = time.perf_counter()
         splits = streaming.load_splits(run.plan.samples, run.plan.roots, run.plan.classes, run.img_size, config.cache,
-                                       staging / training.STREAM_DIR)
+                                       staging / training.STREAM_DIR, resize=run.resize)
         timing = {"decode_s": round(time.perf_counter() - started, 2)}
         record = _new_record(run, config, findings, previous)
         with distribute.scope(strategy):  # the pruning and QAT wrappers, and the optimizers, too

@@ -124,7 +124,7 @@ def _execute(state: dict, work: Path, overwrite: bool, role: distribute.Role, re
         try:
             started = time.perf_counter()
             splits = streaming.load_splits(plan.samples, plan.roots, plan.classes, config.img_size, config.cache,
-                                           place.work / STREAM_DIR)
+                                           place.work / STREAM_DIR, resize=config.resize)
             state["timing"]["decode_s"] = round(time.perf_counter() - started, 2)
             with distribute.scope(strategy):  # model, optimizer and checkpoint variables belong to it
                 trainer = Trainer(config, plan, splits, place.work, state)

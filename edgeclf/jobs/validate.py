@@ -14,6 +14,7 @@ from edgeclf.errors import ModelError, UsageError
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.datasets import DecodedSplit, decode, scan_for_scoring
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
+from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE
 from edgeclf.pipeline.runs import MODEL_FILE, check_label_count, output_classes, read_labels
 
 
@@ -47,9 +48,9 @@ def labels_of(artefact: Artefact, labels_file: str | None) -> tuple[list[str] | 
     return None, ""
 
 
-def load_images(data_dir: str, labels: list[str], size: int) -> DecodedSplit:
+def load_images(data_dir: str, labels: list[str], size: int, resize: str = DEFAULT_RESIZE) -> DecodedSplit:
     folder = scan_for_scoring(Path(data_dir), labels, "validation")
-    return decode("validation", folder.root, labels, folder.samples, size)
+    return decode("validation", folder.root, labels, folder.samples, size, resize=resize)
 
 
 def float_reference(artefact: Artefact, images: np.ndarray) -> np.ndarray | None:
@@ -93,7 +94,7 @@ class Prepared:
             raise UsageError(f"{self.artefact.model_path.name} has no manifest, so its class names are unknown", "pass --labels labels.txt")
         if self.labels is not None:
             check_label_count(self.labels, declared_classes(self.artefact), self.labels_source)
-        self.split = load_images(data_dir, self.labels, input_size(self.artefact)) if data_dir else None
+        self.split = load_images(data_dir, self.labels, input_size(self.artefact), self.artefact.resize) if data_dir else None
         self.files = self.artefact.format.model_files(self.artefact.model_path)
         self._reference = None
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ from edgeclf.atomic import overlaps
 from edgeclf.errors import UsageError
 from edgeclf.pipeline.backbones import get_backbone
 from edgeclf.pipeline.distribute import STRATEGIES
+from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE, get_kernel
 from edgeclf.pipeline.streaming import CACHE_MODES
 from edgeclf.checks import check_range
 
@@ -45,6 +46,7 @@ class TrainConfig:
     distribute: str = "none"  # none, mirrored, multi-worker (pipeline/distribute.py)
     leaks: str = "warn"  # val/test images that duplicate training images: warn, exclude, refuse (jobs/audit.py)
     audit_embeddings: str = "auto"  # the audit's embedding checks: auto (when cheap next to training), on, off
+    resize: str = DEFAULT_RESIZE  # the resize kernel (pipeline/resize.py): the app's, when it is known
 
     def __post_init__(self):
         backbone = get_backbone(self.arch)
@@ -82,6 +84,7 @@ class TrainConfig:
             raise UsageError(f"--leaks {self.leaks} is not supported", f"use one of {', '.join(LEAK_POLICIES)}")
         if self.audit_embeddings not in EMBEDDING_MODES:
             raise UsageError(f"--audit-embeddings {self.audit_embeddings} is not supported", f"use one of {', '.join(EMBEDDING_MODES)}")
+        get_kernel(self.resize)  # unknown, or its library missing: one line naming the fix
         if self.weights.lower() in ("imagenet", "none"):
             self.weights = self.weights.lower()
         else:

@@ -14,6 +14,7 @@ from edgeclf import console
 from edgeclf.errors import DatasetError
 from edgeclf.layout import relative
 from edgeclf.pipeline.images import UnreadableImage, is_image_file, load_image
+from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,8 @@ def stratified_sample(samples: list[Sample], n_classes: int, size: int, seed: in
 
 
 def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img_size: int,
-           store=None, read=load_image) -> DecodedSplit:
-    """Decode every sample once (in threads), skipping unreadable files with a warning.
+           store=None, read=load_image, resize: str = DEFAULT_RESIZE) -> DecodedSplit:
+    """Decode every sample once (in threads), resized by kernel `resize`, skipping unreadable files with a warning.
 
     `store` receives the pixels (default: an array in memory; pipeline/streaming.py has a file
     and a decode-on-read store, which take `read=check_image` to only check the files).
@@ -197,7 +198,7 @@ def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img
 
     def work(index: int):
         try:
-            images[index] = read(samples[index].path, img_size)
+            images[index] = read(samples[index].path, img_size, resize)
             ok[index] = True
         except UnreadableImage as exc:
             return {"path": relative(samples[index].path, root), "reason": str(exc)}

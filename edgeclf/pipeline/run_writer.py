@@ -9,6 +9,7 @@ from edgeclf import console, records, tfenv
 from edgeclf.pipeline import plots
 from edgeclf.pipeline.backbones import INPUT_NAME, get_backbone
 from edgeclf.pipeline.predict import split_metrics
+from edgeclf.pipeline.resize import contract as resize_contract
 from edgeclf.pipeline.runs import (
     AUDIT_FILE,
     LABELS_FILE,
@@ -66,8 +67,9 @@ def run_record(config, classes, plan, splits, history, timing, metrics, optimiza
             "shape": [1, size, size, 3],
             "dtype": "float32",
             "range": [0, 255],
-            "preprocessing": f"raw RGB 0-255, resized to {size}x{size} (bilinear); "
+            "preprocessing": f"raw RGB 0-255, resized to {size}x{size} ({config.resize}, aspect ratio not kept); "
                              f"{backbone.in_graph_preprocessing} happens inside the model",
+            "resize": resize_contract(config.resize),
         },
         "dataset": {"split": plan.how, **{name: split.summary() for name, split in splits.items()}},
         "history": history,

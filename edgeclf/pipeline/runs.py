@@ -8,6 +8,7 @@ from pathlib import Path
 from edgeclf import records, tfenv
 from edgeclf.errors import ModelError
 from edgeclf.layout import is_image_shape
+from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE
 from edgeclf.pipeline.splits import SplitPlan, load_plan
 
 MODEL_FILE = "model.keras"
@@ -108,6 +109,11 @@ class Run:
     @property
     def img_size(self) -> int:
         return int(self.info["input"]["shape"][1])
+
+    @property
+    def resize(self) -> str:
+        """The resize kernel the run trained with (runs from before `--resize`: PIL bilinear)."""
+        return self.info["config"].get("resize", DEFAULT_RESIZE)
 
     @property
     def seed(self) -> int:

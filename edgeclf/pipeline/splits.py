@@ -17,6 +17,7 @@ from edgeclf.pipeline.datasets import (
     scan_folder,
     stratified_split,
 )
+from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE
 from edgeclf.pipeline.streaming import choose_cache, load_split
 
 
@@ -51,12 +52,12 @@ class SplitPlan:
         }
         return cls(list(data["classes"]), roots, samples, data["how"])
 
-    def decode(self, name: str, img_size: int, cache: str = "memory") -> DecodedSplit:
+    def decode(self, name: str, img_size: int, cache: str = "memory", resize: str = DEFAULT_RESIZE) -> DecodedSplit:
         """One split's images; `cache="auto"` keeps them in memory if they fit the budget and
         otherwise decodes them on every read (for one-pass scoring; see pipeline/streaming.py)."""
         samples = self.samples[name]
         mode = choose_cache(cache, len(samples), img_size, streamed="none")
-        return load_split(name, self.roots[name], self.classes, samples, img_size, mode)
+        return load_split(name, self.roots[name], self.classes, samples, img_size, mode, resize=resize)
 
 
 def plan_splits(config: TrainConfig) -> SplitPlan:

@@ -20,6 +20,7 @@ from edgeclf import console
 from edgeclf.errors import DatasetError, UsageError
 from edgeclf.pipeline.datasets import DecodedSplit, Sample, decode
 from edgeclf.pipeline.images import UnreadableImage, load_image
+from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE
 
 CACHE_MODES = ("auto", "memory", "disk", "none")
 MEMORY_FRACTION = 0.25  # of the available memory, for `auto`: room for the model, batches and other work
@@ -53,32 +54,33 @@ def choose_cache(mode: str, n_images: int, img_size: int, streamed: str = "disk"
 
 
 def load_splits(samples: dict[str, list[Sample]], roots: dict[str, Path], classes: list[str], img_size: int,
-                mode: str, cache_dir: Path | None = None, streamed: str = "disk") -> dict[str, DecodedSplit]:
+                mode: str, cache_dir: Path | None = None, streamed: str = "disk",
+                resize: str = DEFAULT_RESIZE) -> dict[str, DecodedSplit]:
     """Every split of a run, held as `mode` says (resolved once for all splits together)."""
     total = sum(len(s) for s in samples.values())
     chosen = choose_cache(mode, total, img_size, streamed)
     if chosen != mode and chosen != "memory":
         console.info(f"--cache auto: {chosen} ({decoded_bytes(total, img_size) / 1e9:.2f} GB of decoded images)")
-    return {name: load_split(name, roots[name], classes, s, img_size, chosen, cache_dir) for name, s in samples.items()}
+    return {name: load_split(name, roots[name], classes, s, img_size, chosen, cache_dir, resize) for name, s in samples.items()}
 
 
 def load_split(name: str, root: Path, classes: list[str], samples: list[Sample], img_size: int, mode: str,
-               cache_dir: Path | None = None) -> DecodedSplit:
+               cache_dir: Path | None = None, resize: str = DEFAULT_RESIZE) -> DecodedSplit:
     if mode == "memory":
-        return decode(name, root, classes, samples, img_size)
+        return decode(name, root, classes, samples, img_size, resize=resize)
     if mode == "disk":
         if cache_dir is None:
             raise UsageError("--cache disk needs a directory for its cache file", "use --cache memory or none here")
         cache_dir.mkdir(parents=True, exist_ok=True)
         store = DiskImages.create(cache_dir / f"{name}{STORE_SUFFIX}", len(samples), img_size)
-        return decode(name, root, classes, samples, img_size, store=store)
+        return decode(name, root, classes, samples, img_size, store=store, resize=resize)
     if mode == "none":
-        store = LazyImages([s.path for s in samples], img_size)
+        store = LazyImages([s.path for s in samples], img_size, resize=resize)
         return decode(f"{name} (checking)", root, classes, samples, img_size, store=store, read=check_image)
     raise UsageError(f"--cache {mode} is not supported", f"use one of {', '.join(CACHE_MODES)}")
 
 
-def check_image(path: Path, size: int) -> None:
+def check_image(path: Path, size: int, resize: str | None = None) -> None:
     """The cheap scan for `--cache none`: headers and checksums, and a reduced-size decode of JPEGs
     (their truncation shows only when decoding); raises UnreadableImage like `load_image`."""
     try:
@@ -169,16 +171,17 @@ class DiskImages(_Rows):
 class LazyImages(_Rows):
     """`--cache none`: every read decodes the files again, in threads, with `load_image`."""
 
-    def __init__(self, paths: list[Path], img_size: int, rows: np.ndarray | None = None):
+    def __init__(self, paths: list[Path], img_size: int, rows: np.ndarray | None = None, resize: str = DEFAULT_RESIZE):
         self.paths = paths
         self.img_size = img_size
         self.rows = np.arange(len(paths)) if rows is None else rows
+        self.resize = resize
 
     def __setitem__(self, index: int, checked) -> None:
         pass  # the scan only checks files; their pixels are decoded when read
 
     def select(self, keep: np.ndarray) -> LazyImages:
-        return LazyImages(self.paths, self.img_size, self.rows[keep])
+        return LazyImages(self.paths, self.img_size, self.rows[keep], self.resize)
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.img_size, self.img_size, 3), dtype=np.uint8)
@@ -186,7 +189,7 @@ class LazyImages(_Rows):
         def one(i: int) -> None:
             path = self.paths[int(rows[i])]
             try:
-                out[i] = load_image(path, self.img_size)
+                out[i] = load_image(path, self.img_size, self.resize)
             except UnreadableImage as exc:
                 raise DatasetError(f"{path} passed the scan but cannot be decoded ({exc})",
                                    "remove it, or train with --cache disk, which decodes everything first") from exc

@@ -308,7 +308,21 @@ def _export(directory: Path, report: Report, manifest: dict | None = None) -> di
         "conversion_s": manifest.get("conversion_s"),
         "created": manifest.get("created"),
         "quant_cost": _quant_cost(acc, report),
+        "last_mile": _last_mile(directory, manifest, report),
     }
+
+
+def _last_mile(directory: Path, manifest: dict, report: Report) -> dict | None:
+    """The manifest's app-mistake table (`export --last-mile`), rebuilt from closed sets."""
+    if not manifest.get("last_mile"):
+        return None
+    from edgeclf.lastmile.sensitivity import validated
+
+    try:
+        return validated(manifest["last_mile"])
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        report.problem(f"exports/{directory.name}/manifest.json has an unusable last_mile table ({exc})")
+        return None
 
 
 def _quant_cost(acc: dict, report: Report) -> list[dict]:

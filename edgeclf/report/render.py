@@ -237,6 +237,17 @@ class Page:
             parts.append(table(["artefact", "class", "images", "float recall", "artefact recall", "change (points)"], rows, keys))
         else:
             parts.append(note("no manifest records a confusion matrix to compare with the float model"))
+        parts.append(Raw("<h3>App mistakes and resize sensitivity</h3>"))
+        measured = [e for e in exports if e["last_mile"]]
+        for e in measured:
+            from edgeclf.lastmile.sensitivity import COLUMNS, table_rows
+
+            lm = e["last_mile"]
+            parts.append(note(f"{e['name']}: {lm['split']} split, {lm['n_images']} images, trained with {lm['training_kernel']}"))
+            parts.append(table(COLUMNS, table_rows(lm)))
+            parts.append(Raw("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lm["recommendation"]) + "</ul>"))
+        if not measured:
+            parts.append(note("not measured (export with --last-mile)"))
         return section("artefacts", "Artefacts", parts)
 
     def devices(self) -> Raw:
