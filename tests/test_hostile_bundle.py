@@ -257,7 +257,7 @@ def test_generated_python_is_the_template_with_literals_and_runs(hostile, tiny_i
 def test_kotlin_and_swift_literals_round_trip(hostile, tiny_int8, language, suffix, string):
     """Tokenized by each language's own rules, the generated file is the plain one but for the model
     file name, which decodes to exactly the hostile name with no template or interpolation in it."""
-    generated = next((hostile / {"kotlin": "android", "swift": "ios"}[language]).glob(f"*.{suffix}")).read_text()
+    generated = next((hostile / {"kotlin": "android", "swift": "ios"}[language]).glob(f"*Classifier.{suffix}")).read_text()
     plain = code.render(f"Classifier.{suffix}.tmpl", code.values(
         code.contract(json.loads((tiny_int8 / "manifest.json").read_text())),
         json.loads((hostile / "golden" / "golden.json").read_text()), language))
