@@ -1,4 +1,5 @@
 """The EdgeclfError family. Every message says what went wrong and what to change."""
+import errno
 
 
 def first_line(exc_or_text, limit: int = 300) -> str:
@@ -8,6 +9,27 @@ def first_line(exc_or_text, limit: int = 300) -> str:
     if lines:
         return lines[0][:limit]
     return type(exc_or_text).__name__ if isinstance(exc_or_text, BaseException) else "failed"
+
+
+def os_error_message(exc: OSError) -> str:
+    """`<what> (<what to do>)` for a failure the user can fix in their environment."""
+    path = exc.filename
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot access {path} (permission denied: fix its permissions, or choose a writable folder)"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {path} (read-only file system: choose a writable folder)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" while writing {path}" if path else ""
+        return f"disk full{where} (free some space, or choose an output folder on another disk)"
+    if exc.errno == errno.ENOENT and path:
+        return f"{path} does not exist (check the path)"
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what}: {path} (check the path and try again)" if path else f"{what} (check the environment and try again)"
+
+
+def failure_line(exc: Exception) -> str:
+    """One line for a failure that ends one stage or one device's job, not the whole command."""
+    return os_error_message(exc) if isinstance(exc, OSError) else first_line(exc)
 
 
 class EdgeclfError(Exception):

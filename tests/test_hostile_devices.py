@@ -345,3 +345,54 @@ def test_bench_exits_3_when_its_only_device_or_one_of_several_failed(tiny_run, t
 
     fine = _cli("bench", tiny_run, "--formats", "tflite:fp32", "--runs", 2, "--warmup", 0, "--out", tmp_path / "fine")
     assert fine.exit_code == 0, fine.output
+
+
+# -- One folder per device name, and a file-system error fails one stage, not the run (item 7)
+def test_devices_differing_only_in_at_or_underscore_keep_their_own_results(ssh_device, tmp_path, monkeypatch):
+    import dataclasses
+    import errno
+
+    from test_pipeline import FP32, write_project
+
+    from edgeclf.jobs import pipeline, pipeline_file
+
+    user = ssh_device.user
+    config = tmp_path / "ssh_config"  # two host names for the one stand-in board
+    config.write_text(ssh_device.ssh_config.read_text().replace(f"Host {ssh_device.alias}\n", f"Host board {user}_board\n"))
+    at, underscore = f"ssh://{user}@board", f"ssh://{user}_board"
+    path = write_project(tmp_path, FP32, devices=f"['{at}', '{underscore}']")
+    pf = dataclasses.replace(pipeline_file.load(path), device_options=DeviceOptions(
+        remote_python=sys.executable, ssh_config=str(config), timeout=120))
+    state = {s["name"]: s for s in pipeline.run(pf)["stages"]}
+    assert {name: s["status"] for name, s in state.items()} == dict.fromkeys(
+        ["train", "export/tflite-fp32", f"validate/tflite-fp32@{at}", f"validate/tflite-fp32@{underscore}", "report", "compare"], "ran")
+    out = tmp_path / "runs" / "tiny"
+    assert [state[f"validate/tflite-fp32@{d}"]["output"] for d in (at, underscore)] == [
+        f"mobilenetv2/validate/tflite-fp32@ssh~{user}%40board", f"mobilenetv2/validate/tflite-fp32@ssh~{user}_board"]
+    assert all((out / state[f"validate/tflite-fp32@{d}"]["output"] / "result.json").is_file() for d in (at, underscore))
+    assert sorted(p.name for p in (out / "mobilenetv2" / "report").glob("bench-*")) == [
+        f"bench-ssh~{user}%40board", f"bench-ssh~{user}_board"]
+    rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
+    assert [(r["device"], r["status"]) for r in rows] == [(at, "ok"), (underscore, "ok")]
+
+    # A disk that fills up while the report is written fails that stage; the run still ends with its record.
+    def disk_full(run_dir, out, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr("edgeclf.report.write_report", disk_full)
+    again = {s["name"]: s for s in pipeline.run(pf, force="report")["stages"]}
+    assert again["report"]["status"] == "failed" and again["report"]["error"].startswith("disk full while writing ")
+    assert again["compare"]["status"] == "cached"
+    assert json.loads((out / "pipeline.json").read_text())["stages"][-2]["status"] == "failed"
+
+
+def test_device_names_that_one_folder_would_hold_are_refused_when_planning(tmp_path):
+    from test_pipeline import FP32, write_project
+
+    from edgeclf.jobs import pipeline, pipeline_file
+
+    pf = pipeline_file.load(write_project(tmp_path, FP32, devices="['ssh://pi@Board', 'ssh://pi@board']"))
+    with pytest.raises(UsageError, match=r"stages validate/tflite-fp32@ssh://pi@Board and validate/tflite-fp32@ssh://pi@board "
+                                         r"would write the same folder .*name each device once"):
+        pipeline.plan(pf)
+    assert not (tmp_path / "runs").exists()

@@ -1,7 +1,6 @@
 """The `edgeclf` command group and its single error boundary."""
 from __future__ import annotations
 
-import errno
 import signal
 import sys
 import traceback
@@ -10,7 +9,7 @@ import warnings
 import click
 
 from edgeclf import __version__, tfenv
-from edgeclf.errors import EdgeclfError, first_line
+from edgeclf.errors import EdgeclfError, first_line, os_error_message
 
 
 class EdgeclfGroup(click.Group):
@@ -36,22 +35,6 @@ class EdgeclfGroup(click.Group):
             traceback.print_exc()
         click.echo(f"error: {first_line(message, limit=2000)}", err=True)
         sys.exit(code)
-
-
-def os_error_message(exc: OSError) -> str:
-    """`<what> (<what to do>)` for a failure the user can fix in their environment."""
-    path = exc.filename
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"cannot access {path} (permission denied: fix its permissions, or choose a writable folder)"
-    if exc.errno == errno.EROFS:
-        return f"cannot write {path} (read-only file system: choose a writable folder)"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" while writing {path}" if path else ""
-        return f"disk full{where} (free some space, or choose an output folder on another disk)"
-    if exc.errno == errno.ENOENT and path:
-        return f"{path} does not exist (check the path)"
-    what = exc.strerror or str(exc) or type(exc).__name__
-    return f"{what}: {path} (check the path and try again)" if path else f"{what} (check the environment and try again)"
 
 
 @click.group(cls=EdgeclfGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -35,6 +35,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Keys that make the local ssh client read a config of the file's choosing (ProxyCommand,
 # LocalCommand, Match exec, IdentityFile...): only from a file the user trusts.
 TRUSTED_ONLY_KEYS = ("ssh_config",)
+FOLDER_NAME_KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 @dataclass
@@ -143,6 +144,20 @@ def load_named_targets(explicit_file: str | None = None) -> dict[str, Target]:
             emulated=entry.get("emulated"),
         )
     return targets
+
+
+def folder_name(device: str) -> str:
+    """A file name for a device's results that no other device name shares: `ssh://pi@board` is
+    `ssh~pi%40board`, `ssh://pi_board` is `ssh~pi_board`. Letters, digits, `.`, `_` and `-` stay,
+    the first `://` becomes `~`, every other character (`~` and `%` too) becomes `%XX` per UTF-8 byte,
+    so the mapping can be undone and two names never meet in one folder."""
+    scheme, sep, rest = device.partition("://")
+    name = f"{_escape(scheme)}~{_escape(rest)}" if sep else _escape(device)
+    return "%2E" + name[1:] if name.startswith(".") else name  # never `.`, `..` or a hidden file
+
+
+def _escape(text: str) -> str:
+    return "".join(c if c in FOLDER_NAME_KEPT else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
 
 
 def parse_target(spec: str, explicit_file: str | None = None) -> Target:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from edgeclf.artefacts import MANIFEST_FILE, read_manifest
 from edgeclf.atomic import check_output, staged_dir
 from edgeclf.outputs import BENCH
 from edgeclf.devices import DeviceOptions
-from edgeclf.devices.targets import expand_devices
+from edgeclf.devices.targets import expand_devices, folder_name
 from edgeclf.errors import EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import default_out, export_run
@@ -66,7 +65,7 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str | list[str] = "lo
     devices = expand_devices(device, options.devices_file)
     check_counts(runs, warmup, threads)
     run = Run.open(run_dir)
-    label = _slug(devices[0]) if len(devices) == 1 else f"{len(devices)}-devices"
+    label = folder_name(devices[0]) if len(devices) == 1 else f"{len(devices)}-devices"
     target_dir = Path(out) if out else run.path / "bench" / f"{label}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     overwrite = overwrite or not out  # the default, timestamped folder may replace its own bench
     if data_dir is None:
@@ -175,10 +174,6 @@ def _add_speedups(rows: list[dict]) -> None:
     for row in measured:
         base = next((r for r in measured if r["format"] == row["format"] and r["quant"] == "fp32"), measured[0])
         row["speedup"] = round(base["p50_ms"] / row["p50_ms"], 2)
-
-
-def _slug(device: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", device.replace("://", "-")).strip("_") or "device"
 
 
 def _write_csv(rows: list[dict], path: Path, several: bool = False) -> None:

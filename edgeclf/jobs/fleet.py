@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from edgeclf.errors import EdgeclfError, PartialFailure, first_line
+from edgeclf.errors import EdgeclfError, PartialFailure, failure_line, first_line
 
 
 @dataclass
@@ -60,8 +60,8 @@ def _run_one(device: str, index: int, job: Callable[[], object], catch_all: bool
     started = time.perf_counter()
     try:
         result, error = job(), None
-    except EdgeclfError as exc:
-        result, error = None, first_line(exc)
+    except (EdgeclfError, OSError) as exc:  # an OSError (disk full, a folder in the way) fails this job only
+        result, error = None, failure_line(exc)
     except Exception as exc:
         if not catch_all:  # one device: a surprise goes to the CLI's error boundary, as before
             raise

@@ -25,8 +25,8 @@ from typing import Callable
 from edgeclf import __version__, console, records
 from edgeclf.atomic import staged_dir, write_text_atomic
 from edgeclf.outputs import PIPELINE, RESULT, check_not_in_inputs, is_ours
-from edgeclf.devices.targets import parse_target
-from edgeclf.errors import EdgeclfError, UsageError, first_line
+from edgeclf.devices.targets import folder_name, parse_target
+from edgeclf.errors import EdgeclfError, UsageError, failure_line, first_line
 from edgeclf.jobs import compare
 from edgeclf.jobs.budget import BudgetSpec, export_within_budget
 from edgeclf.jobs.export import export_run
@@ -145,7 +145,7 @@ def plan(pf: PipelineFile, restart: bool = False) -> list[Stage]:
                     f"validate{tag}/{export.name}@{device}", "validate",
                     {"device": target, "runs": pf.runs, "warmup": pf.warmup, "threads": pf.threads,
                      "options": dataclasses.asdict(pf.device_options)},
-                    [stage.name], arch_dir / "validate" / f"{export.name}@{_slug(device)}", None,
+                    [stage.name], arch_dir / "validate" / f"{export.name}@{folder_name(device)}", None,
                     inputs={"images": folder_fingerprint(pf.data)}, device=device, export=export))
                 measured.append(stages[-1])
         if pf.report:
@@ -158,7 +158,18 @@ def plan(pf: PipelineFile, restart: bool = False) -> list[Stage]:
                                 lambda s, r, art=export_stage.output: build_bundle(art, s.output, GOLDEN, overwrite=True)))
     for build in FINAL_STAGES:
         stages.append(build(pf, stages))
+    _check_distinct_outputs(stages)
     return stages
+
+
+def _check_distinct_outputs(stages: list[Stage]) -> None:
+    """Two stages writing one folder would lose a result; compared without case, as on macOS and Windows."""
+    owner: dict[str, Stage] = {}
+    for stage in stages:
+        other = owner.setdefault(str(stage.output).casefold(), stage)
+        if other is not stage:
+            raise UsageError(f"stages {other.name} and {stage.name} would write the same folder {stage.output}",
+                             "name each device once (names that differ only in case are one folder on some systems)")
 
 
 def _compare_stage(pf: PipelineFile, stages: list[Stage]) -> Stage:
@@ -188,17 +199,13 @@ def _report(run_dir: Path, measured: list[Stage], output: Path) -> None:
                      "size_mb": round(result["model_bytes"] / 1e6, 3)})
         bench_dirs = []
         for device, rows in by_device.items():
-            folder = staging / f"bench-{_slug(device)}"
+            folder = staging / f"bench-{folder_name(device)}"
             folder.mkdir()
             first = rows[0]["result"]
             (folder / "bench.json").write_text(console.to_json(
                 {"format": records.tag("bench"), "device": first["device"], "emulated": first["emulated"], "rows": rows}) + "\n")
             bench_dirs.append(folder)
         write_report(run_dir, out=staging / REPORT_FILE, extra_bench_dirs=bench_dirs)
-
-
-def _slug(device: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in device.replace("://", "-"))
 
 
 def _keys(stages: list[Stage]) -> None:
@@ -342,8 +349,8 @@ class _Runner:
         started = time.perf_counter()
         try:
             stage.work(stage, self.records)
-        except EdgeclfError as exc:
-            return self._record(stage, "failed", time.perf_counter() - started, first_line(exc))
+        except (EdgeclfError, OSError) as exc:  # the disk or the folder said no: this stage failed, the others go on
+            return self._record(stage, "failed", time.perf_counter() - started, failure_line(exc))
         self._record(stage, "ran", time.perf_counter() - started)
 
     def _run_on_devices(self, stages: list[Stage]) -> None:
@@ -358,8 +365,8 @@ class _Runner:
                 try:  # images and the float reference, once per export, here rather than in each device's thread
                     prepared[export_dir] = Prepared(export_dir, self.pf.data)
                     prepared[export_dir].reference()
-                except EdgeclfError as exc:
-                    prepared[export_dir] = first_line(exc)
+                except (EdgeclfError, OSError) as exc:
+                    prepared[export_dir] = failure_line(exc)
             if isinstance(prepared[export_dir], str):
                 self._record(stage, "failed", error=prepared[export_dir])
                 continue
@@ -384,7 +391,7 @@ def _catching(job: Callable) -> Callable:
     def wrapped():
         try:
             return job()
-        except EdgeclfError:
+        except (EdgeclfError, OSError):
             raise
         except Exception as exc:
             raise EdgeclfError(f"unexpected {type(exc).__name__}: {first_line(exc)}") from exc
