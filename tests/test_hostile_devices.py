@@ -396,3 +396,28 @@ def test_device_names_that_one_folder_would_hold_are_refused_when_planning(tmp_p
                                          r"would write the same folder .*name each device once"):
         pipeline.plan(pf)
     assert not (tmp_path / "runs").exists()
+
+
+# -- Clusters: TF_CONFIG and `--distribute multi-worker` (items 10, 16 and 17)
+@pytest.mark.parametrize("tf_config, message", [
+    ({"cluster": {"worker": "127.0.0.1:23471,127.0.0.1:23472"}, "task": {"type": "worker", "index": 0}},
+     r'^TF_CONFIG cluster.worker must be a list of "host:port" strings, not "127.0.0.1:23471,127.0.0.1:23472" \(set TF_CONFIG'),
+    ({"cluster": {"worker": ["127.0.0.1:23471", "127.0.0.1"]}, "task": {"type": "worker", "index": 0}},
+     r'^TF_CONFIG cluster.worker must be a list of "host:port" strings'),
+    ({"cluster": {"worker": ["127.0.0.1:23471", "127.0.0.1:23472"]}, "task": {"type": "worker", "index": 0.9}},
+     r"^TF_CONFIG task index must be a whole number, not 0.9 \("),
+    ({"cluster": {"worker": ["127.0.0.1:23471", "127.0.0.1:23472"]}, "task": {"type": "worker", "index": True}},
+     r"^TF_CONFIG task index must be a whole number, not true"),
+    ({"cluster": {"worker": ["127.0.0.1:23471"]}, "task": {"type": "chief", "index": 0}},
+     r'^TF_CONFIG task type "chief" is not one of its cluster\'s \(worker\)'),
+    (["worker"], r"^TF_CONFIG needs a `cluster` mapping and a `task` mapping"),
+])
+def test_a_tf_config_tensorflow_would_misread_is_refused_in_one_line(monkeypatch, tf_config, message):
+    from edgeclf.pipeline import distribute
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    with pytest.raises(UsageError, match=message):
+        distribute.cluster_role("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": "1"}}))
+    role = distribute.cluster_role("multi-worker")  # TensorFlow reads a digit string as the number
+    assert role == distribute.Role(False, "worker 1") and role.address == "b:2" and role.peers == (("worker 0", "a:1"),)

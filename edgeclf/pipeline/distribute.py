@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeclf import tfenv
@@ -30,6 +30,12 @@ STRATEGIES = ("none", "mirrored", "multi-worker")
 class Role:
     chief: bool
     task: str  # e.g. "worker 1", for messages
+    address: str | None = field(default=None, compare=False)  # this task's host:port in TF_CONFIG
+    peers: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (task, host:port) of the others
+
+
+TF_CONFIG_HINT = ('set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                  '"task": {"type": "worker", "index": 0}}')
 
 
 def cluster_role(name: str) -> Role:
@@ -39,20 +45,45 @@ def cluster_role(name: str) -> Role:
     if name != "multi-worker":
         return Role(True, "local")
     raw = os.environ.get("TF_CONFIG", "")
-    hint = 'set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
     if not raw.strip():
-        raise UsageError("--distribute multi-worker needs the TF_CONFIG environment variable", hint)
+        raise UsageError("--distribute multi-worker needs the TF_CONFIG environment variable", TF_CONFIG_HINT)
+    cluster, kind, index = _read_tf_config(raw)
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+    peers = tuple((f"{k} {i}", address) for k, members in cluster.items() for i, address in enumerate(members)
+                  if (k, i) != (kind, index))
+    return Role(chief, f"{kind} {index}", cluster[kind][index], peers)
+
+
+def _read_tf_config(raw: str) -> tuple[dict[str, list[str]], str, int]:
+    """TF_CONFIG's cluster (task type -> list of host:port), task type and index, each checked:
+    TensorFlow itself truncates an index of 0.9 to 0 and fails deep inside on a string list."""
+    def bad(what: str):
+        return UsageError(f"TF_CONFIG {what}", TF_CONFIG_HINT)
+
     try:
         config = json.loads(raw)
-        cluster, task = config["cluster"], config["task"]
-        kind, index = str(task["type"]), int(task["index"])
-        members = cluster[kind]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"TF_CONFIG is not a valid cluster description ({type(exc).__name__}: {exc})", hint) from exc
-    if not 0 <= index < len(members):
-        raise UsageError(f"TF_CONFIG's task index {index} is not in its {kind} list", hint)
-    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-    return Role(chief, f"{kind} {index}")
+    except ValueError as exc:
+        raise bad(f"is not a valid cluster description (not JSON: {exc})") from None
+    cluster, task = (config.get("cluster"), config.get("task")) if isinstance(config, dict) else (None, None)
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise bad("needs a `cluster` mapping and a `task` mapping")
+    for kind, members in cluster.items():
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) and _port(m) for m in members):
+            raise bad(f"cluster.{kind} must be a list of \"host:port\" strings, not {json.dumps(members)[:80]}")
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster:
+        raise bad(f"task type {json.dumps(kind)} is not one of its cluster's ({', '.join(cluster)})")
+    if not (type(index) is int or (isinstance(index, str) and index.isdigit())):
+        raise bad(f"task index must be a whole number, not {json.dumps(index)}")
+    if not 0 <= int(index) < len(cluster[kind]):
+        raise bad(f"task index {index} is not in its {kind} list of {len(cluster[kind])}")
+    return cluster, kind, int(index)
+
+
+def _port(address: str) -> int | None:
+    """The port of "host:port" (or "[v6]:port"), None if it is not one."""
+    host, _, port = address.rpartition(":")
+    return int(port) if host and port.isdigit() and 0 < int(port) < 65536 else None
 
 
 def strategy(name: str):
