@@ -421,3 +421,16 @@ def test_a_tf_config_tensorflow_would_misread_is_refused_in_one_line(monkeypatch
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": "1"}}))
     role = distribute.cluster_role("multi-worker")  # TensorFlow reads a digit string as the number
     assert role == distribute.Role(False, "worker 1") and role.address == "b:2" and role.peers == (("worker 0", "a:1"),)
+
+
+# -- Device groups (item 17)
+def test_groups_may_hold_groups_and_a_cycle_is_named_as_one(tmp_path):
+    from edgeclf.devices.targets import expand_devices
+
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("targets:\n  pi4: {ssh: pi@pi4.local}\n  pi5: {ssh: pi@pi5.local}\n"
+                       "groups:\n  pis: [pi4, pi5]\n  all: [local, pis, pi4]\n  a: [pi4, b]\n  b: [c]\n  c: [a]\n")
+    assert expand_devices(["all"], str(devices)) == ["local", "pi4", "pi5"]
+    with pytest.raises(UsageError, match=rf"^devices file {re.escape(str(devices))}: groups contain each other "
+                                         r"\(a -> b -> c -> a\) \(remove one of them from the other\)$"):
+        expand_devices(["a"], str(devices))

@@ -103,15 +103,27 @@ def load_groups(explicit_file: str | None = None) -> dict[str, list[str]]:
 
 
 def expand_devices(specs, explicit_file: str | None = None) -> list[str]:
-    """Device names with groups replaced by their members, each device once, in order."""
+    """Device names with groups replaced by their members (a member may be a group too), each
+    device once, in order."""
     specs = [specs] if isinstance(specs, str) else list(specs)
     # Only a plain name can be a group; local and URLs never read the devices file.
     groups = load_groups(explicit_file) if any(_is_plain_name(s) for s in specs) else {}
-    expanded = []
-    for spec in specs:
-        for name in groups.get(spec, [spec]):
+    expanded: list[str] = []
+
+    def add(name: str, inside: list[str]) -> None:
+        if name not in groups:
             if name not in expanded:
                 expanded.append(name)
+            return
+        if name in inside:
+            cycle = " -> ".join([*inside[inside.index(name):], name])
+            raise UsageError(f"devices file {devices_file(explicit_file).path}: groups contain each other ({cycle})",
+                             "remove one of them from the other")
+        for member in groups[name]:
+            add(member, [*inside, name])
+
+    for spec in specs:
+        add(spec, [])
     return expanded
 
 
