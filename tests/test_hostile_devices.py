@@ -423,6 +423,90 @@ def test_a_tf_config_tensorflow_would_misread_is_refused_in_one_line(monkeypatch
     assert role == distribute.Role(False, "worker 1") and role.address == "b:2" and role.peers == (("worker 0", "a:1"),)
 
 
+def _cluster_worker(tmp_path, hosts: list[str], index: int, epochs: int = 1, **env) -> subprocess.Popen:
+    """`edgeclf train --distribute multi-worker` as worker INDEX of HOSTS, on a tiny folder (127.0.0.1 only)."""
+    from conftest import REPO, make_image_folder
+
+    data = tmp_path / "data"
+    if not data.is_dir():
+        make_image_folder(data, {"red": 8, "green": 8}, size=16)
+    (tmp_path / f"tmp{index}").mkdir(exist_ok=True)  # the non-chief's scratch folder
+    argv = [sys.executable, "-m", "edgeclf", "train", str(data), "--out", str(tmp_path / "run"), "--arch", "mobilenetv2",
+            "--weights", "none", "--alpha", "0.35", "--img-size", "32", "--head-epochs", "0",
+            "--fine-tune-epochs", str(epochs), "--batch-size", "8", "--no-augment", "--seed", "1", "--distribute", "multi-worker"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="-1", TMPDIR=str(tmp_path / f"tmp{index}"),
+               TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}), **env)
+    return subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _line_starting(proc: subprocess.Popen, prefix: str, timeout: float) -> str | None:
+    """The first line of PROC's stderr that starts with PREFIX, or None after TIMEOUT seconds."""
+    import queue
+    import threading
+
+    found: queue.Queue = queue.Queue()
+
+    def read():
+        found.put(next((line for line in proc.stderr if line.startswith(prefix)), None))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        return found.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def _stop_all(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_a_worker_that_never_starts_is_waited_for_with_a_line_then_given_up_on(tmp_path):
+    from test_scale import _free_ports
+
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(4)]
+    alone = _cluster_worker(tmp_path / "a", hosts[:2], 0, EDGECLF_WORKER_TIMEOUT="3")
+    stopped = _cluster_worker(tmp_path / "b", hosts[2:], 1, EDGECLF_WORKER_TIMEOUT="120")
+    try:
+        line = _line_starting(stopped, "waiting for worker 0", timeout=120)  # waiting in Python: SIGTERM still works
+        assert line == f"waiting for worker 0 at {hosts[2]} (0 s of 120 s)\n"
+        stopped.send_signal(signal.SIGTERM)
+        assert stopped.wait(timeout=30) == 130 and "error: interrupted" in stopped.stderr.read()
+
+        _, err = alone.communicate(timeout=120)  # it blocked for over 10 minutes
+        assert alone.returncode == 1, err[-2000:]
+        assert re.search(rf"^waiting for worker 1 at {re.escape(hosts[1])} \(\d s of 3 s\)$", err, re.M), err[-2000:]
+        assert err.strip().splitlines()[-1] == (
+            f"error: worker 1 at {hosts[1]} did not start within 3 s (run the same edgeclf command on every worker of "
+            "TF_CONFIG, check the address and firewall, or wait longer with EDGECLF_WORKER_TIMEOUT=SECONDS)")
+        assert not list((tmp_path / "a").glob("run*"))
+    finally:
+        _stop_all(alone, stopped)
+
+
+def test_a_sigterm_stops_a_worker_of_a_running_cluster(tmp_path):
+    from test_scale import _free_ports
+
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    chief, other = (_cluster_worker(tmp_path, hosts, index, epochs=40) for index in (0, 1))
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "tmp1").glob("edgeclf-worker-*")):  # its scratch folder: the strategy exists
+            for proc in (chief, other):
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the cluster did not start"
+            time.sleep(0.2)
+        time.sleep(2)
+        other.send_signal(signal.SIGTERM)
+        assert other.wait(timeout=60) == 130  # it used to train all 40 epochs and exit 0
+        assert "error: interrupted" in other.stderr.read()
+        assert list((tmp_path / "tmp1").iterdir()) == []  # its scratch folder went too
+    finally:
+        _stop_all(chief, other)
+
+
 # -- Device groups (item 17)
 def test_groups_may_hold_groups_and_a_cycle_is_named_as_one(tmp_path):
     from edgeclf.devices.targets import expand_devices

@@ -16,12 +16,16 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeclf import tfenv
-from edgeclf.errors import UsageError
+from edgeclf import console, tfenv
+from edgeclf.errors import DeviceError, UsageError
 
 STRATEGIES = ("none", "mirrored", "multi-worker")
 
@@ -92,9 +96,107 @@ def strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi-worker":
-        cluster_role(name)  # checks TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        role = cluster_role(name)  # checks TF_CONFIG
+        timeout = worker_timeout()
+        with _holding_port(role):  # peers probing us find this port open until TensorFlow takes it over
+            _wait_for_peers(role, timeout)
+        return _multi_worker_strategy(tf, role)
     return None  # the default: one device, built and trained exactly as without tf.distribute
+
+
+# Multi-worker start-up. MultiWorkerMirroredStrategy() waits, inside TensorFlow and deaf to
+# Ctrl-C and SIGTERM, until every task of the cluster has joined: a worker that never starts
+# blocked it for good. So every worker first opens its own port, then waits, in Python and with
+# a progress line, until every peer's port answers (its edgeclf got this far), with a deadline.
+WORKER_TIMEOUT_ENV = "EDGECLF_WORKER_TIMEOUT"
+DEFAULT_WORKER_TIMEOUT_S = 300.0
+PROGRESS_EVERY_S = 5.0
+
+
+def worker_timeout() -> float:
+    """Seconds to wait for the other workers: $EDGECLF_WORKER_TIMEOUT, else 300."""
+    raw = os.environ.get(WORKER_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_WORKER_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"{WORKER_TIMEOUT_ENV}={raw} is not a number of seconds", f"e.g. {WORKER_TIMEOUT_ENV}=600")
+    return seconds
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@contextlib.contextmanager
+def _holding_port(role: Role):
+    _, port = _split(role.address)
+    if socket.has_dualstack_ipv6():
+        server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    else:
+        server = socket.create_server(("", port))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def answer():  # accept and hang up: a probe only needs the connection
+        while not done.is_set():
+            try:
+                server.accept()[0].close()
+            except OSError:  # socket.timeout included
+                continue
+
+    answering = threading.Thread(target=answer, name="edgeclf worker port", daemon=True)
+    answering.start()
+    try:
+        yield
+    finally:  # the port is free only once no accept() holds it, and TensorFlow binds it at once
+        done.set()
+        answering.join()
+        server.close()
+
+
+def _wait_for_peers(role: Role, timeout: float) -> None:
+    started = time.monotonic()
+    waiting, next_line = list(role.peers), 0.0
+    while True:
+        waiting = [(task, address) for task, address in waiting if not _answers(address)]
+        elapsed = time.monotonic() - started
+        if not waiting:
+            return
+        if elapsed >= timeout:
+            task, address = waiting[0]
+            raise DeviceError(f"{task} at {address} did not start within {timeout:g} s",
+                              f"run the same edgeclf command on every worker of TF_CONFIG, check the address and firewall, "
+                              f"or wait longer with {WORKER_TIMEOUT_ENV}=SECONDS")
+        if elapsed >= next_line:
+            task, address = waiting[0]
+            more = f" and {len(waiting) - 1} more" if len(waiting) > 1 else ""
+            console.info(f"waiting for {task} at {address}{more} ({elapsed:.0f} s of {timeout:g} s)")
+            next_line = elapsed + PROGRESS_EVERY_S
+        time.sleep(0.5)  # in Python, so Ctrl-C and SIGTERM stop the wait
+
+
+def _answers(address: str) -> bool:
+    try:
+        socket.create_connection(_split(address), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _multi_worker_strategy(tf, role: Role):
+    """The strategy, with our SIGINT and SIGTERM handlers back: TensorFlow's preemption notifier
+    takes SIGTERM over, and a worker told to stop then trained on to the end and exited 0."""
+    ours = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in ours.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 def scope(strategy):
