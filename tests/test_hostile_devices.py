@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -505,6 +506,23 @@ def test_a_sigterm_stops_a_worker_of_a_running_cluster(tmp_path):
         assert list((tmp_path / "tmp1").iterdir()) == []  # its scratch folder went too
     finally:
         _stop_all(chief, other)
+
+
+def test_a_port_already_in_use_is_one_line_naming_it(tmp_path):
+    from test_scale import _free_ports
+
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    with socket.create_server(("127.0.0.1", int(hosts[0].rpartition(":")[2]))):  # another program holds worker 0's port
+        worker = _cluster_worker(tmp_path, hosts, 0, EDGECLF_WORKER_TIMEOUT="60")
+        try:
+            _, err = worker.communicate(timeout=120)
+        finally:
+            _stop_all(worker)
+    assert worker.returncode == 2 and "unexpected" not in err, err[-2000:]
+    port = hosts[0].rpartition(":")[2]
+    assert err.strip().splitlines()[-1] == (
+        f"error: port {port} of worker 0 ({hosts[0]} in TF_CONFIG) is already in use on this machine (stop what listens "
+        f"there (`ss -ltnp 'sport = :{port}'`) or give worker 0 a free port in every worker's TF_CONFIG)")
 
 
 # -- Device groups (item 17)

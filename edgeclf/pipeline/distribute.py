@@ -13,6 +13,7 @@ floating-point summation order. To use more devices for a bigger batch, raise bo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -133,10 +134,13 @@ def _split(address: str) -> tuple[str, int]:
 @contextlib.contextmanager
 def _holding_port(role: Role):
     _, port = _split(role.address)
-    if socket.has_dualstack_ipv6():
-        server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
-    else:
-        server = socket.create_server(("", port))
+    try:
+        if socket.has_dualstack_ipv6():
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            server = socket.create_server(("", port))
+    except OSError as exc:
+        raise _port_taken(role) if exc.errno == errno.EADDRINUSE else exc
     server.settimeout(0.2)
     done = threading.Event()
 
@@ -155,6 +159,12 @@ def _holding_port(role: Role):
         done.set()
         answering.join()
         server.close()
+
+
+def _port_taken(role: Role) -> UsageError:
+    port = _split(role.address)[1]
+    return UsageError(f"port {port} of {role.task} ({role.address} in TF_CONFIG) is already in use on this machine",
+                      f"stop what listens there (`ss -ltnp 'sport = :{port}'`) or give {role.task} a free port in every worker's TF_CONFIG")
 
 
 def _wait_for_peers(role: Role, timeout: float) -> None:
@@ -192,6 +202,10 @@ def _multi_worker_strategy(tf, role: Role):
     ours = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
+    except Exception as exc:
+        if "Could not start gRPC server" in str(exc):  # taken between our check and TensorFlow's bind
+            raise _port_taken(role) from None
+        raise
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in ours.items():
