@@ -214,3 +214,34 @@ def test_train_excludes_leaks_and_records_them(dataset, tmp_path):
     assert (tmp_path / "run" / "audit.json").is_file()
     plan = json.loads((tmp_path / "run" / "split.json").read_text())
     assert "leaked.png" not in json.dumps(plan["splits"]["val"])
+
+
+def test_train_warns_and_scores_both_ways(dataset, tmp_path):
+    from edgeclf.jobs import train as training
+    from edgeclf.report import write_report
+
+    config = tiny_config(dataset["train"], tmp_path / "run", val_dir=str(dataset["test"]), img_size=32, fine_tune_epochs=1)
+    result = training.train(config)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    figures = info["audit"]["figures_without_leaks"]["val"]
+    assert (figures["n_images"], figures["n_without"], figures["leaked"]) == (11, 10, 1)
+    assert figures["top1"] == info["metrics"]["val"]["top1"]
+    assert result["audit"]["figures_without_leaks"] == info["audit"]["figures_without_leaks"]
+    assert info["audit"]["summary"]["excluded"] == {} and info["audit"]["summary"]["leaks"] == "warn"
+    assert info["audit"]["summary"]["checks"]["embeddings"].startswith("off: --weights none")
+    page = Path(write_report(tmp_path / "run")["path"]).read_text()
+    assert "Data audit" in page and "Scores with and without the leaked images" in page and "leaked.png" in page
+
+
+def test_card_lines_say_what_leaks_did():
+    from edgeclf.audit.card import card_lines
+
+    audit = {"summary": {"counts": {"exact_duplicate": 2, "label_conflict": 1, "near_duplicate": 0},
+                         "checks": {"embeddings": "off"}, "excluded": {}},
+             "figures_without_leaks": {"test": {"n_images": 100, "top1": 0.9, "n_without": 97, "top1_without": 0.8969, "leaked": 3}}}
+    lines = card_lines(audit)
+    assert lines[0].startswith("- data audit: 2 exact duplicate, 1 label conflict (")
+    assert "the test split holds 3 image(s) that also occur in training; figures without them: top-1 89.7% on 97 images " \
+           "(as given: 90.0% on 100)" in lines[1]
+    assert "label conflict" in lines[2] and "never relabels" in lines[2]
+    assert card_lines(None) == ["- data audit: none recorded (a run made before edgeclf audited its data)"]

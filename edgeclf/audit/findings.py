@@ -26,7 +26,7 @@ class Limits:
     dhash_max: int = 12  # of 64 bits, in the nearer orientation (as is or mirrored)
     phash_max: int = 14  # both hashes must be near, which keeps unrelated look-alikes out
     hash_sum_max: int = 22  # and together: unrelated pets3 pairs start at 21-24, 5-10% crops reach 27
-    cosine_min: float = 0.94  # embeddings (when used): cosine of L2-normalised backbone features
+    cosine_min: float = 0.90  # embeddings (when used): cosine of the projected features; 5-10% crops reach 0.895
     imbalance_ratio: float = 3.0  # a class with fewer than 1/3 of the largest class's images
     tiny_fraction: float = 0.5  # shorter side under half the model input: upscaled more than 2x
     aspect_max: float = 2.0  # longer side over twice the shorter: squashed to half by the square resize

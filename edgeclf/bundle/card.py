@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console, records
+from edgeclf.audit.card import card_lines
 from edgeclf.console import pct
 from edgeclf.devices.host import predict_file
 from edgeclf.pipeline.datasets import samples_digest
@@ -93,7 +94,7 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         f"# Model card: {config.get('arch', 'classifier')} {manifest['target']} {manifest['quant']}",
         "", "## What it classifies",
         f"{len(labels)} classes, in output order: {', '.join(labels)}. One RGB image in, one score per class out.",
-        "", "## Training data", *_dataset_lines(run),
+        "", "## Training data", *_dataset_lines(run), *card_lines(run.info.get("audit")),
         "", "## How it was trained",
         f"- {config.get('arch')} (alpha {config.get('alpha')}), weights `{config.get('weights')}`, {config.get('img_size')} px, "
         f"head {config.get('head_epochs')} + fine-tune {config.get('fine_tune_epochs')} epochs, lr {config.get('lr')}, "

@@ -5,7 +5,6 @@ A section whose data is missing says so in a note instead of disappearing.
 """
 from __future__ import annotations
 
-import html
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,58 +13,11 @@ from edgeclf import __version__
 from edgeclf.console import pct
 from edgeclf.report import figures
 from edgeclf.report.assets import CSS, SORT_JS
+from edgeclf.report.audit_section import audit_section
 from edgeclf.report.gather import Report, best_epoch, get, sample_images, wrong_predictions
+from edgeclf.report.markup import GENERATOR_TAG, Raw, esc, img, kv, mb, note, num, section, table
 
 WRONG_SHOWN = 24
-
-# Marks a page as edgeclf's own: `edgeclf report` replaces only a file that carries it.
-GENERATOR_TAG = "<meta name='generator' content='edgeclf report'>"
-
-
-class Raw(str):
-    """HTML that is already safe (built here from escaped parts)."""
-
-
-def esc(value) -> str:
-    return value if isinstance(value, Raw) else html.escape("-" if value is None else str(value))
-
-
-def num(value, digits: int = 2, unit: str = "") -> str:
-    return "-" if value is None else f"{value:.{digits}f}{unit}"
-
-
-def mb(n_bytes) -> str:
-    return "-" if n_bytes is None else f"{n_bytes / 1e6:.2f} MB"
-
-
-def table(headers: list[str], rows: list[list], sort_keys: list[list] | None = None) -> Raw:
-    """A sortable table; sort_keys (same shape as rows) gives the numbers to sort by."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for r, row in enumerate(rows):
-        cells = []
-        for c, cell in enumerate(row):
-            key = sort_keys[r][c] if sort_keys else None
-            attr = f' data-v="{key}"' if isinstance(key, (int, float)) and not isinstance(key, bool) else ""
-            cells.append(f"<td{attr}>{esc(cell)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return Raw(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
-
-
-def note(text: str) -> Raw:
-    return Raw(f'<p class="missing">{esc(text)}</p>')
-
-
-def img(uri: str | None, alt: str, css: str = "plot") -> Raw:
-    return Raw(f'<img class="{css}" src="{uri}" alt="{esc(alt)}">') if uri else Raw("")
-
-
-def kv(pairs: list[tuple[str, object]]) -> Raw:
-    return Raw('<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs) + "</dl>")
-
-
-def section(anchor: str, title: str, parts: list) -> Raw:
-    return Raw(f'<section id="{anchor}"><h2>{esc(title)}</h2>{"".join(parts)}</section>')
 
 
 class Page:
@@ -117,6 +69,9 @@ class Page:
         parts.append(Raw("<h3>Sample training images</h3>"))
         parts.append(self.sample_grid())
         return section("dataset", "Dataset", parts)
+
+    def audit(self) -> Raw:
+        return audit_section(self.info.get("audit"))
 
     def sample_grid(self) -> Raw:
         samples = sample_images(self.report)
@@ -287,9 +242,9 @@ class Page:
         return Raw(f'<div class="problems" id="problems"><b>What this page could not read</b><ul>{items}</ul></div>')
 
     def html(self) -> str:
-        body = [self.dataset(), self.training(), self.results(), self.artefacts(), self.devices(), self.optimization()]
+        body = [self.dataset(), self.audit(), self.training(), self.results(), self.artefacts(), self.devices(), self.optimization()]
         body = [b for b in body if b]
-        nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (("dataset", "Dataset"), ("training", "Training"),
+        nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (("dataset", "Dataset"), ("audit", "Data audit"), ("training", "Training"),
                        ("results", "Results"), ("artefacts", "Artefacts"), ("devices", "Devices"))
                        ) + (' <a href="#optimization">Optimization</a>' if self.info.get("optimization") else "")
         generated = f"edgeclf {esc(__version__)}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
