@@ -233,6 +233,23 @@ def test_train_warns_and_scores_both_ways(dataset, tmp_path):
     assert "Data audit" in page and "Scores with and without the leaked images" in page and "leaked.png" in page
 
 
+    # validate scores an artefact again without the run's leaked images: as on a copy of the folder without them
+    import shutil
+
+    from edgeclf.exporters.spec import ExportSpec
+    from edgeclf.jobs.export import export_run
+    from edgeclf.jobs.validate import validate
+
+    artefact = export_run(tmp_path / "run", ExportSpec(out=str(tmp_path / "fp32")))["path"]
+    given = validate(artefact, data_dir=str(dataset["test"]), runs=2, warmup=0)["accuracy"]
+    clean_dir = shutil.copytree(dataset["test"], tmp_path / "test-without-leak")
+    (clean_dir / "cat" / "leaked.png").unlink()
+    clean = validate(artefact, data_dir=str(clean_dir), runs=2, warmup=0)["accuracy"]
+    assert given["n_images"] == 11 and clean["without_leaks"] is None
+    assert given["without_leaks"] == {"leaked": 1, "n_images": 10, "top1": clean["top1"], "agreement": clean["agreement"],
+                                      "changed": clean["changed"]}
+
+
 def test_card_lines_say_what_leaks_did():
     from edgeclf.audit.card import card_lines
 
