@@ -139,6 +139,24 @@ def test_blockwise_hash_search_matches_brute_force(monkeypatch):
     assert {(i, i + 60) for i in range(20)} <= {(i, j) for i, j, _, _ in brute}
 
 
+def test_an_embedding_match_needs_hashes_that_do_not_contradict_it(dataset):
+    from edgeclf.audit.findings import corroborated
+    from edgeclf.audit.neighbours import hash_pairs, pair_hash_distance
+    from edgeclf.audit.scan import scan
+
+    train = scan_folder(dataset["train"], min_classes=1)
+    scanned = scan({"train": train.samples}, train.classes)
+    index = {str(p): i for i, p in enumerate(scanned.paths)}
+    f = dataset["files"]
+    ii, jj, d, p = hash_pairs(scanned.hashes, 64, 64)  # every pair, with hash_pairs' own distances
+    assert pair_hash_distance(scanned.hashes, ii, jj).tolist() == (d + p).tolist()
+    copy, unrelated = (index[f["dog1"]], index[f["dog1_near"]]), (index[f["cat1"]], index[f["dog4"]])
+    assert pair_hash_distance(scanned.hashes, *(np.array(x) for x in zip(copy, unrelated))).tolist()[1] > 36
+    # as if the embeddings called both pairs near: only the one the hashes do not contradict stays
+    pairs = [(*copy, 0.97, "embedding"), (*unrelated, 0.95, "embedding")]
+    assert corroborated(scanned, pairs, Limits()) == pairs[:1]
+
+
 def test_blockwise_cosine_search_matches_brute_force(monkeypatch):
     from edgeclf.audit import neighbours
 
