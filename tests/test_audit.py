@@ -139,6 +139,24 @@ def test_blockwise_hash_search_matches_brute_force(monkeypatch):
     assert {(i, i + 60) for i in range(20)} <= {(i, j) for i, j, _, _ in brute}
 
 
+def test_an_embedding_match_needs_hashes_that_do_not_contradict_it(dataset):
+    from edgeclf.audit.findings import corroborated
+    from edgeclf.audit.neighbours import hash_pairs, pair_hash_distance
+    from edgeclf.audit.scan import scan
+
+    train = scan_folder(dataset["train"], min_classes=1)
+    scanned = scan({"train": train.samples}, train.classes)
+    index = {str(p): i for i, p in enumerate(scanned.paths)}
+    f = dataset["files"]
+    ii, jj, d, p = hash_pairs(scanned.hashes, 64, 64)  # every pair, with hash_pairs' own distances
+    assert pair_hash_distance(scanned.hashes, ii, jj).tolist() == (d + p).tolist()
+    copy, unrelated = (index[f["dog1"]], index[f["dog1_near"]]), (index[f["cat1"]], index[f["dog4"]])
+    assert pair_hash_distance(scanned.hashes, *(np.array(x) for x in zip(copy, unrelated))).tolist()[1] > 36
+    # as if the embeddings called both pairs near: only the one the hashes do not contradict stays
+    pairs = [(*copy, 0.97, "embedding"), (*unrelated, 0.95, "embedding")]
+    assert corroborated(scanned, pairs, Limits()) == pairs[:1]
+
+
 def test_blockwise_cosine_search_matches_brute_force(monkeypatch):
     from edgeclf.audit import neighbours
 
@@ -214,3 +232,51 @@ def test_train_excludes_leaks_and_records_them(dataset, tmp_path):
     assert (tmp_path / "run" / "audit.json").is_file()
     plan = json.loads((tmp_path / "run" / "split.json").read_text())
     assert "leaked.png" not in json.dumps(plan["splits"]["val"])
+
+
+def test_train_warns_and_scores_both_ways(dataset, tmp_path):
+    from edgeclf.jobs import train as training
+    from edgeclf.report import write_report
+
+    config = tiny_config(dataset["train"], tmp_path / "run", val_dir=str(dataset["test"]), img_size=32, fine_tune_epochs=1)
+    result = training.train(config)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    figures = info["audit"]["figures_without_leaks"]["val"]
+    assert (figures["n_images"], figures["n_without"], figures["leaked"]) == (11, 10, 1)
+    assert figures["top1"] == info["metrics"]["val"]["top1"]
+    assert result["audit"]["figures_without_leaks"] == info["audit"]["figures_without_leaks"]
+    assert info["audit"]["summary"]["excluded"] == {} and info["audit"]["summary"]["leaks"] == "warn"
+    assert info["audit"]["summary"]["checks"]["embeddings"].startswith("off: --weights none")
+    page = Path(write_report(tmp_path / "run")["path"]).read_text()
+    assert "Data audit" in page and "Scores with and without the leaked images" in page and "leaked.png" in page
+
+
+    # validate scores an artefact again without the run's leaked images: as on a copy of the folder without them
+    import shutil
+
+    from edgeclf.exporters.spec import ExportSpec
+    from edgeclf.jobs.export import export_run
+    from edgeclf.jobs.validate import validate
+
+    artefact = export_run(tmp_path / "run", ExportSpec(out=str(tmp_path / "fp32")))["path"]
+    given = validate(artefact, data_dir=str(dataset["test"]), runs=2, warmup=0)["accuracy"]
+    clean_dir = shutil.copytree(dataset["test"], tmp_path / "test-without-leak")
+    (clean_dir / "cat" / "leaked.png").unlink()
+    clean = validate(artefact, data_dir=str(clean_dir), runs=2, warmup=0)["accuracy"]
+    assert given["n_images"] == 11 and clean["without_leaks"] is None
+    assert given["without_leaks"] == {"leaked": 1, "n_images": 10, "top1": clean["top1"], "agreement": clean["agreement"],
+                                      "changed": clean["changed"]}
+
+
+def test_card_lines_say_what_leaks_did():
+    from edgeclf.audit.card import card_lines
+
+    audit = {"summary": {"counts": {"exact_duplicate": 2, "label_conflict": 1, "near_duplicate": 0},
+                         "checks": {"embeddings": "off"}, "excluded": {}},
+             "figures_without_leaks": {"test": {"n_images": 100, "top1": 0.9, "n_without": 97, "top1_without": 0.8969, "leaked": 3}}}
+    lines = card_lines(audit)
+    assert lines[0].startswith("- data audit: 2 exact duplicate, 1 label conflict (")
+    assert "the test split holds 3 image(s) that also occur in training; figures without them: top-1 89.7% on 97 images " \
+           "(as given: 90.0% on 100)" in lines[1]
+    assert "label conflict" in lines[2] and "never relabels" in lines[2]
+    assert card_lines(None) == ["- data audit: none recorded (a run made before edgeclf audited its data)"]

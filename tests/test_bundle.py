@@ -84,7 +84,8 @@ def test_bundle_holds_exact_inputs_and_reference_outputs(bundle, tiny_int8, tiny
     assert set(tol["measured_across_kernels"]) == {"builtin_without_default_delegates", "builtin_ref"}
     assert tol["other"] == max(tol["measured_across_kernels"].values()) + 2
     card = (bundle / "MODEL_CARD.md").read_text()
-    for needle in ("blue, green, red", "| val | 15 |", "scale 0.00390625", "RGB (not BGR)", "## Known limits", "sha256"):
+    for needle in ("blue, green, red", "| val | 15 |", "scale 0.00390625", "RGB (not BGR)", "## Known limits", "sha256",
+                   "- data audit: "):
         assert needle in card
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,34 @@ def test_stratified_sample_is_proportional_and_deterministic(tmp_path):
     assert np.bincount([s.label for s in picked]).tolist() == [6, 4, 2]
     assert [s.path for s in picked] == [s.path for s in stratified_sample(samples, 3, 12, seed=3)]
     assert len(stratified_sample(samples, 3, 500, seed=3)) == 60
+
+
+def test_packed_file_list_gives_back_every_path_and_label_in_a_fraction_of_the_memory():
+    import tracemalloc
+
+    from edgeclf.pipeline.datasets import PathList, Sample, Samples
+
+    odd = Path("/data/caf\udce9/x y.jpg")  # an undecodable byte, as os.listdir hands it over
+    paths = [Path(f"/data/images/class{i % 10:02d}/{i:06d}.jpg") for i in range(20000)] + [odd]
+    labels = [i % 10 for i in range(len(paths))]
+    packed = Samples(paths, labels)
+    assert len(packed) == len(paths) and packed[-1] == Sample(odd, labels[-1]) and packed[123].path == paths[123]
+    assert list(packed) == [Sample(p, label) for p, label in zip(paths, labels)]
+    assert packed[5:8] == [Sample(p, label) for p, label in zip(paths[5:8], labels[5:8])]
+    assert list(packed[np.array([3, 1])].paths) == [paths[3], paths[1]]
+    with pytest.raises(IndexError):
+        packed[len(paths)]
+    assert len(PathList()) == 0 and list(Samples()) == []
+
+    def held(build) -> int:
+        tracemalloc.start()
+        kept = build()
+        size = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del kept
+        return size / len(paths)
+
+    as_strings = [str(p) for p in paths]
+    per_image_packed = held(lambda: Samples(as_strings, labels))
+    per_image_objects = held(lambda: [Sample(Path(p), label) for p, label in zip(as_strings, labels)])
+    assert per_image_packed < 80 and per_image_objects > 4 * per_image_packed, (per_image_packed, per_image_objects)

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgeclf.audit.findings import (
     KINDS,
     Limits,
+    corroborated,
     counts,
     duplicate_findings,
     exact_groups,
@@ -43,7 +44,7 @@ def audit_samples(samples: dict, classes: list[str], img_size: int, embedder=Non
 
         mark = time.perf_counter()
         features = embedder.embed(scanned.paths, work)
-        near = merge_pairs(near, embeddings.near_pairs(features, limits.cosine_min))
+        near = merge_pairs(near, corroborated(scanned, embeddings.near_pairs(features, limits.cosine_min), limits))
         probe_findings = probe.likely_label_errors(scanned, features, limits.label_error_confidence, seed)
         seconds["embeddings"] = time.perf_counter() - mark
         embedding_note = embedder.describe()

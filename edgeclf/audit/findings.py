@@ -25,8 +25,11 @@ class Limits:
 
     dhash_max: int = 12  # of 64 bits, in the nearer orientation (as is or mirrored)
     phash_max: int = 14  # both hashes must be near, which keeps unrelated look-alikes out
-    hash_sum_max: int = 22  # and together: unrelated pets3 pairs start at 21-24, 5-10% crops reach 27
-    cosine_min: float = 0.94  # embeddings (when used): cosine of L2-normalised backbone features
+    hash_sum_max: int = 17  # and together: on flowers128 every pair up to 17 is the same photo, 18-22 mostly not
+    cosine_min: float = 0.90  # embeddings (when used): cosine of the projected features; 5-10% crops reach 0.895
+    # An embedding match must not contradict the hashes: on flowers128, different photos of tulip fields or
+    # daisies reach cosine 0.93 with hash sums of 38 and more; planted crops stay within 27, unrelated ~64.
+    embedding_hash_sum_max: int = 36
     imbalance_ratio: float = 3.0  # a class with fewer than 1/3 of the largest class's images
     tiny_fraction: float = 0.5  # shorter side under half the model input: upscaled more than 2x
     aspect_max: float = 2.0  # longer side over twice the shorter: squashed to half by the square resize
@@ -92,6 +95,17 @@ def near_hash_pairs(scanned: Scanned, limits: Limits) -> list[tuple[int, int, fl
     ii, jj, d, p = hash_pairs(scanned.hashes, limits.dhash_max, limits.phash_max)
     return [(int(i), int(j), 1 - (int(a) + int(b)) / 128, "hash") for i, j, a, b in zip(ii, jj, d, p)
             if int(a) + int(b) <= limits.hash_sum_max]
+
+
+def corroborated(scanned: Scanned, pairs: list[tuple[int, int, float, str]], limits: Limits) -> list[tuple[int, int, float, str]]:
+    """The embedding pairs whose perceptual hashes are not far apart too (embedding_hash_sum_max)."""
+    from edgeclf.audit.neighbours import pair_hash_distance
+
+    if not pairs:
+        return []
+    ii, jj = (np.array(column, np.int64) for column in list(zip(*pairs))[:2])
+    near = pair_hash_distance(scanned.hashes, ii, jj) <= limits.embedding_hash_sum_max
+    return [pair for pair, keep in zip(pairs, near) if keep]
 
 
 def merge_pairs(*sources: list[tuple[int, int, float, str]]) -> list[tuple[int, int, float, str]]:

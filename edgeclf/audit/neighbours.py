@@ -45,6 +45,14 @@ def hash_pairs(hashes: np.ndarray, dhash_max: int, phash_max: int) -> tuple[np.n
     return tuple(np.concatenate(part).astype(np.int64) if part else np.zeros(0, np.int64) for part in found)
 
 
+def pair_hash_distance(hashes: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
+    """dhash + phash distance of each pair (ii[k], jj[k]), in the nearer orientation, as hash_pairs counts it."""
+    a, b = hashes[ii], hashes[jj]
+    plain = np.bitwise_count(a[:, 0] ^ b[:, 0]).astype(np.int16) + np.bitwise_count(a[:, 2] ^ b[:, 2])
+    mirror = np.bitwise_count(a[:, 0] ^ b[:, 1]).astype(np.int16) + np.bitwise_count(a[:, 2] ^ b[:, 3])
+    return np.minimum(plain, mirror)
+
+
 def cosine_pairs(features: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, cosine) for i < j with cosine >= floor; `features` rows are L2-normalised (a memmap will do)."""
     n = len(features)

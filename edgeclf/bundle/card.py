@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console, records
+from edgeclf.audit.card import card_lines
 from edgeclf.bundle import escape
 from edgeclf.bundle.handoff import HandOff
 from edgeclf.console import pct
@@ -113,7 +114,7 @@ def render(manifest: dict, run: Run, golden: dict, test: dict | None, measured: 
         f"# Model card: {t(config.get('arch', 'classifier'))} {t(manifest['target'])} {t(manifest['quant'])}",
         "", "## What it classifies",
         f"{len(labels)} classes, in output order: {', '.join(t(label) for label in labels)}. One RGB image in, one score per class out.",
-        "", "## Training data", *_dataset_lines(run, t),
+        "", "## Training data", *_dataset_lines(run, t), *(t(line) for line in card_lines(run.info.get("audit"))),
         "", "## How it was trained",
         f"- {t(config.get('arch'))} (alpha {t(config.get('alpha'))}), weights {t(config.get('weights'))}, {t(config.get('img_size'))} px, "
         f"head {t(config.get('head_epochs'))} + fine-tune {t(config.get('fine_tune_epochs'))} epochs, lr {t(config.get('lr'))}, "

@@ -107,6 +107,10 @@ def validation_summary(result: dict) -> None:
             ["agreement with float", pct(acc.get("agreement"))],
             *paired_rows(acc),
         ]
+        clean = acc.get("without_leaks")
+        if clean:
+            rows.append([f"without {clean['leaked']} leaked image(s) ({clean['n_images']} images)",
+                         f"top-1 {pct(clean['top1'])}, agreement {pct(clean['agreement'])}"])
     console.table(None, ["", ""], rows)
 
 

@@ -62,6 +62,9 @@ def command(data_dir, out, resume, restart, overwrite, as_json, **settings):
         console.print_json(result)
         return
     tables.metrics_table(f"{result['arch']} @ {result['img_size']}px", result["metrics"])
+    for split, f in ((result.get("audit") or {}).get("figures_without_leaks") or {}).items():
+        console.warn(f"{split} without its {f['leaked']} leaked image(s): top-1 {console.pct(f['top1_without'])} on "
+                     f"{f['n_without']} images (as given: {console.pct(f['top1'])} on {f['n_images']})")
     timing = result["timing"]
     console.info(
         "time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in timing.items() if k.endswith("_s"))

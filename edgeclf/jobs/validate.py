@@ -13,6 +13,7 @@ from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.datasets import DecodedSplit, decode, scan_for_scoring
+from edgeclf.pipeline.leaks import leaked_paths, scores_without_leaks
 from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE
 from edgeclf.pipeline.runs import MODEL_FILE, check_label_count, output_classes, read_labels
@@ -53,8 +54,8 @@ def load_images(data_dir: str, labels: list[str], size: int, resize: str = DEFAU
     return decode("validation", folder.root, labels, folder.samples, size, resize=resize)
 
 
-def float_reference(artefact: Artefact, images: np.ndarray) -> np.ndarray | None:
-    """The source run's float Keras predictions on the same images, when that very run still exists.
+def source_run(artefact: Artefact):
+    """The run the artefact was exported from, when that very run still exists.
 
     A run whose model.keras no longer has the hash the manifest recorded (retrained, or another
     run at the same path) is not this artefact's reference: agreement is then null, with a
@@ -76,10 +77,18 @@ def float_reference(artefact: Artefact, images: np.ndarray) -> np.ndarray | None
         console.warn(f"agreement not measured: {model_file} changed since the export "
                      "(retrained, or another run at that path); re-export to compare with it")
         return None
-    from edgeclf.pipeline.predict import predict_probs
     from edgeclf.pipeline.runs import Run
 
-    return predict_probs(Run.open(source["path"]).load_model(), images)
+    return Run.open(source["path"])
+
+
+def float_reference(run, images: np.ndarray) -> np.ndarray | None:
+    """The source run's float Keras predictions on the same images (None without the run)."""
+    if run is None:
+        return None
+    from edgeclf.pipeline.predict import predict_probs
+
+    return predict_probs(run.load_model(), images)
 
 
 class Prepared:
@@ -98,12 +107,15 @@ class Prepared:
         self.files = self.artefact.format.model_files(self.artefact.model_path)
         self._reference = None
         self._lock = threading.Lock()
+        self._source_run = source_run(self.artefact) if self.split is not None else None
+        # the scored images the source run's data audit found duplicating its training images
+        self.leaked = leaked_paths(self._source_run.info) if self._source_run is not None else set()
 
     def reference(self) -> np.ndarray | None:
         """Computed on first use (after the first device answered), once, whichever thread asks."""
         with self._lock:
             if self._reference is None and self.split is not None:
-                self._reference = (float_reference(self.artefact, self.split.images),)
+                self._reference = (float_reference(self._source_run, self.split.images),)
             return self._reference[0] if self._reference else None
 
 
@@ -131,7 +143,8 @@ def measure(prepared: Prepared, device: str, runs: int = 100, warmup: int = 10, 
     accuracy = None
     if split is not None:
         check_label_count(labels, result.predictions.shape[-1], prepared.labels_source)  # formats whose file does not say
-        metrics = score(result.predictions, split.labels, labels, prepared.reference())
+        reference = prepared.reference()
+        metrics = score(result.predictions, split.labels, labels, reference)
         accuracy = {
             "top1": metrics["top1"],
             "top5": metrics.get("top5"),
@@ -141,6 +154,8 @@ def measure(prepared: Prepared, device: str, runs: int = 100, warmup: int = 10, 
             "where": "device",
             "confusion": metrics["confusion"],
             "skipped": len(split.skipped),
+            "without_leaks": scores_without_leaks(result.predictions, split.labels, labels, reference, split.paths,
+                                                  prepared.leaked),
         }
     manifest = artefact.manifest or {}
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,65 @@ from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE
 class Sample:
     path: Path
     label: int
+
+
+class PathList(Sequence):
+    """Paths packed into one bytes object and an array of end offsets: about 70 bytes a path
+    instead of a Path object's 400-odd, which matters at 100,000+ images (`--cache disk`).
+    Indexing gives Path objects, made on demand."""
+
+    def __init__(self, paths: Iterable = ()):
+        encoded = [os.fsencode(p) for p in paths]
+        self._blob = b"".join(encoded)
+        self._ends = np.cumsum(np.array([len(e) for e in encoded], np.int64))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            index = range(len(self))[key]  # negative indices, and IndexError past the end
+            start = int(self._ends[index - 1]) if index else 0
+            return Path(os.fsdecode(self._blob[start:int(self._ends[index])]))
+        indices = range(len(self))[key] if isinstance(key, slice) else np.asarray(key, np.int64)
+        return PathList(self[int(i)] for i in indices)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"PathList({len(self)} paths)"
+
+
+class Samples(Sequence):
+    """A file list as packed arrays (PathList and int64 labels), not a Sample object per image;
+    indexing gives Sample records, made on demand."""
+
+    def __init__(self, paths: Iterable = (), labels: Iterable = ()):
+        self.paths = paths if isinstance(paths, PathList) else PathList(paths)
+        self.labels = np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels, np.int64)
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
+
+    @classmethod
+    def of(cls, samples: Iterable[Sample]) -> Samples:
+        samples = list(samples)
+        return cls((s.path for s in samples), [s.label for s in samples])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return Sample(self.paths[key], int(self.labels[key]))
+        indices = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, np.int64)
+        return Samples(self.paths[indices], self.labels[indices])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Samples({len(self)} files)"
 
 
 @dataclass
@@ -94,7 +154,7 @@ def scan_folder(root: Path, what: str = "dataset", min_classes: int = 2) -> Imag
                 "add images to it or remove the folder",
             )
         samples.extend(Sample(path, label) for path in files)
-    return ImageFolder(root, classes, samples)
+    return ImageFolder(root, classes, Samples.of(samples))
 
 
 def check_class_name(name: str, root: Path) -> None:
@@ -141,7 +201,7 @@ def map_to_labels(folder: ImageFolder, labels: list[str], what: str) -> ImageFol
             f"use only these class folders: {', '.join(labels)}",
         )
     index = {name: labels.index(name) for name in folder.classes}
-    samples = [Sample(s.path, index[folder.classes[s.label]]) for s in folder.samples]
+    samples = Samples(folder.samples.paths, [index[folder.classes[int(label)]] for label in folder.samples.labels])
     return ImageFolder(folder.root, list(labels), samples)
 
 
@@ -221,7 +281,7 @@ def decode(name: str, root: Path, classes: list[str], samples: list[Sample], img
         classes=classes,
         images=images[keep] if store is None else store.select(keep),
         labels=np.array([samples[i].label for i in keep], dtype=np.int64),
-        paths=[samples[i].path for i in keep],
+        paths=PathList(samples[int(i)].path for i in keep),
         skipped=skipped,
     )
     present = {s.label for s in samples}

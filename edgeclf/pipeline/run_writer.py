@@ -89,4 +89,5 @@ def summary(info: dict) -> dict:
                     if isinstance(v, dict) else v for k, v in info["dataset"].items()},
         "timing": info["timing"],
         "metrics": info["metrics"],
-    }
+    } | ({"audit": {"counts": info["audit"]["summary"]["counts"], "excluded": info["audit"]["summary"].get("excluded"),
+                    "figures_without_leaks": info["audit"].get("figures_without_leaks")}} if info.get("audit") else {})

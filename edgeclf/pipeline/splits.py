@@ -13,6 +13,7 @@ from edgeclf.pipeline.datasets import (
     DecodedSplit,
     ImageFolder,
     Sample,
+    Samples,
     check_same_classes,
     scan_folder,
     stratified_split,
@@ -47,7 +48,7 @@ class SplitPlan:
     def from_json(cls, data: dict) -> SplitPlan:
         roots = {name: Path(split["root"]) for name, split in data["splits"].items()}
         samples = {
-            name: [Sample(roots[name] / rel, int(label)) for rel, label in split["files"]]
+            name: Samples((roots[name] / rel for rel, _ in split["files"]), [int(label) for _, label in split["files"]])
             for name, split in data["splits"].items()
         }
         return cls(list(data["classes"]), roots, samples, data["how"])
@@ -71,7 +72,7 @@ def plan_splits(config: TrainConfig) -> SplitPlan:
         how = f"explicit --val-dir {config.val_dir}"
     else:
         train, val = stratified_split(train_folder, config.val_split, config.seed)
-        samples = {"train": train, "val": val}
+        samples = {"train": Samples.of(train), "val": Samples.of(val)}
         roots["val"] = train_folder.root
         how = f"stratified --val-split {config.val_split} of {config.data_dir} with seed {config.seed}"
     if config.test_dir:

@@ -8,7 +8,8 @@ from pathlib import Path
 from edgeclf import __version__
 from edgeclf.report import figures
 from edgeclf.report.assets import CSS, SORT_JS
-from edgeclf.report.render import GENERATOR_TAG, Raw, esc, img, note, pct, section, table
+from edgeclf.console import pct
+from edgeclf.report.markup import GENERATOR_TAG, Raw, esc, img, note, section, table
 
 SHOWN_PER_KIND = 24
 PICTURED = ("cross_split_leak", "label_conflict", "exact_duplicate", "near_duplicate", "likely_label_error",
@@ -28,7 +29,7 @@ def audit_section(audit: dict | None, anchor: str = "audit") -> Raw:
     counts = summary.get("counts") or {}
     images = summary.get("images") or {}
     checks = summary.get("checks") or {}
-    parts: list = [Raw(f"<p>{esc(', '.join(f'{n} {s}' for s, n in images.items()))} images; "
+    parts: list = [Raw(f"<style>{EXTRA_CSS}</style><p>{esc(', '.join(f'{n} {s}' for s, n in images.items()))} images; "
                        f"embedding checks: {esc(checks.get('embeddings'))}; leak policy: {esc(summary.get('leaks', '-'))}</p>")]
     parts.append(table(["kind", "findings"], [[k, n] for k, n in counts.items()], [[None, n] for n in counts.values()]))
     parts.append(_leak_figures(audit))
@@ -83,7 +84,7 @@ def page(audit: dict) -> str:
     """`edgeclf audit --out`'s self-contained audit.html."""
     generated = f"edgeclf {esc(__version__)}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"{GENERATOR_TAG}<title>edgeclf audit</title><style>{CSS}{EXTRA_CSS}</style></head><body>"
+            f"{GENERATOR_TAG}<title>edgeclf audit</title><style>{CSS}</style></head><body>"
             f"<header><h1>edgeclf audit</h1></header><main>{audit_section(audit)}</main>"
             f"<footer>Written by {generated}. One self-contained file: no network needed.</footer>"
             f"<script>{SORT_JS}</script></body></html>\n")

@@ -5,7 +5,6 @@ A section whose data is missing says so in a note instead of disappearing.
 """
 from __future__ import annotations
 
-import html
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,63 +14,12 @@ from edgeclf.console import pct
 from edgeclf.outputs import REPORT_TAG
 from edgeclf.report import figures
 from edgeclf.report.assets import CSS, SORT_JS
+from edgeclf.report.audit_section import audit_section
 from edgeclf.report.gather import Report, as_dict, best_epoch, get, sample_images, wrong_predictions
+from edgeclf.report.markup import GENERATOR_TAG, Raw, esc, img, is_number, kv, mb, note, num, section, table
 
 WRONG_SHOWN = 24
-
-# Marks a page as edgeclf's own: `edgeclf report` replaces only a file that carries it (outputs.py).
-GENERATOR_TAG = REPORT_TAG
 SECTION_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError, OverflowError)
-
-
-class Raw(str):
-    """HTML that is already safe (built here from escaped parts)."""
-
-
-def esc(value) -> str:
-    return value if isinstance(value, Raw) else html.escape("-" if value is None else str(value))
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def num(value, digits: int = 2, unit: str = "") -> str:
-    return "-" if value is None else f"{value:.{digits}f}{unit}" if is_number(value) else "?"
-
-
-def mb(n_bytes) -> str:
-    return "-" if n_bytes is None else f"{n_bytes / 1e6:.2f} MB" if is_number(n_bytes) else "?"
-
-
-def table(headers: list[str], rows: list[list], sort_keys: list[list] | None = None) -> Raw:
-    """A sortable table; sort_keys (same shape as rows) gives the numbers to sort by."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for r, row in enumerate(rows):
-        cells = []
-        for c, cell in enumerate(row):
-            key = sort_keys[r][c] if sort_keys else None
-            attr = f' data-v="{key}"' if is_number(key) else ""
-            cells.append(f"<td{attr}>{esc(cell)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return Raw(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
-
-
-def note(text: str) -> Raw:
-    return Raw(f'<p class="missing">{esc(text)}</p>')
-
-
-def img(uri: str | None, alt: str, css: str = "plot") -> Raw:
-    return Raw(f'<img class="{css}" src="{uri}" alt="{esc(alt)}">') if uri else Raw("")
-
-
-def kv(pairs: list[tuple[str, object]]) -> Raw:
-    return Raw('<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs) + "</dl>")
-
-
-def section(anchor: str, title: str, parts: list) -> Raw:
-    return Raw(f'<section id="{anchor}"><h2>{esc(title)}</h2>{"".join(parts)}</section>')
 
 
 class Page:
@@ -131,6 +79,9 @@ class Page:
         parts.append(Raw("<h3>Sample training images</h3>"))
         parts.append(self.sample_grid())
         return section("dataset", "Dataset", parts)
+
+    def audit(self) -> Raw:
+        return audit_section(self.info.get("audit"))
 
     def sample_grid(self) -> Raw:
         samples = sample_images(self.report)
@@ -317,12 +268,12 @@ class Page:
 
     def html(self) -> str:
         body = [self.guarded(anchor, title, build) for anchor, title, build in (
-            ("dataset", "Dataset", self.dataset), ("training", "Training", self.training),
+            ("dataset", "Dataset", self.dataset), ("audit", "Data audit", self.audit), ("training", "Training", self.training),
             ("results", "Float model results", self.results), ("artefacts", "Artefacts", self.artefacts),
             ("devices", "Devices", self.devices), ("optimization", "Optimization", self.optimization))]
         body = [b for b in body if b]
         header = self.guarded("header", "header", self.header)
-        nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (("dataset", "Dataset"), ("training", "Training"),
+        nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in (("dataset", "Dataset"), ("audit", "Data audit"), ("training", "Training"),
                        ("results", "Results"), ("artefacts", "Artefacts"), ("devices", "Devices"))
                        ) + (' <a href="#optimization">Optimization</a>' if self.info.get("optimization") else "")
         generated = f"edgeclf {esc(__version__)}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
