@@ -11,12 +11,11 @@ from pathlib import Path
 
 from edgeclf import __version__
 from edgeclf.console import pct
-from edgeclf.outputs import REPORT_TAG
 from edgeclf.report import figures
 from edgeclf.report.assets import CSS, SORT_JS
 from edgeclf.report.audit_section import audit_section
 from edgeclf.report.gather import Report, as_dict, best_epoch, get, sample_images, wrong_predictions
-from edgeclf.report.markup import GENERATOR_TAG, Raw, esc, img, is_number, kv, mb, note, num, section, table
+from edgeclf.report.markup import GENERATOR_TAG, Raw, esc, img, kv, mb, note, num, section, table
 
 WRONG_SHOWN = 24
 SECTION_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError, OverflowError)
