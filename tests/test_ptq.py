@@ -259,17 +259,21 @@ def test_ptq_option_is_parsed_and_limited_to_what_each_format_offers():
         assert f"{ptq.label(exporters.get(name).ptq_default)} for {shown}" in help_text  # the help says the real default
 
 
-def test_ptq_default_is_chosen_per_format_and_backbone():
+def test_ptq_default_is_chosen_per_format_and_backbone(monkeypatch):
     """A backbone with its own measured default gets it; the others get the format's."""
     import dataclasses
 
     from edgeclf import exporters, ptq
+    from edgeclf.exporters.spec import ExportSpec
 
     tflite = exporters.get("tflite")
     custom = dataclasses.replace(tflite, ptq_default_by_arch={"efficientnetb0": ("input", "round", "bias")})
     assert ptq.for_format(custom, None, "efficientnetb0") == ("input", "round", "bias")
     assert ptq.for_format(custom, None, "mobilenetv2") == tflite.ptq_default
     assert ptq.for_format(custom, "bias", "efficientnetb0") == ("bias",)  # --ptq given: as given
+    monkeypatch.setitem(exporters.registry(), "tflite", custom)  # ptq.prepare asks the spec with the run's arch
+    assert ExportSpec(quant="int8").ptq_techniques("efficientnetb0") == ("input", "round", "bias")
+    assert ExportSpec(quant="int8").ptq_techniques("mobilenetv2") == tflite.ptq_default
     for fmt in exporters.registry().values():
         for arch, techniques in fmt.ptq_default_by_arch.items():
             assert set(techniques) <= set(fmt.ptq) and arch in ("mobilenetv2", "efficientnetb0", "nasnetmobile")
