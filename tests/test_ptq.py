@@ -275,6 +275,7 @@ def test_ptq_default_is_chosen_per_format_and_backbone(monkeypatch):
     assert ExportSpec(quant="int8").ptq_techniques("efficientnetb0") == ("input", "round", "bias")
     assert ExportSpec(quant="int8").ptq_techniques("mobilenetv2") == tflite.ptq_default
     for fmt in exporters.registry().values():
+        assert fmt.default_ptq("mobilenetv2") == fmt.ptq_default  # measured on MobileNetV2 runs: no override
         for arch, techniques in fmt.ptq_default_by_arch.items():
             assert set(techniques) <= set(fmt.ptq) and arch in ("mobilenetv2", "efficientnetb0", "nasnetmobile")
 
