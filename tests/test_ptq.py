@@ -141,6 +141,45 @@ def test_mse_range_narrows_a_long_tail_and_keeps_a_flat_one():
     assert low <= -0.99 and high >= 0.99
 
 
+def test_swish_input_range_lets_the_negative_tail_go():
+    """A tensor that feeds swish: values below about -6 all map to ~0, so the chosen minimum cuts
+    them (finer steps where swish varies), while plain MSE, which must keep them, cannot."""
+    from edgeclf.exporters.tflite_ranges import BINS, mse_optimal, swish_optimal
+
+    low, high = -40.0, 10.0
+    centres = low + (np.arange(BINS) + 0.5) * (high - low) / BINS
+    counts = np.where(centres > -4, 1000, 20).astype(np.int64)  # a long, thin negative tail
+    s_low, s_high, ratio = swish_optimal(counts, low, high)
+    m_low, _, _ = mse_optimal(counts, low, high)
+    assert -12 < s_low < -4 and s_high >= 9 and ratio < 0.3
+    assert m_low < s_low
+
+
+def test_swish_ranges_find_every_swish_and_stay_full_integer():
+    """LOGISTIC + MUL of the same tensor is a swish; the technique edits exactly those inputs."""
+    from edgeclf import tfenv
+    from edgeclf.exporters import tflite_flatbuffer
+    from edgeclf.exporters import tflite_ranges
+
+    keras, tf = _keras(), tfenv.tf()
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="swish", name="conv")(x)
+    x = keras.layers.DepthwiseConv2D(3, activation="swish", name="dw")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in _images(16))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    calibrated = tflite_ranges.calibrate_only(converter)
+    assert len(tflite_ranges.swish_inputs(tflite_flatbuffer.unpack(calibrated))) == 2
+    edited, details = tflite_ranges.with_mse_ranges(calibrated, _images(16), plain=False, swish_aware=True)
+    assert details["swish_inputs"] == 2 and details["tensors"] == 2
+    quantized = tflite_ranges.quantize(edited, tf.uint8)
+    assert not tflite_flatbuffer.float_ops(quantized)
+
+
 def test_equalization_keeps_relu_models_exact_and_evens_weight_ranges():
     from edgeclf.ptq import equalize
 
@@ -218,6 +257,27 @@ def test_ptq_option_is_parsed_and_limited_to_what_each_format_offers():
     help_text = " ".join(next(p for p in export.params if p.name == "ptq").help.split())
     for name, shown in (("tflite", "TFLite"), ("onnx", "ONNX"), ("openvino", "OpenVINO")):
         assert f"{ptq.label(exporters.get(name).ptq_default)} for {shown}" in help_text  # the help says the real default
+
+
+def test_ptq_default_is_chosen_per_format_and_backbone(monkeypatch):
+    """A backbone with its own measured default gets it; the others get the format's."""
+    import dataclasses
+
+    from edgeclf import exporters, ptq
+    from edgeclf.exporters.spec import ExportSpec
+
+    tflite = exporters.get("tflite")
+    custom = dataclasses.replace(tflite, ptq_default_by_arch={"efficientnetb0": ("input", "round", "bias")})
+    assert ptq.for_format(custom, None, "efficientnetb0") == ("input", "round", "bias")
+    assert ptq.for_format(custom, None, "mobilenetv2") == tflite.ptq_default
+    assert ptq.for_format(custom, "bias", "efficientnetb0") == ("bias",)  # --ptq given: as given
+    monkeypatch.setitem(exporters.registry(), "tflite", custom)  # ptq.prepare asks the spec with the run's arch
+    assert ExportSpec(quant="int8").ptq_techniques("efficientnetb0") == ("input", "round", "bias")
+    assert ExportSpec(quant="int8").ptq_techniques("mobilenetv2") == tflite.ptq_default
+    for fmt in exporters.registry().values():
+        assert fmt.default_ptq("mobilenetv2") == fmt.ptq_default  # measured on MobileNetV2 runs: no override
+        for arch, techniques in fmt.ptq_default_by_arch.items():
+            assert set(techniques) <= set(fmt.ptq) and arch in ("mobilenetv2", "efficientnetb0", "nasnetmobile")
 
 
 def test_export_with_all_techniques_records_them_and_stays_integer(tiny_run, tmp_path):

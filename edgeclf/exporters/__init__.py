@@ -44,6 +44,12 @@ class Format:
     companions: Callable[[Path], list[Path]] = field(default=lambda model_path: [])  # files the model needs beside it
     ptq: tuple[str, ...] = ()  # int8 post-training techniques it offers (edgeclf.ptq.TECHNIQUES)
     ptq_default: tuple[str, ...] = ()  # those it applies when --ptq is not given: the measured best
+    # the measured best for a backbone whose default differs (run.arch -> techniques)
+    ptq_default_by_arch: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def default_ptq(self, arch: str | None = None) -> tuple[str, ...]:
+        """The techniques --ptq defaults to for a model of backbone `arch`."""
+        return self.ptq_default_by_arch.get(arch, self.ptq_default)
 
     def accepts(self, option: str, quant: str) -> bool:
         return quant in self.options.get(option, ())

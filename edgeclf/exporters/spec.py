@@ -83,12 +83,12 @@ class ExportSpec:
                 raise UsageError(f"--calib-dir {path} is not a folder", "pass a folder with one subfolder per class")
             self.calib_dir = str(path.resolve())
 
-    @property
-    def ptq_techniques(self) -> tuple[str, ...]:
-        """The int8 techniques this export applies: --ptq as given, else the format's measured default."""
+    def ptq_techniques(self, arch: str | None = None) -> tuple[str, ...]:
+        """The int8 techniques this export of a model of backbone `arch` applies: --ptq as given,
+        else the format's measured default for that backbone."""
         from edgeclf import ptq
 
-        return ptq.for_format(exporters.get(self.target), self.ptq)
+        return ptq.for_format(exporters.get(self.target), self.ptq, arch)
 
     @property
     def needs_calibration(self) -> bool:

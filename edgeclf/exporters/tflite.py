@@ -5,7 +5,7 @@ import csv
 import re
 from pathlib import Path
 
-from edgeclf import __version__, console, tfenv
+from edgeclf import __version__, console, ptq, tfenv
 from edgeclf.errors import ExportError, UsageError
 from edgeclf.exporters import RUNTIMES, Format, tflite_flatbuffer
 from edgeclf.exporters.base import ExportJob, ExportOutput
@@ -31,14 +31,13 @@ def export(job: ExportJob) -> ExportOutput:
     details: dict = {}
     techniques = ()
     if spec.quant == "int8":
-        from edgeclf import ptq
-
-        excluded = {"ranges": "not with --float-layers (the debugger calibrates those models)"} if spec.float_layers else {}
+        excluded = {name: "not with --float-layers (the debugger calibrates those models)" for name in ptq.RANGE_TECHNIQUES} \
+            if spec.float_layers else {}
         job, techniques = ptq.prepare(job, details, excluded)
     if spec.float_layers:
         model_bytes = _selectively_quantized(job, details)
-    elif "ranges" in techniques:
-        model_bytes = _convert_with_ranges(job, details)
+    elif set(techniques) & set(ptq.RANGE_TECHNIQUES):
+        model_bytes = _convert_with_ranges(job, details, techniques)
     else:
         model_bytes = _convert(_converter(job))
     if spec.quant == "int8":
@@ -100,14 +99,15 @@ def _converter(job: ExportJob, io: str | None = None):
     return converter
 
 
-def _convert_with_ranges(job: ExportJob, details: dict) -> bytes:
-    """Calibrate only, replace min/max ranges by MSE-optimal ones, then quantize as convert() would."""
+def _convert_with_ranges(job: ExportJob, details: dict, techniques) -> bytes:
+    """Calibrate only, replace min/max ranges by error-minimising ones, then quantize as convert() would."""
     from edgeclf.exporters import tflite_ranges
 
     tf = tfenv.tf()
     try:
         calibrated = tflite_ranges.calibrate_only(_converter(job, io="float32"))
-        edited, details["ptq"]["ranges"] = tflite_ranges.with_mse_ranges(calibrated, job.calibration.images)
+        edited, details["ptq"]["ranges"] = tflite_ranges.with_mse_ranges(
+            calibrated, job.calibration.images, plain="ranges" in techniques, swish_aware="swish" in techniques)
         io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[job.spec.io]
         return tflite_ranges.quantize(edited, io_type)
     except Exception as exc:
@@ -277,7 +277,7 @@ FORMAT = Format(
     suffixes=(".tflite",),
     quant_modes=("fp32", "fp16", "dynamic", "int8"),
     options={"io": INT8, "debug_quant": INT8, "float_layers": INT8, "ptq": INT8},
-    ptq=("input", "cle", "round", "bias", "ranges"),
+    ptq=("input", "cle", "round", "bias", "ranges", "swish"),
     # Measured on two flowers reference runs (benchmarks/ptq.py, README): agreement with float on
     # test / val, run 1 and run 2: plain 91.9% / 94.8%, 92.6% / 92.2%; input,bias 97.4% / 98.0%,
     # 97.9% / 98.0%; input,round,bias 96.8% / 98.0%, 97.9% / 98.2%. On val the two tie (one

@@ -99,17 +99,77 @@ def mse_optimal(counts: np.ndarray, low: float, high: float) -> tuple[float, flo
     return min(low * fraction, 0.0), max(high * fraction, 0.0), errors[best] / errors[-1] if errors[-1] else 1.0
 
 
-def with_mse_ranges(calibrated: bytes, images, max_images: int = 100) -> tuple[bytes, dict]:
-    """The calibrated model with MSE-optimal activation ranges, and what changed (for the manifest)."""
+def swish(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def swish_slope(x: np.ndarray) -> np.ndarray:
+    sigmoid = 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+    return sigmoid * (1.0 + x * (1.0 - sigmoid))
+
+
+# Candidate fractions of the recorded min for a swish input: swish flattens below about -6, so
+# the negative side can be cut far harder than any plain tensor's.
+SWISH_LOW_FRACTIONS = np.concatenate([np.geomspace(0.02, 0.9, 40), np.linspace(0.9, 1.0, 11)[1:]])
+
+
+def swish_optimal(counts: np.ndarray, low: float, high: float) -> tuple[float, float, float]:
+    """The (min, max) for a tensor that only feeds swish (x * sigmoid(x)) with the least expected
+    squared error of swish's output, not of the tensor: clipping swish(x) plus rounding noise
+    scaled by swish's slope. Low and high are chosen separately (low from SWISH_LOW_FRACTIONS)."""
+    centres = low + (np.arange(BINS) + 0.5) * (high - low) / BINS
+    weights = counts / max(counts.sum(), 1)
+    exact, slope2 = swish(centres), swish_slope(centres) ** 2
+    lows = np.minimum(low * SWISH_LOW_FRACTIONS, 0.0)[:, None, None]
+    highs = np.maximum(high * FRACTIONS, 0.0)[None, :, None]
+    step = (highs - lows) / LEVELS
+    clipped = np.clip(centres[None, None, :], lows, highs)
+    inside = (centres >= lows) & (centres <= highs)
+    errors = np.sum(weights * ((exact - swish(clipped)) ** 2 + inside * slope2 * step * step / 12), axis=2)
+    i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
+    return float(lows[i, 0, 0]), float(highs[0, j, 0]), float(errors[i, j] / errors[-1, -1]) if errors[-1, -1] else 1.0
+
+
+def swish_inputs(model) -> set[int]:
+    """Tensors read only by a swish written as LOGISTIC + MUL (x * sigmoid(x)), the way the
+    converter writes Keras's swish/silu."""
+    ops, _ = tflite_flatbuffer._enum_names()
+    graph = model.subgraphs[0]
+    readers: dict[int, list] = {}
+    for op in graph.operators:
+        for index in op.inputs.tolist():
+            readers.setdefault(index, []).append(op)
+
+    def name(op):
+        code = model.operatorCodes[op.opcodeIndex]
+        return ops.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+
+    found = set()
+    for index, consumers in readers.items():
+        if len(consumers) != 2:
+            continue
+        logistic = [op for op in consumers if name(op) == "LOGISTIC"]
+        mul = [op for op in consumers if name(op) == "MUL"]
+        if len(logistic) == 1 and len(mul) == 1 and set(mul[0].inputs.tolist()) == {index, logistic[0].outputs[0]}:
+            found.add(index)
+    return found
+
+
+def with_mse_ranges(calibrated: bytes, images, max_images: int = 100, plain: bool = True, swish_aware: bool = False) -> tuple[bytes, dict]:
+    """The calibrated model with error-minimising activation ranges, and what changed (for the
+    manifest): `plain` for every tensor by its own MSE, `swish_aware` for swish inputs by the
+    error of swish's output (those tensors then are not in the plain set)."""
     model = tflite_flatbuffer.unpack(calibrated)
     ranges = recorded_ranges(model)
-    protected = _protected(model)
-    tensors = {i: r for i, r in ranges.items() if i not in protected and r[1] > r[0]}
+    swish_set = swish_inputs(model) if swish_aware else set()
+    protected = _protected(model) - swish_set  # a swish's LOGISTIC reads its input at the input's own scale
+    tensors = {i: r for i, r in ranges.items() if i not in protected and r[1] > r[0] and (plain or i in swish_set)}
     counts = histograms(calibrated, images[:max_images], tensors)
     graph = model.subgraphs[0]
     narrowed = []
     for index, (low, high) in tensors.items():
-        new_low, new_high, ratio = mse_optimal(counts[index], low, high)
+        chooser = swish_optimal if index in swish_set else mse_optimal
+        new_low, new_high, ratio = chooser(counts[index], low, high)
         if (new_low, new_high) == (low, high):
             continue
         q = graph.tensors[index].quantization
@@ -118,9 +178,10 @@ def with_mse_ranges(calibrated: bytes, images, max_images: int = 100) -> tuple[b
                          "minmax": [round(low, 4), round(high, 4)], "chosen": [round(float(new_low), 4), round(float(new_high), 4)],
                          "mse_vs_minmax": round(float(ratio), 3)})
     details = {
-        "method": "mse",
+        "method": "+".join(m for m, on in (("mse", plain), ("swish-output mse", swish_aware)) if on),
         "images": min(len(images), max_images),
         "tensors": len(tensors),
+        "swish_inputs": len(swish_set),
         "narrowed": len(narrowed),
         "kept_minmax": "graph inputs/outputs and inputs of SOFTMAX/LOGISTIC",
         "largest_changes": sorted(narrowed, key=lambda r: r["mse_vs_minmax"])[:5],

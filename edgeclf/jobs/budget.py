@@ -124,12 +124,12 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
         """Plain PTQ, then the format's default techniques; a QAT run keeps what it learned."""
         if run.qat:
             return [Recipe(tool, using())]
-        default = ptq.label(exporters.get(spec.target).ptq_default)
+        default = ptq.label(exporters.get(spec.target).default_ptq(run.arch))
         return [Recipe(f"{tool}, ptq none", using(ptq="none")), Recipe(f"{tool}, ptq {default}", using())]
 
     steps: list[Recipe] = []
     if spec.target == "tflite":
-        improved = [r for r in dict.fromkeys([ptq.label(exporters.get("tflite").ptq_default), *IMPROVED_PTQ]) if r != ptq.NONE]
+        improved = [r for r in dict.fromkeys([ptq.label(exporters.get("tflite").default_ptq(run.arch)), *IMPROVED_PTQ]) if r != ptq.NONE]
         if run.qat:  # its learned ranges and weights are kept as trained
             steps.append(Recipe("QAT ranges as trained", using(ptq=None)))
             if more:
@@ -140,7 +140,7 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
         if more:
             steps.append(Recipe(f"ptq {improved[0]}, calibration {more} images", using(ptq=improved[0], calib_size=more)))
         if budget.allow_float_layers:  # ranges need a full-integer model, so this recipe does without
-            keras_only = ",".join(t for t in improved[0].split(",") if t != "ranges") or "none"
+            keras_only = ",".join(t for t in improved[0].split(",") if t not in ptq.RANGE_TECHNIQUES) or "none"
             steps.append(Recipe(f"ptq {keras_only}, worst {FLOAT_LAYERS} ops in float",
                                 lambda: _float_layers(run, spec, keras_only)))
     elif spec.target == "onnx":

@@ -6,19 +6,23 @@
 - `round`: output-aware int8 weight rounding on the converter's grid (rounding.py);
 - `bias`: bias correction of the weight-rounding shift (bias_correction.py);
 - `ranges`: MSE-optimal activation ranges instead of absolute min/max (TFLite only, so it lives
-  beside that exporter: exporters/tflite_ranges.py).
+  beside that exporter: exporters/tflite_ranges.py);
+- `swish`: the range of every tensor that feeds a swish (EfficientNet) chosen for the least
+  error of swish's output, which lets its negative tail go (exporters/tflite_ranges.py, TFLite only).
 
 `input`, `cle`, `round` and `bias` rewrite a copy of the Keras model before conversion, so every
-format can use them; `ranges` changes how the TFLite converter's calibration is turned into int8.
+format can use them; `ranges` and `swish` change how the TFLite converter's calibration is turned into int8.
 Each format's Format record lists the techniques it offers (`ptq`) and its default
-(`ptq_default`), the combination that measured best on the flowers reference runs (benchmarks/ptq.py).
+(`ptq_default`, and `ptq_default_by_arch` where a backbone measured differently), the
+combination that measured best on val over the flowers reference runs (benchmarks/ptq.py).
 """
 from __future__ import annotations
 
 from edgeclf import console
 from edgeclf.errors import UsageError
 
-TECHNIQUES = ("input", "cle", "round", "bias", "ranges")  # the order they are applied in
+TECHNIQUES = ("input", "cle", "round", "bias", "ranges", "swish")  # the order they are applied in
+RANGE_TECHNIQUES = ("ranges", "swish")  # applied to the converter's calibration, not to the Keras model
 KERAS_TECHNIQUES = ("input", "cle", "round", "bias")
 NONE = "none"
 
@@ -37,11 +41,11 @@ def parse(text: str) -> tuple[str, ...]:
     return tuple(t for t in TECHNIQUES if t in names)
 
 
-def for_format(fmt, text: str | None) -> tuple[str, ...]:
-    """--ptq for one export format: None is the format's measured default (its Format record's
-    `ptq_default`); a technique the format does not offer is a usage error."""
+def for_format(fmt, text: str | None, arch: str | None = None) -> tuple[str, ...]:
+    """--ptq for one export format: None is the format's measured default for the backbone
+    (`Format.default_ptq(arch)`); a technique the format does not offer is a usage error."""
     if text is None:
-        return fmt.ptq_default
+        return fmt.default_ptq(arch)
     chosen = parse(text)
     unsupported = [t for t in chosen if t not in fmt.ptq]
     if unsupported:
@@ -60,7 +64,7 @@ def prepare(job, details: dict, excluded: dict[str, str] | None = None):
     details["ptq"]. `excluded` maps techniques this export cannot apply to the reason why."""
     import dataclasses
 
-    techniques = job.spec.ptq_techniques  # resolved by the spec, which knows the format
+    techniques = job.spec.ptq_techniques(job.run.arch)  # resolved by the spec, which knows the format
     notes = []
     if job.spec.ptq is None and job.run.qat:
         techniques = ()
