@@ -103,9 +103,15 @@ def recommendation(table: dict) -> list[str]:
             lines.append(f"{where} (kernel {kernel}) loses {points(r['drop'])} points of top-1 "
                          f"(agreement {points(r['agreement'])}%): {fix}, or retrain with `edgeclf train --resize {kernel}`.")
     resized = [r for r in table["rows"] if r["kind"] in ("resize", "aspect") and r["drop"] is not None]
-    if resized:
-        worst = max(resized, key=lambda r: r["drop"])
-        lines.append(f"Largest drop among the resizers: {worst['name']} ({points(worst['drop'])} points).")
+    beyond = [r for r in resized if not r["within_noise"]]
+    if beyond:
+        worst = max(beyond, key=lambda r: r["drop"])
+        lines.append(f"Largest drop among the resizers: {worst['name']} ({points(worst['drop'])} points, "
+                     f"agreement {points(worst['agreement'])}%).")
+    elif resized:  # every drop within noise (or a gain): name the one that changes most predictions instead
+        worst = min(resized, key=lambda r: (r["agreement"], -r["drop"]))
+        lines.append(f"No resizer's drop is beyond noise on this split; the one changing most predictions is "
+                     f"{worst['name']} (agreement {points(worst['agreement'])}%, drop {points(worst['drop'])} points).")
     return lines
 
 
