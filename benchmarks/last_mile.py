@@ -134,6 +134,14 @@ def kernel_differences(size: int = SIZE) -> dict:
     return {name: {"mean": round(total / len(photos), 2), "max": worst} for name, (total, worst) in sums.items()}
 
 
+def replayed(results: dict, work: Path, verdict: dict) -> None:
+    """One replay's verdict, printed and saved at once (a long benchmark keeps what it measured)."""
+    results["replay"].append(verdict)
+    print(f"replay {verdict['bundle']} / {verdict['planted']}: {verdict['passed']} of {verdict['images']} pass, "
+          f"diagnoses {verdict['diagnoses']}; e.g. {verdict['example']}", flush=True)
+    (work / "last_mile.json").write_text(json.dumps(results, indent=1))
+
+
 def markdown(table: dict) -> str:
     from edgeclf.lastmile.sensitivity import markdown as render
 
@@ -173,20 +181,22 @@ def main() -> None:
         (fp32, "training", load()),
         (fp32, "float-minus1-1", lambda p: load_image(p, SIZE).astype(np.float32) / 127.5 - 1),
     ]:
-        results["replay"].append({"bundle": target.name} | plant(target, work, name, make))
-
-    rotated = rotated_run(default, work)
-    exif = bundle(export(rotated, work, "int8", last_mile=False))
-    results["replay"].append({"bundle": "exif6 " + exif.name} | plant(exif, work, "training", load()))
-    results["replay"].append({"bundle": "exif6 " + exif.name} | plant(exif, work, "exif-ignored", load(orient=False)))
+        replayed(results, work, {"bundle": target.name} | plant(target, work, name, make))
 
     skia_bundle = bundle(artefacts[android, "int8"])
     from edgeclf.pipeline import resize
 
-    results["replay"].append({"bundle": "android " + skia_bundle.name} | plant(
+    replayed(results, work, {"bundle": "android " + skia_bundle.name} | plant(
         skia_bundle, work, "skia decode + android resize", lambda p: resize.fit(skia_decoded(p), SIZE, "android")))
-    results["replay"].append({"bundle": "android " + skia_bundle.name} | plant(
+    replayed(results, work, {"bundle": "android " + skia_bundle.name} | plant(
         skia_bundle, work, "resize android (Pillow decode)", load("android")))
+    replayed(results, work, {"bundle": "android " + skia_bundle.name} | plant(
+        skia_bundle, work, "resize pil-bilinear (training's default)", load()))
+
+    rotated = rotated_run(default, work)
+    exif = bundle(export(rotated, work, "int8", last_mile=False))
+    replayed(results, work, {"bundle": "exif6 " + exif.name} | plant(exif, work, "training", load()))
+    replayed(results, work, {"bundle": "exif6 " + exif.name} | plant(exif, work, "exif-ignored", load(orient=False)))
     (work / "last_mile.json").write_text(json.dumps(results, indent=1))
 
     print("\n### kernels against pil-bilinear on the pets3 test photos\n\n| kernel | mean abs difference | max |\n| --- | --- | --- |")

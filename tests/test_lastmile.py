@@ -1,6 +1,7 @@
 """App mistakes (lastmile/): the sensitivity table measured on a real artefact."""
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_sensitivity_table_in_the_manifest(tiny_run, tmp_path):
     page = render(gather(run))
     section = page[page.index("App mistakes and resize sensitivity"):]
     assert "tflite-int8: val split, 15 images, trained with pil-bilinear" in section
-    assert "resize android" in section and table["recommendation"][-1] in section
+    assert "resize android" in section and html.escape(table["recommendation"][-1]) in section
 
 
 def test_recommendation_does_not_call_a_gain_the_largest_drop():
