@@ -96,6 +96,20 @@ def test_other_real_decoders_measure_the_tolerance_on_jpeg_only(tmp_path):
     assert decoded_elsewhere((tmp_path / "lossless.png").read_bytes(), 32, "pil-bilinear") == {}
 
 
+
+def test_raw_golden_images_are_each_classes_largest_photos(tmp_path):
+    """On pets3 the first golden photos were 300x225: scaled to 160 px, a resize mistake there stays
+    within decoder noise. Each class's largest photos go first."""
+    from conftest import synthetic_image
+    from edgeclf.bundle.raw import choose
+
+    paths = []
+    for name, side in {"a0": 20, "a1": 90, "a2": 50, "b0": 30, "b1": 70}.items():
+        paths.append(tmp_path / f"{name}.png")
+        synthetic_image(0, 0, side).save(paths[-1])
+    chosen, skipped = choose(paths, np.array([0, 0, 0, 1, 1]), count=3)
+    assert [paths[i].stem for i in chosen] == ["a1", "a2", "b1"] and skipped == []
+
 # --- raw golden images in the bundle, replayed standalone -------------------------------------
 import hashlib  # noqa: E402
 import subprocess  # noqa: E402

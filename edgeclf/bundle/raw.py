@@ -65,11 +65,21 @@ def contract(manifest: dict, kernel: str, input_rule: str) -> dict:
     }
 
 
+def _area(path: Path) -> int:
+    with Image.open(path) as img:
+        return img.width * img.height
+
+
 def choose(paths: list[Path], labels: np.ndarray, count: int = MAX_IMAGES) -> tuple[list[int], list[str]]:
-    """Golden images to ship raw: one per class in turn, none over MAX_BYTES; and what was left out."""
+    """Golden images to ship raw: one per class in turn, each class's largest photos first (the more
+    an image is scaled down, the further a resize mistake moves it from decoder noise), none over
+    MAX_BYTES; and what was left out."""
     skipped = [f"{p.name} ({p.stat().st_size} bytes > {MAX_BYTES})" for p in paths if p.stat().st_size > MAX_BYTES]
-    order = sorted(range(len(paths)), key=lambda i: (list(labels[:i]).count(labels[i]), i))
-    return sorted([i for i in order if paths[i].stat().st_size <= MAX_BYTES][:count]), skipped
+    usable = [i for i in range(len(paths)) if paths[i].stat().st_size <= MAX_BYTES]
+    by_size = sorted(usable, key=lambda i: (-_area(paths[i]), i))
+    rank = {i: [j for j in by_size if labels[j] == labels[i]].index(i) for i in usable}
+    order = sorted(usable, key=lambda i: (rank[i], by_size.index(i)))
+    return sorted(order[:count]), skipped
 
 
 def _oriented(pixels: np.ndarray, data: bytes, upright: tuple[int, int]) -> Image.Image:
