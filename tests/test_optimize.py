@@ -20,7 +20,7 @@ from edgeclf.pipeline import batchnorm, distribute, quant_aware, streaming
 from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.runs import Run
 
-RUN_FILES = ["confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png"]
+RUN_FILES = ["audit.json", "confusion_matrix.png", "labels.txt", "model.keras", "run.json", "split.json", "training.png"]
 
 
 @pytest.fixture(scope="module")
