@@ -33,7 +33,7 @@ from typing import Callable, NoReturn
 from edgeclf import calibration, console, exporters, ptq
 from edgeclf.artefacts import MANIFEST_FILE, write_manifest
 from edgeclf.atomic import check_output, publish, publish_file
-from edgeclf.outputs import BUDGET_REPORT, check_file_output, is_ours
+from edgeclf.outputs import BUDGET_REPORT, absolute, check_file_output, is_ours
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import EXPORTS_DIR, accuracy_against, default_out, export_run
@@ -169,7 +169,7 @@ def export_within_budget(run_dir, budget: BudgetSpec, overwrite: bool = False) -
     The output follows `export`'s overwrite rule, checked before the first attempt."""
     run = Run.open(run_dir)
     spec = budget.export
-    out = Path(spec.out).expanduser().resolve() if spec.out else default_out(run, spec)
+    out = absolute(spec.out) if spec.out else default_out(run, spec)
     overwrite = overwrite or not spec.out
     images = [spec.calib_dir, *(run.plan.roots.values() if run.plan is not None else ())]
     check_output(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path])

@@ -22,6 +22,7 @@ from edgeclf.pipeline.metrics import PAIRED_KEYS, score
 from edgeclf.pipeline.predict import predict_probs
 from edgeclf.pipeline.resize import contract as resize_contract
 from edgeclf.pipeline.runs import LABELS_FILE, MODEL_FILE, RUN_FILE, Run, write_labels
+from edgeclf.outputs import absolute
 
 EXPORTS_DIR = "exports"
 
@@ -35,7 +36,7 @@ def export_run(run_dir, spec: ExportSpec, overwrite: bool = False) -> dict:
     default location RUN/exports/<target>-<quant> always replaces its own artefact."""
     run = Run.open(run_dir)
     fmt = exporters.load(spec.target)
-    out = Path(spec.out).expanduser().resolve() if spec.out else default_out(run, spec)
+    out = absolute(spec.out) if spec.out else default_out(run, spec)
     overwrite = overwrite or not spec.out
     images = [spec.calib_dir, *(run.plan.roots.values() if run.plan is not None else ())]
     check_output(out, MANIFEST_FILE, overwrite, inputs=images, input_runs=[run.path])

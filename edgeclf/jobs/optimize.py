@@ -40,6 +40,7 @@ from edgeclf.pipeline.pruning import kernel_sparsity, prune, pruned_layers
 from edgeclf.pipeline.run_writer import summary, write_run
 from edgeclf.pipeline.runs import RUN_FILE, SPLIT_FILE, Run
 from edgeclf.checks import check_range
+from edgeclf.outputs import absolute
 
 SCHEDULES = ("polynomial", "constant")
 PRUNE_FOR = ("xnnpack",)
@@ -99,7 +100,7 @@ class OptimizeConfig:
             raise UsageError(f"--distribute {self.distribute} is not supported", f"use one of {', '.join(distribute.STRATEGIES)}")
         self.run_dir = str(Path(self.run_dir).expanduser().resolve())
         if self.out:
-            self.out = str(Path(self.out).expanduser().resolve())
+            self.out = str(absolute(self.out))  # a link at --out is refused, never followed
             if self.out == self.run_dir:
                 raise UsageError("--out is the source run itself", "write the optimized run to a new directory")
 

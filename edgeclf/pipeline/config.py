@@ -11,6 +11,7 @@ from edgeclf.pipeline.distribute import STRATEGIES
 from edgeclf.pipeline.resize import DEFAULT as DEFAULT_RESIZE, get_kernel
 from edgeclf.pipeline.streaming import CACHE_MODES
 from edgeclf.checks import check_range
+from edgeclf.outputs import absolute
 
 LEAK_POLICIES = ("warn", "exclude", "refuse")
 EMBEDDING_MODES = ("auto", "on", "off")
@@ -103,7 +104,7 @@ class TrainConfig:
                     raise UsageError(f"{name.replace('_', '-')} {path} is not a folder", "pass a folder with one subfolder per class")
                 setattr(self, name, str(path.resolve()))
         self._refuse_overlapping_splits()
-        self.out = str(Path(self.out).expanduser().resolve())
+        self.out = str(absolute(self.out))  # a link at --out is refused by the output rule, never followed
 
     def _refuse_overlapping_splits(self) -> None:
         """Val or test images that are also training images would report training scores."""
