@@ -22,6 +22,7 @@ PACKAGES=(
   procps              # ps/pkill used only for diagnostics
   chromium            # headless browser that opens `edgeclf report` pages (tests/test_report.py)
   fonts-dejavu-core   # so the browser's screenshot has glyphs
+  libgl1 libegl1      # skia-python (the `app` extra: Android's resize kernel) links libGL/libEGL
 )
 
 if [ "$(id -u)" -ne 0 ]; then
