@@ -57,9 +57,10 @@ PIPELINE = Kind("pipeline.json", "`edgeclf run` folder", record="pipeline")
 COMPARE = Kind("compare.json", "comparison", record="compare")
 RESULT = Kind("result.json", "validation result", record="result")  # its "format" is the model's: tagged under "record"
 BUDGET_REPORT = Kind("budget-report.json", "budget report", record="budget-report")
+AUDIT = Kind("audit.json", "audit folder", record="audit")
 DEMO = Kind(".edgeclf-demo", "demo folder", tag=DEMO_TAG)
 REPORT = Kind("report.html", "report", tag=REPORT_TAG)
-KINDS = {k.marker: k for k in (RUN, ARTEFACT, BENCH, BUNDLE, PIPELINE, COMPARE, RESULT, BUDGET_REPORT, DEMO, REPORT)}
+KINDS = {k.marker: k for k in (RUN, ARTEFACT, BENCH, BUNDLE, PIPELINE, COMPARE, RESULT, BUDGET_REPORT, AUDIT, DEMO, REPORT)}
 
 
 def kind_of(marker: str | Kind) -> Kind:

@@ -22,6 +22,7 @@ KINDS = {
     "result": (1, "result.json"),
     "golden": (1, "golden.json"),
     "pipeline": (1, "pipeline.json"),
+    "audit": (1, "audit.json"),
 }
 # A measurement's "format" already names the model format (tflite, onnx, ...), as `validate --json` prints it.
 TAG_KEY = {"result": "record"}
@@ -39,6 +40,11 @@ def key(kind: str) -> str:
 def tag(kind: str) -> str:
     """What a writer puts under `key(kind)`: e.g. "edgeclf.manifest/2"."""
     return f"edgeclf.{kind}/{KINDS[kind][0]}"
+
+
+def stamped(kind: str, record: dict) -> dict:
+    """`record` as written: its kind and version first."""
+    return {key(kind): tag(kind)} | {k: v for k, v in record.items() if k != key(kind)}
 
 
 def version(record: dict, kind: str, source) -> int:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageOps
 
 from conftest import tiny_config
+from edgeclf import records
 from edgeclf.audit import audit_samples
 from edgeclf.audit.findings import Limits
 from edgeclf.errors import DatasetError
@@ -199,6 +200,7 @@ def test_cli_writes_json_and_html_atomically(dataset, tmp_path):
     assert set(printed) == {"findings", "summary"}
     saved = json.loads((out / "audit.json").read_text())
     assert saved["findings"] == printed["findings"]
+    assert records.check(out / "audit.json") == "audit"  # tagged edgeclf.audit/1 and valid against its schema
     page = (out / "audit.html").read_text()
     assert "cross_split_leak" in page and page.count("data:image/png;base64") >= 10
     assert sorted(p.name for p in out.iterdir()) == ["audit.html", "audit.json"]

@@ -320,7 +320,8 @@ def test_budget_never_deletes_a_users_file_named_like_its_report(tiny_run, tmp_p
 @pytest.mark.parametrize("command", [
     ["bench", "{run}", "--formats", "tflite:fp32"], ["report", "{run}"], ["bundle", "{int8}"],
     ["train", "{data}", "--weights", "none", "--img-size", "32"], ["optimize", "{run}", "--prune", "0.5"],
-    ["export", "{run}"], ["export", "{run}", "--quant", "int8", "--max-drop", "1"]])
+    ["export", "{run}"], ["export", "{run}", "--quant", "int8", "--max-drop", "1"],
+    ["audit", "{data}", "--embeddings", "off"]])
 def test_no_command_writes_over_a_fifo_or_a_link(tiny_run, tiny_int8, image_folder, tmp_path, command):
     args = [a.format(data=image_folder, run=tiny_run, int8=tiny_int8) for a in command]
     fifo = tmp_path / "fifo"

@@ -2,16 +2,19 @@
 
 A browser saves a second download as `handoff (1).zip`, so the zip's own name says nothing;
 the bundle is the one folder in it holding bundle.json (or the zip's top level). Extraction
-refuses members outside that folder, more than MAX_MEMBERS members or more than MAX_BYTES
+refuses members outside that folder, links and special files (the output rule: regular files
+and folders only), more than MAX_MEMBERS members or more than MAX_BYTES
 unpacked (checked against the sizes the zip declares, and again while writing).
 """
 from __future__ import annotations
 
+import stat
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from edgeclf.bundle import BUNDLE_FILE, BundleError
+from edgeclf.outputs import is_plain_mode
 
 MAX_MEMBERS = 20_000
 MAX_BYTES = 1 << 30  # 1 GiB: far above any model plus golden vectors edgeclf writes
@@ -53,6 +56,11 @@ def extract(zip_path: Path, work: Path) -> Path:
             infos = zipped.infolist()
             if len(infos) > MAX_MEMBERS:
                 raise BundleError(f"{zip_path} has {len(infos)} members; a bundle has at most {MAX_MEMBERS}", REMAKE)
+            for info in infos:
+                mode = info.external_attr >> 16
+                if stat.S_IFMT(mode) and not is_plain_mode(mode):
+                    raise BundleError(f"{zip_path} holds {info.filename!r}, which is a link or special file, "
+                                      "not a regular file", REMAKE)
             declared = sum(info.file_size for info in infos)
             if declared > MAX_BYTES:
                 raise BundleError(f"{zip_path} would unpack to {declared / 2**20:.0f} MiB; a bundle is at most "

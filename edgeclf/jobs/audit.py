@@ -9,7 +9,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from edgeclf import console
+from edgeclf import console, outputs, records
 from edgeclf.atomic import staged_dir
 from edgeclf.audit import audit_samples
 from edgeclf.audit.embeddings import Embedder
@@ -42,17 +42,18 @@ def audit_folders(data_dir, val_dir=None, test_dir=None, out=None, overwrite: bo
     if out is None:
         with tempfile.TemporaryDirectory(prefix="edgeclf-audit-") as work:
             return audit_samples(samples, train.classes, img_size, embedder, Path(work), seed=seed)
-    with staged_dir(Path(out).expanduser().resolve(), AUDIT_FILE, overwrite, inputs=inputs) as staging:
+    out = outputs.absolute(out)
+    with staged_dir(out, AUDIT_FILE, overwrite, inputs=inputs) as staging:
         with tempfile.TemporaryDirectory(prefix="edgeclf-audit-") as work:
             result = audit_samples(samples, train.classes, img_size, embedder, Path(work), seed=seed)
         write_audit(staging, result, standalone=True)
-    result["summary"]["out"] = str(Path(out).expanduser().resolve())
+    result["summary"]["out"] = str(out)
     return result
 
 
 def write_audit(folder: Path, result: dict, standalone: bool = False) -> None:
     """audit.json (and, for `edgeclf audit --out`, the stand-alone audit.html) into `folder`."""
-    (folder / AUDIT_FILE).write_text(console.to_json(result) + "\n")
+    (folder / AUDIT_FILE).write_text(console.to_json(records.stamped("audit", result)) + "\n")
     if standalone:
         from edgeclf.report.audit_section import page
 

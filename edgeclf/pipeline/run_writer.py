@@ -37,7 +37,7 @@ def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history:
         from edgeclf.pipeline.leaks import figures_without_leaks
 
         audit = audit | {"figures_without_leaks": figures_without_leaks(model, splits, metrics, audit["summary"]["leaked"])}
-        (work / AUDIT_FILE).write_text(console.to_json(audit) + "\n")
+        (work / AUDIT_FILE).write_text(console.to_json(records.stamped("audit", audit)) + "\n")
     (save or (lambda m, path: m.save(path)))(model, work / MODEL_FILE)
     write_labels(work / LABELS_FILE, classes)
     save_plan(plan, work / SPLIT_FILE)
