@@ -21,7 +21,7 @@ from edgeclf import exporters
 from edgeclf.devices import DeviceOptions, open_device
 from edgeclf.devices.base import CommandResult
 from edgeclf.devices.local import LocalTransport
-from edgeclf.devices.python_runner import run_on_device
+from edgeclf.devices.runners.python import run_on_device
 from edgeclf.devices.ssh import SSHTransport
 from edgeclf.devices.targets import parse_target
 from edgeclf.errors import DeviceError, UsageError
@@ -355,16 +355,16 @@ def test_devices_differing_only_in_at_or_underscore_keep_their_own_results(ssh_d
 
     from test_pipeline import FP32, write_project
 
-    from edgeclf.jobs import pipeline, pipeline_file
+    from edgeclf.jobs import run as run_job, run_file
 
     user = ssh_device.user
     config = tmp_path / "ssh_config"  # two host names for the one stand-in board
     config.write_text(ssh_device.ssh_config.read_text().replace(f"Host {ssh_device.alias}\n", f"Host board {user}_board\n"))
     at, underscore = f"ssh://{user}@board", f"ssh://{user}_board"
     path = write_project(tmp_path, FP32, devices=f"['{at}', '{underscore}']")
-    pf = dataclasses.replace(pipeline_file.load(path), device_options=DeviceOptions(
+    pf = dataclasses.replace(run_file.load(path), device_options=DeviceOptions(
         remote_python=sys.executable, ssh_config=str(config), timeout=120))
-    state = {s["name"]: s for s in pipeline.run(pf)["stages"]}
+    state = {s["name"]: s for s in run_job.run(pf)["stages"]}
     assert {name: s["status"] for name, s in state.items()} == dict.fromkeys(
         ["train", "export/tflite-fp32", f"validate/tflite-fp32@{at}", f"validate/tflite-fp32@{underscore}", "report", "compare"], "ran")
     out = tmp_path / "runs" / "tiny"
@@ -381,7 +381,7 @@ def test_devices_differing_only_in_at_or_underscore_keep_their_own_results(ssh_d
         raise OSError(errno.ENOSPC, "No space left on device", str(out))
 
     monkeypatch.setattr("edgeclf.report.write_report", disk_full)
-    again = {s["name"]: s for s in pipeline.run(pf, force="report")["stages"]}
+    again = {s["name"]: s for s in run_job.run(pf, force="report")["stages"]}
     assert again["report"]["status"] == "failed" and again["report"]["error"].startswith("disk full while writing ")
     assert again["compare"]["status"] == "cached"
     assert json.loads((out / "pipeline.json").read_text())["stages"][-2]["status"] == "failed"
@@ -390,12 +390,12 @@ def test_devices_differing_only_in_at_or_underscore_keep_their_own_results(ssh_d
 def test_device_names_that_one_folder_would_hold_are_refused_when_planning(tmp_path):
     from test_pipeline import FP32, write_project
 
-    from edgeclf.jobs import pipeline, pipeline_file
+    from edgeclf.jobs import run as run_job, run_file
 
-    pf = pipeline_file.load(write_project(tmp_path, FP32, devices="['ssh://pi@Board', 'ssh://pi@board']"))
+    pf = run_file.load(write_project(tmp_path, FP32, devices="['ssh://pi@Board', 'ssh://pi@board']"))
     with pytest.raises(UsageError, match=r"stages validate/tflite-fp32@ssh://pi@Board and validate/tflite-fp32@ssh://pi@board "
                                          r"would write the same folder .*name each device once"):
-        pipeline.plan(pf)
+        run_job.plan(pf)
     assert not (tmp_path / "runs").exists()
 
 

@@ -221,14 +221,14 @@ def test_run_refuses_out_in_or_around_any_input_before_writing_anything(tmp_path
 
 
 def test_run_writes_no_comparison_when_every_stage_failed(tmp_path):
-    from edgeclf.jobs import pipeline, pipeline_file
+    from edgeclf.jobs import run as run_job, run_file
     from edgeclf.outputs import PIPELINE
 
     path = write_pipeline(tmp_path, "runs")
     (tmp_path / "runs" / "mobilenetv2").mkdir(parents=True)
     (tmp_path / "runs" / "pipeline.json").write_text(json.dumps(PIPELINE.stamp() | {"stages": []}))
     victim(tmp_path / "runs" / "mobilenetv2" / "run")  # train fails at once: not a run folder
-    state = pipeline.run(pipeline_file.load(path))
+    state = run_job.run(run_file.load(path))
     assert {s["name"]: s["status"] for s in state["stages"]}["compare"] == "skipped"
     assert not (tmp_path / "runs" / "compare").exists() and not (tmp_path / "runs" / "mobilenetv2" / "report").exists()
 

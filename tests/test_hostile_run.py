@@ -32,9 +32,9 @@ def one_line_error(proc) -> str:
 
 
 def load(path, **kwargs):
-    from edgeclf.jobs import pipeline_file
+    from edgeclf.jobs import run_file
 
-    return pipeline_file.load(path, **kwargs)
+    return run_file.load(path, **kwargs)
 
 
 # -- item 6: a YAML alias bomb is refused before it is expanded ----------------------------------
@@ -95,12 +95,12 @@ def test_a_duplicated_key_is_an_error_not_last_wins(tmp_path, extra, message):
 
 
 def test_exports_take_the_accuracy_budget_options_of_export(tmp_path):
-    from edgeclf.jobs import pipeline
+    from edgeclf.jobs import run as run_job
 
     path = write_project(tmp_path, "  - {target: tflite, quant: int8, max_drop: 1.5, min_agreement: 0.9, allow_float_layers: true}\n")
     export = load(path).exports[0]
     assert (export.budget.max_drop, export.budget.min_agreement, export.budget.allow_float_layers) == (1.5, 0.9, True)
-    stage = next(s for s in pipeline.plan(load(path)) if s.kind == "export")
+    stage = next(s for s in run_job.plan(load(path)) if s.kind == "export")
     assert stage.settings["budget"] == {"max_drop": 1.5, "min_agreement": 0.9, "allow_float_layers": True}
 
     path.write_text(path.read_text().replace("quant: int8", "quant: fp32"))  # the budget's own checks, at its line
@@ -111,7 +111,7 @@ def test_exports_take_the_accuracy_budget_options_of_export(tmp_path):
 # -- item 14: a damaged training state has a documented way out: `edgeclf run --restart` ---------
 
 def test_a_damaged_training_state_names_restart_and_restart_trains_again(tmp_path, monkeypatch):
-    from edgeclf.jobs import pipeline
+    from edgeclf.jobs import run as run_job
     from edgeclf.jobs import train as training
 
     path = write_project(tmp_path, FP32, devices="[]")
@@ -123,7 +123,7 @@ def test_a_damaged_training_state_names_restart_and_restart_trains_again(tmp_pat
         raise KeyboardInterrupt  # as if Ctrl-C came during the epochs
     monkeypatch.setattr(training, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(load(path))
+        run_job.run(load(path))
     partial = training.partial_dir(Path(config.out))
     partial.mkdir(parents=True)
     (partial / training.STATE_FILE).write_text('{"config": {"data_dir"')  # cut off by a full disk
@@ -137,7 +137,7 @@ def test_a_damaged_training_state_names_restart_and_restart_trains_again(tmp_pat
 
     monkeypatch.setattr(training, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(load(path), restart=True)
+        run_job.run(load(path), restart=True)
     assert calls == [config.out, config.out] and not partial.exists()  # discarded, then trained from the start
 
 

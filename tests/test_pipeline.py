@@ -46,9 +46,9 @@ def statuses(state: dict) -> dict:
 
 
 def load_and_run(path, **kwargs) -> dict:
-    from edgeclf.jobs import pipeline, pipeline_file
+    from edgeclf.jobs import run as run_job, run_file
 
-    return pipeline.run(pipeline_file.load(path), **kwargs)
+    return run_job.run(run_file.load(path), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------
@@ -119,11 +119,11 @@ def test_pipeline_runs_caches_reruns_only_what_changed_and_resumes(tmp_path, mon
     assert plan["export/tflite-int8"]["why"] == "its settings changed"
 
     # Interrupted in the middle of that export: nothing half-written, and the rerun resumes there.
-    from edgeclf.jobs import pipeline
+    from edgeclf.jobs import run as run_job
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(pipeline, "export_run", interrupted)
+    monkeypatch.setattr(run_job, "export_run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_and_run(path)
     monkeypatch.undo()
@@ -219,10 +219,10 @@ def test_two_backbones_give_one_row_per_backbone_format_and_device(tmp_path):
 
 def test_interrupted_training_continues_from_its_checkpoint(tmp_path, monkeypatch):
     """A run stopped during training leaves only <run>.partial; the rerun resumes it, not a fresh train."""
-    from edgeclf.jobs import pipeline, pipeline_file
+    from edgeclf.jobs import run as run_job, run_file
     from edgeclf.jobs import train as training
 
-    pf = pipeline_file.load(write_project(tmp_path, FP32, devices="[]"))
+    pf = run_file.load(write_project(tmp_path, FP32, devices="[]"))
     config = pf.trains[0]
     calls = []
 
@@ -234,7 +234,7 @@ def test_interrupted_training_continues_from_its_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(training, "train", stopped("train"))
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(pf)
+        run_job.run(pf)
     partial = training.partial_dir(Path(config.out))
     partial.mkdir(parents=True)  # what an interrupted `edgeclf train` leaves: its state after some epochs
     (partial / training.STATE_FILE).write_text(json.dumps({"config": config.to_dict(), "plan": {}, "stage": "scratch", "epoch": 1,
@@ -242,12 +242,12 @@ def test_interrupted_training_continues_from_its_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(training, "resume", stopped("resume"))
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(pipeline_file.load(pf.path))  # out holds only our pipeline.json and the partial run: still ours
+        run_job.run(run_file.load(pf.path))  # out holds only our pipeline.json and the partial run: still ours
     assert calls == ["train", ("resume", config.out)]
 
     edited = json.loads((partial / training.STATE_FILE).read_text())
     edited["config"]["seed"] += 1  # a partial run of other settings is not resumed
     (partial / training.STATE_FILE).write_text(json.dumps(edited))
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(pipeline_file.load(pf.path))
+        run_job.run(run_file.load(pf.path))
     assert calls[-1] == "train" and not partial.exists()

@@ -74,7 +74,7 @@ def test_cli_refuses_a_newer_manifest_and_run_in_one_line(tmp_path):
 
 
 def test_a_newer_pipeline_state_is_not_overwritten(tmp_path):
-    from edgeclf.jobs.pipeline import _previous
+    from edgeclf.jobs.run import _previous
 
     (tmp_path / "pipeline.json").write_text(json.dumps({"format": "edgeclf.pipeline/2", "stages": []}))
     with pytest.raises(records.RecordError, match=r"pipeline.json was written by a newer edgeclf \(edgeclf.pipeline/2;"):

@@ -59,10 +59,10 @@ def cli(ctx: click.Context, debug: bool, verbose: bool):
 
 
 def _register() -> None:
-    from edgeclf.cli import (audit, bench, bundle, demo, devices, evaluate, export, html_report, inspect, optimize, predict,
+    from edgeclf.cli import (audit, bench, bundle, demo, devices, evaluate, export, inspect, optimize, predict, report,
                              run, train, validate)
 
-    for module in (audit, train, optimize, evaluate, predict, export, inspect, validate, bench, html_report, devices, demo, run):
+    for module in (audit, train, optimize, evaluate, predict, export, inspect, validate, bench, report, devices, demo, run):
         cli.add_command(module.command)
     cli.add_command(bundle.command)
     cli.add_command(bundle.check_command)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgeclf.devices.benchmark_tool import DELEGATES
+from edgeclf.devices.runners.benchmark_model import DELEGATES
 from edgeclf.pipeline.distribute import STRATEGIES
 from edgeclf.pipeline.streaming import CACHE_MODES
 

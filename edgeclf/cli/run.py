@@ -21,10 +21,10 @@ from edgeclf.errors import PartialFailure
 @options.json_output
 def command(pipeline_file, dry_run, force, restart, trust_devices, as_json):
     """Train, optimize, export and validate on every device as PIPELINE_FILE says; cached stages are skipped."""
-    from edgeclf.jobs import compare, pipeline, pipeline_file as schema
+    from edgeclf.jobs import compare, run as run_job, run_file as schema
 
     pf = schema.load(pipeline_file, trust_devices=trust_devices)
-    result = pipeline.run(pf, force=force, dry_run=dry_run, restart=restart)
+    result = run_job.run(pf, force=force, dry_run=dry_run, restart=restart)
     if as_json:
         console.print_json(result)
     elif dry_run:
@@ -37,11 +37,11 @@ def command(pipeline_file, dry_run, force, restart, trust_devices, as_json):
             console.out.print(f"all {len(result['stages'])} stages cached: nothing to do")
         else:
             console.out.print(", ".join(f"{n} {status}" for status, n in counts.items() if n))
-        console.out.print(f"pipeline record: {pf.out / pipeline.STATE_FILE}")
+        console.out.print(f"pipeline record: {pf.out / run_job.STATE_FILE}")
     failed = [s["name"] for s in result["stages"] if s["status"] == "failed"]
     if failed and not dry_run:
         raise PartialFailure(f"{len(failed)} stage(s) failed: {', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}",
-                           f"see the reasons above or in {pf.out / pipeline.STATE_FILE}")
+                           f"see the reasons above or in {pf.out / run_job.STATE_FILE}")
 
 
 def _comparison_table(rows: list[dict]) -> None:

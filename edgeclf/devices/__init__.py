@@ -20,7 +20,7 @@ from edgeclf.checks import check_range
 MAX_TIMEOUT_S = 86400.0  # a day: beyond it a hung device would never be given up on
 
 TRANSPORTS = {"local": "edgeclf.devices.local", "ssh": "edgeclf.devices.ssh", "adb": "edgeclf.devices.adb"}
-RUNNERS = {"python": "edgeclf.devices.python_runner", "benchmark_model": "edgeclf.devices.benchmark_tool"}
+RUNNER_MODULES = {"python": "edgeclf.devices.runners.python", "benchmark_model": "edgeclf.devices.runners.benchmark_model"}
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Device:
         if self.transport.runner not in fmt.runners:
             raise DeviceError(f"{self.transport.name} runs models with {self.transport.runner}, which cannot run {fmt.name} models",
                               f"export with --target {_formats_for(self.transport.runner)}")
-        runner = importlib.import_module(RUNNERS[self.transport.runner])
+        runner = importlib.import_module(RUNNER_MODULES[self.transport.runner])
         result = runner.run(self, fmt, model_files, inputs, runs, warmup, threads, raw_outputs)
         result.extra["emulated"] = self._emulated(result)
         return result

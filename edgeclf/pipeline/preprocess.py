@@ -87,7 +87,7 @@ def _tf_bilinear(image, width, height):
 
 
 # name -> (function(RGB image, width, height) -> (h, w, 3) uint8, the module it needs)
-RUNNERS = {
+RESIZERS = {
     "pil-bilinear": (_pil(Image.BILINEAR), "PIL"),
     "pil-bicubic": (_pil(Image.BICUBIC), "PIL"),
     "pil-lanczos": (_pil(Image.LANCZOS), "PIL"),
@@ -122,4 +122,4 @@ def fit(image, size, kernel="pil-bilinear", aspect=SQUASH):
     image = apply_aspect(image, aspect)
     if image.size == (size, size):
         return np.asarray(image, dtype=np.uint8)
-    return RUNNERS[kernel][0](image, size, size)
+    return RESIZERS[kernel][0](image, size, size)

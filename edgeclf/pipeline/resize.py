@@ -37,7 +37,7 @@ class Kernel:
 
     @property
     def module(self) -> str:
-        return preprocess.RUNNERS[self.name][1]
+        return preprocess.RESIZERS[self.name][1]
 
     @property
     def pil_filter(self) -> int | None:

@@ -54,7 +54,7 @@ def cost(golden, name):
 
 def _python_pipeline(here, vector, golden):
     resize = golden["preprocessing"]["resize"]
-    module = preprocess.RUNNERS[resize["name"]][1]
+    module = preprocess.RESIZERS[resize["name"]][1]
     if importlib.util.find_spec(module) is None:
         return None, f"training resized with {resize['name']} ({resize['library']}), which is not installed here"
     image = preprocess.decode_rgb(os.path.join(here, vector["file"]))

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from edgeclf.devices import DeviceOptions
-from edgeclf.devices.benchmark_tool import DELEGATES
+from edgeclf.devices.runners.benchmark_model import DELEGATES
 from edgeclf.devices.targets import expand_devices, parse_target
 from edgeclf.errors import EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec

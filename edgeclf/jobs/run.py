@@ -32,7 +32,7 @@ from edgeclf.jobs.budget import BudgetSpec, export_within_budget
 from edgeclf.jobs.export import export_run
 from edgeclf.jobs.fleet import run_on_devices
 from edgeclf.jobs.optimize import OptimizeConfig, optimize
-from edgeclf.jobs.pipeline_file import PipelineFile
+from edgeclf.jobs.run_file import PipelineFile
 from edgeclf.jobs.validate import Prepared, measure
 from edgeclf.layout import relative
 from edgeclf.bundle.builder import build_bundle
