@@ -102,7 +102,7 @@ def test_pipeline_runs_caches_reruns_only_what_changed_and_resumes(tmp_path, mon
     assert [(r["export"], r["device"], r["status"]) for r in rows] == [("tflite-fp32", "local", "ok"), ("tflite-int8", "local", "ok")]
     assert all(r["test_top1"] is not None and r["p50_ms"] > 0 and r["params"] > 0 and r["weights"].startswith("none") for r in rows)
     assert (out / "compare" / "compare.png").stat().st_size > 1000
-    assert check_records(out) == {"run", "manifest", "result", "pipeline", "bench"}  # bench: the report's
+    assert check_records(out) == {"run", "audit", "manifest", "result", "pipeline", "bench"}  # bench: the report's
 
     again = run_cli("run", path, "--json")  # a new process: nothing to do, so no model is even loaded
     assert again.returncode == 0, again.stderr

@@ -27,7 +27,7 @@ def test_tiny_run_writes_a_complete_run_directory(image_folder, tmp_path):
     assert len(info["history"]) == 2 and info["dataset"]["train"]["per_class"] == {"blue": 10, "green": 10, "red": 10}
     assert info["versions"]["tensorflow"].startswith("2.21")
     assert not (tmp_path / "run.partial").exists()
-    assert check_records(run_dir) == {"run"}
+    assert check_records(run_dir) == {"run", "audit"}
     # The saved model reproduces the recorded val metrics.
     run = Run.open(run_dir)
     split = run.plan.decode("val", run.img_size)
