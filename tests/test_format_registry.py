@@ -1,5 +1,7 @@
 """A format is one record: a throw-away format registered here, in the test only, is exported,
-inspected and validated on the local device with no other file of edgeclf touched."""
+inspected and validated on the local device, and held to an accuracy budget by the recipes it
+declares, with no other file of edgeclf touched; what it declares it cannot do (a hand-off
+bundle) is refused in its own words."""
 from __future__ import annotations
 
 import json
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 from edgeclf import exporters
 from edgeclf.cli.main import cli
 from edgeclf.exporters.base import ExportOutput
+from edgeclf.exporters.recipes import Budget, Step
 
 # The fake model: each class is the index of one RGB channel; the runtime scores an image by
 # its mean channel values. The tiny run's classes are red, green and blue, so it is accurate.
@@ -51,8 +54,9 @@ def fake_format(tmp_path):
                 "inputs": [], "outputs": [], "ops": {}, "quantization": {}, "metadata": json.loads(path.read_text())}
 
     fmt = exporters.Format(
-        name="fake", suffixes=(".fake",), quant_modes=("fp32",), options={}, extra="fake", requires=(),
+        name="fake", suffixes=(".fake",), quant_modes=("fp32", "int8"), options={}, extra="fake", requires=(),
         export=export, inspect=inspect, runtime_file=runtime, runtime_hint="fake-runtime", runtime_modules=("json",),
+        budget=Budget(steps=(Step("fake int8, exactly as float"),)),  # its int8 is its float model
     )
     exporters.register(fmt)
     yield fmt
@@ -92,3 +96,28 @@ def test_a_runner_the_format_lacks_is_refused(fake_format):
     device = Device(Target("adb", "adb"), Phone(), DeviceOptions())
     with pytest.raises(DeviceError, match="cannot run fake models.*--target tflite"):
         device.run(fake_format, [Path("model.fake")], None, 1, 0, None)
+
+
+def test_the_budget_runs_the_recipes_a_format_declares(fake_format, tiny_run, tmp_path):
+    out = tmp_path / "fake-int8"
+    result = CliRunner().invoke(cli, ["export", str(tiny_run), "--target", "fake", "--quant", "int8", "--max-drop", "1",
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    budget = json.loads((out / "manifest.json").read_text())["budget"]
+    assert budget["chosen"] == "fake int8, exactly as float" and len(budget["attempts"]) == 1
+    assert budget["attempts"][0]["drop"] <= 0.01  # the fake beats the tiny Keras model: a negative drop fits
+
+
+def test_a_format_without_recipes_or_a_golden_loader_is_refused_in_its_own_words(fake_format, tiny_run, tmp_path):
+    import dataclasses
+
+    exporters.register(dataclasses.replace(fake_format, budget=None))
+    result = CliRunner().invoke(cli, ["export", str(tiny_run), "--target", "fake", "--quant", "int8", "--max-drop", "1"])
+    assert result.exit_code == 2 and "--target fake offers no accuracy budget" in result.stderr
+    assert "Traceback" not in result.output
+
+    out = tmp_path / "fake-artefact"
+    assert CliRunner().invoke(cli, ["export", str(tiny_run), "--target", "fake", "--out", str(out)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["bundle", str(out), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code != 0 and "fake artefacts cannot be bundled: the format declares no check_golden.py loader" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "bundle").exists()

@@ -20,12 +20,9 @@ from edgeclf.pipeline import resize
 from edgeclf.pipeline.runs import LABELS_FILE
 
 PLACEHOLDER = re.compile(r"\{\{([A-Z0-9_]+)\}\}")
-RUNTIMES = {".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}
-RUNTIME_HINTS = {
-    "tflite": "a TFLite runtime (pip install ai-edge-litert, or tflite-runtime on older boards)",
-    "onnx": "onnxruntime (pip install onnxruntime)",
-    "openvino": "OpenVINO (pip install openvino)",
-}
+# check_golden.py.tmpl has one loader per name; a format names the one that reads it (Format.golden_loader)
+GOLDEN_LOADERS = ("tflite", "onnx", "openvino")
+APP_FOLDERS = {"kotlin": "android", "swift": "ios"}
 TOLERANCE_UNITS = ("quantization steps", "absolute")
 PYTHON_CHECK = "check_golden.py"
 LANGUAGES = {".py.tmpl": "python", ".kt.tmpl": "kotlin", ".swift.tmpl": "swift"}
@@ -64,10 +61,14 @@ def contract(manifest: dict) -> dict:
 def _contract(manifest: dict) -> dict:
     source = manifest.get("source_run") or {}
     target = escape.one_of(manifest.get("target"), exporters.names(), "manifest.json target")
+    fmt = exporters.get(target)
+    if fmt.golden_loader is None:
+        raise BundleError(f"{target} artefacts cannot be bundled: the format declares no check_golden.py loader",
+                          f"bundle an artefact of {', '.join(n for n, f in exporters.registry().items() if f.golden_loader)}")
+    runtime = escape.one_of(fmt.golden_loader, GOLDEN_LOADERS, f"the {target} format's golden loader")
     model_file = manifest["model_file"]
-    runtime = RUNTIMES.get(Path(model_file).suffix.lower())
-    if runtime is None:
-        raise BundleError(f"manifest.json model_file {model_file!r} is not a {'/'.join(RUNTIMES)} file", escape.REMAKE)
+    if Path(model_file).suffix.lower() != fmt.suffixes[0]:
+        raise BundleError(f"manifest.json model_file {model_file!r} is not a {fmt.suffixes[0]} file", escape.REMAKE)
 
     def tensor(name: str) -> dict:
         t = manifest[name]
@@ -78,7 +79,7 @@ def _contract(manifest: dict) -> dict:
     checked = {
         "arch": escape.one_of(source.get("arch"), BACKBONES, "manifest.json source_run.arch"),
         "target": target,
-        "quant": escape.one_of(manifest.get("quant"), exporters.get(target).quant_modes, "manifest.json quant"),
+        "quant": escape.one_of(manifest.get("quant"), fmt.quant_modes, "manifest.json quant"),
         "runtime": runtime,
         "model_file": model_file,
         "shape": [escape.integer(d, "manifest.json input.shape") for d in manifest["input"]["shape"]],
@@ -113,7 +114,8 @@ def values(checked: dict, golden: dict, lang: str) -> dict[str, Code]:
         "CLASS_NAME": class_name(checked),
         "PACKAGE": Code("com.example.edgeclf", "any"),
         "RUNTIME": literal(runtime),
-        "RUNTIME_HINT": Code(RUNTIME_HINTS[runtime], "any"),
+        "RUNTIME_HINT": escape.prose(f"its runtime (pip install {exporters.get(checked['target']).runtime_hint})",
+                                     f"the {checked['target']} format's runtime hint"),
         "MODEL_FILE": literal(checked["model_file"], "model_file"),
         "LABELS_FILE": literal(LABELS_FILE),
         "GOLDEN_JSON": literal(f"{GOLDEN_DIR}/{GOLDEN_FILE}"),
@@ -138,20 +140,20 @@ def training_resize(checked: dict) -> str:
 
 
 def write(staging: Path, manifest: dict, golden: dict) -> list[str]:
-    """check_golden.py for every format; Android Kotlin and iOS Swift for TFLite. Returns the files written."""
+    """check_golden.py for every format, and the app code its format lists (Android Kotlin and iOS
+    Swift for TFLite). Returns the files written."""
     checked = contract(manifest)
     check = staging / PYTHON_CHECK
     check.write_text(render("check_golden.py.tmpl", values(checked, golden, "python")))
     check.chmod(0o755)
     written = [PYTHON_CHECK]
-    if checked["runtime"] == "tflite":
-        for folder, template in (("android", "Classifier.kt.tmpl"), ("ios", "Classifier.swift.tmpl")):
-            (staging / folder).mkdir()
-            path = staging / folder / f"{class_name(checked)}{template.removeprefix('Classifier').removesuffix('.tmpl')}"
-            path.write_text(render(template, values(checked, golden, language(template))))
-            written.append(str(path.relative_to(staging)))
-        for folder, template in (("android", "GoldenRawReplay.kt.tmpl"), ("ios", "GoldenRawReplay.swift.tmpl")):
-            path = staging / folder / template.removesuffix(".tmpl")
-            path.write_text(render(template, values(checked, golden, language(template))))
-            written.append(str(path.relative_to(staging)))
+    for template in exporters.get(checked["target"]).app_templates:
+        lang = language(template)
+        folder = staging / APP_FOLDERS[lang]
+        folder.mkdir(exist_ok=True)
+        name = template.removesuffix(".tmpl")
+        if name.startswith("Classifier"):  # named after the model, e.g. Mobilenetv2Int8Classifier.kt
+            name = f"{class_name(checked)}{name.removeprefix('Classifier')}"
+        (folder / name).write_text(render(template, values(checked, golden, lang)))
+        written.append(f"{APP_FOLDERS[lang]}/{name}")
     return written

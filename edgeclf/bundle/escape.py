@@ -16,6 +16,7 @@ from edgeclf.bundle import BundleError
 # Characters that are invisible or reorder text: shown as U+XXXX in Markdown, \u escapes in code.
 INVISIBLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]*")  # what a closed set may hold
+PROSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.,()<=>+-]*")  # a format's own words (its install hint): no quote, no escape
 REMAKE = "re-export the artefact with `edgeclf export`"
 
 
@@ -35,6 +36,13 @@ def one_of(value, allowed, what: str) -> Code:
     allowed = tuple(allowed)
     if not isinstance(value, str) or value not in allowed or not WORD.fullmatch(value):
         raise BundleError(f"{what} is {value!r}, not one of {', '.join(allowed)}", REMAKE)
+    return Code(value, "any")
+
+
+def prose(value, what: str) -> Code:
+    """A short text edgeclf's own code declares (e.g. a format's install hint), checked to be plain: safe anywhere."""
+    if not isinstance(value, str) or not PROSE.fullmatch(value):
+        raise BundleError(f"{what} is {value!r}, which is not plain words", REMAKE)
     return Code(value, "any")
 
 

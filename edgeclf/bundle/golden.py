@@ -108,25 +108,20 @@ def reference_outputs(model_path: Path, images: np.ndarray) -> tuple[np.ndarray,
 
 
 def kernel_spread(model_path: Path, images: np.ndarray, raw: np.ndarray, dtype: str) -> dict:
-    """Largest deviation from the goldens under TFLite's other kernel sets on this machine.
+    """Largest deviation from the goldens under the runtime's other kernel sets on this machine
+    (the format's `kernel_sets`; none for a format that declares none).
 
     Other builds and delegates differ from the reference the way these do: boards whose
     runtime skips XNNPACK for int8 (tflite_runtime 2.14 on an aarch64 Pi) run the builtin
     optimized kernels, which on the tiny test model differ by up to 9 uint8 steps.
     """
     from edgeclf import exporters
-
-    if exporters.for_path(model_path).name != "tflite":
-        return {}
     from edgeclf.devices import runner
-    from edgeclf.devices.runtimes import tflite as tflite_runtime
-    from edgeclf.tfenv import native_stderr_silenced
+    from edgeclf.devices.host import open_model
 
     spread = {}
-    for name in ("BUILTIN_WITHOUT_DEFAULT_DELEGATES", "BUILTIN_REF"):
-        with native_stderr_silenced():
-            model = tflite_runtime.Model(str(model_path), None, op_resolver=name)
-        outputs = runner.predict(model, images, raw=True)
+    for name in exporters.for_path(model_path).kernel_sets:
+        outputs = runner.predict(open_model(model_path, kernels=name), images, raw=True)
         spread[name.lower()] = max((deviation(outputs[i], raw[i], dtype) for i in range(len(images))), default=0)
     return spread
 

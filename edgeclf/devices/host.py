@@ -10,11 +10,12 @@ from edgeclf.devices import runner
 from edgeclf.errors import MissingDependency, ModelError
 
 
-def open_model(path, threads: int | None = None):
+def open_model(path, threads: int | None = None, kernels: str | None = None):
+    """`kernels`: one of the format's `kernel_sets` instead of its runtime's default."""
     fmt = exporters.for_path(path)
     try:
         with tfenv.native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
-            return runner.open_model(str(path), str(fmt.runtime_file), threads)
+            return runner.open_model(str(path), str(fmt.runtime_file), threads, kernels)
     except runner.RuntimeMissing as exc:
         raise MissingDependency(str(exc), fmt.extra) from exc
     except (runner.ModelInvalid, ValueError) as exc:

@@ -34,8 +34,9 @@ class ModelInvalid(Exception):
     """The runtime could not load the model file (corrupt, truncated, or not a model)."""
 
 
-def open_model(path: str, runtime_file: str, threads=None):
-    """Load `path` with the Model class of a runtime file (see edgeclf/devices/runtimes/__init__.py)."""
+def open_model(path: str, runtime_file: str, threads=None, kernels=None):
+    """Load `path` with the Model class of a runtime file (see edgeclf/devices/runtimes/__init__.py);
+    `kernels` names another kernel set of that runtime (the format's kernel_sets)."""
     import importlib.util
 
     name = f"edgeclf_runtime_{os.path.basename(runtime_file)[:-3]}"
@@ -46,7 +47,7 @@ def open_model(path: str, runtime_file: str, threads=None):
         spec.loader.exec_module(module)
         sys.modules[name] = module  # a module no one references loses its globals
     try:
-        return module.Model(path, threads)
+        return module.Model(path, threads, kernels=kernels) if kernels else module.Model(path, threads)
     except ImportError as exc:
         raise RuntimeMissing(str(exc.name or exc)) from exc
     except Exception as exc:  # each runtime has its own error types for a file it cannot load

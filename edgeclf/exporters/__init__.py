@@ -14,6 +14,7 @@ from typing import Callable
 
 from edgeclf import tfenv
 from edgeclf.errors import MissingDependency, ModelError, UsageError
+from edgeclf.exporters.recipes import Budget
 
 BUILTIN = ("tflite", "onnx", "openvino")
 # Device runners: "python" is devices/runner.py on a board with Python (local, ssh);
@@ -46,6 +47,13 @@ class Format:
     ptq_default: tuple[str, ...] = ()  # those it applies when --ptq is not given: the measured best
     # the measured best for a backbone whose default differs (run.arch -> techniques)
     ptq_default_by_arch: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    budget: Budget | None = None  # its accuracy-budget recipes (recipes.py); None: it offers no budget
+    # The hand-off bundle: the check_golden.py loader that reads it (None: it cannot be bundled),
+    # the app templates (bundle/templates/) rendered for it, and the other kernel sets its runtime
+    # offers, whose spread sets the golden tolerance for other builds of that runtime.
+    golden_loader: str | None = None
+    app_templates: tuple[str, ...] = ()
+    kernel_sets: tuple[str, ...] = ()
 
     def default_ptq(self, arch: str | None = None) -> tuple[str, ...]:
         """The techniques --ptq defaults to for a model of backbone `arch`."""

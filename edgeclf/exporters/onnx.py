@@ -23,6 +23,7 @@ import numpy as np
 from edgeclf import __version__, tfenv
 from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
 from edgeclf.exporters import RUNTIMES, Format
+from edgeclf.exporters.recipes import ANY_RUN, EVERY_IMAGE, MORE_IMAGES, QAT_RUN, Budget, Step
 from edgeclf.exporters.base import ExportJob, ExportOutput
 from edgeclf.pipeline.backbones import INPUT_NAME
 
@@ -276,6 +277,17 @@ def inspect_file(path: Path) -> dict:
     }
 
 
+# ORT static int8 with min/max ranges (plain, then the default techniques, which later recipes
+# keep), then ORT's other range methods, then more calibration images.
+BUDGET = Budget(steps=(
+    Step("ort minmax, ptq none", {"ptq": "none"}),
+    Step("ort minmax, ptq {ptq}"),
+    Step("ort minmax", runs_on=QAT_RUN),
+    Step("ort percentile", {"calib_method": "percentile"}, runs_on=ANY_RUN),
+    Step("ort entropy", {"calib_method": "entropy"}, runs_on=ANY_RUN),
+    Step("ort minmax, calibration {images} images", {"calib_size": EVERY_IMAGE}, when=MORE_IMAGES, runs_on=ANY_RUN),
+))
+
 FORMAT = Format(
     name="onnx",
     suffixes=(".onnx",),
@@ -294,4 +306,6 @@ FORMAT = Format(
     runtime_file=RUNTIMES / "onnx.py",
     runtime_hint="onnxruntime",
     runtime_modules=("onnxruntime",),
+    budget=BUDGET,
+    golden_loader="onnx",
 )

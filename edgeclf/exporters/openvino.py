@@ -23,6 +23,7 @@ import numpy as np
 from edgeclf import __version__, tfenv
 from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
 from edgeclf.exporters import RUNTIMES, Format
+from edgeclf.exporters.recipes import ANY_RUN, BUDGET_POINTS, EVERY_IMAGE, FLOAT_LAYERS, MORE_IMAGES, QAT_RUN, Budget, Step
 from edgeclf.exporters.base import ExportJob, ExportOutput
 from edgeclf.pipeline.backbones import INPUT_NAME
 
@@ -325,6 +326,18 @@ def _check_ir(path: Path) -> None:
     raise not_ir
 
 
+# nncf.quantize (plain, then the default techniques), on more images, then NNCF's own float
+# fallback: quantize_with_accuracy_control on val. Its target is val top-1, so an agreement-only
+# budget asks for the drop that agreement implies at most.
+BUDGET = Budget(steps=(
+    Step("nncf, ptq none", {"ptq": "none"}),
+    Step("nncf, ptq {ptq}"),
+    Step("nncf", runs_on=QAT_RUN),
+    Step("nncf, calibration {images} images", {"calib_size": EVERY_IMAGE}, when=MORE_IMAGES, runs_on=ANY_RUN),
+    Step("nncf accuracy control, ops in float until drop <= {points:g}", {"accuracy_control": BUDGET_POINTS},
+         when=FLOAT_LAYERS, runs_on=ANY_RUN),
+))
+
 FORMAT = Format(
     name="openvino",
     suffixes=(".xml", ".bin"),
@@ -344,4 +357,6 @@ FORMAT = Format(
     runtime_hint="openvino",
     runtime_modules=("openvino",),
     companions=lambda model_path: [model_path.with_suffix(".bin")],
+    budget=BUDGET,
+    golden_loader="openvino",
 )

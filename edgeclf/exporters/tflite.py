@@ -9,6 +9,8 @@ from edgeclf import __version__, console, ptq, tfenv
 from edgeclf.errors import ExportError, UsageError
 from edgeclf.exporters import RUNTIMES, Format, tflite_flatbuffer
 from edgeclf.exporters.base import ExportJob, ExportOutput
+from edgeclf.exporters.recipes import (DEFAULT_PTQ, DEFAULT_PTQ_WITHOUT_RANGES, EVERY_IMAGE, FLOAT_LAYERS, MORE_IMAGES,
+                                       QAT_RUN, Budget, Step)
 from edgeclf.exporters.tflite_metadata import (
     ImageClassifierMetadata,
     embed_metadata,
@@ -271,6 +273,43 @@ def io_tensors(path: Path) -> dict:
     return tflite_flatbuffer.io_tensors(path.read_bytes())
 
 
+def keep_worst_ops_in_float(run, spec, count: int):
+    """`spec` with the `count` ops the quantization debugger finds worst kept in float (float IO)."""
+    import dataclasses
+    import tempfile
+
+    from edgeclf import calibration
+
+    model = run.load_model()
+    layer_names = {layer.name for layer in model.layers}
+    calib = calibration.build(run, spec.calib_size, spec.calib_dir)
+    with tempfile.TemporaryDirectory(prefix="edgeclf-budget-") as work:
+        job = ExportJob(run, model, dataclasses.replace(spec, ptq="none"), calib, Path(work))
+        worst = debug_quantization(job, Path(work) / "debug.csv", worst=4 * count)["worst_layers"]
+    ops = [[name for name in row["layer"].split("+") if name in layer_names] for row in worst]
+    ops = [names for names in ops if names][:count]  # one op (e.g. Conv1+bn_Conv1+Conv1_relu) per entry
+    if not ops:
+        raise ExportError("the quantization debugger named no Keras layers to keep in float", "see --debug-quant")
+    names = tuple(dict.fromkeys(name for names in ops for name in names))
+    return dataclasses.replace(spec, float_layers=names, io=None)
+
+
+# Plain PTQ, then the improved recipes in the order they measured on flowers (benchmarks/ptq.py):
+# the default first, output-aware rounding on top of it, then MSE ranges instead. The float
+# fallback does without ranges, which need a full-integer model.
+BUDGET = Budget(steps=(
+    Step("ptq none", {"ptq": "none"}),
+    Step("ptq {ptq}", {"ptq": DEFAULT_PTQ}),
+    Step("ptq {ptq}", {"ptq": "input,round,bias"}),
+    Step("ptq {ptq}", {"ptq": "input,bias,ranges"}),
+    Step("ptq {ptq}, calibration {images} images", {"ptq": DEFAULT_PTQ, "calib_size": EVERY_IMAGE}, when=MORE_IMAGES),
+    Step("ptq {ptq}, worst {ops} ops in float", {"ptq": DEFAULT_PTQ_WITHOUT_RANGES}, when=FLOAT_LAYERS,
+         worst_ops_in_float=True),
+    # a QAT run's learned ranges and weights are kept as trained
+    Step("QAT ranges as trained", runs_on=QAT_RUN),
+    Step("QAT, calibration {images} images", {"calib_size": EVERY_IMAGE}, when=MORE_IMAGES, runs_on=QAT_RUN),
+), float_layers=keep_worst_ops_in_float)
+
 INT8 = ("int8",)
 FORMAT = Format(
     name="tflite",
@@ -293,4 +332,8 @@ FORMAT = Format(
     runners=("python", "benchmark_model"),
     default_io="uint8",
     io_tensors=io_tensors,
+    budget=BUDGET,
+    golden_loader="tflite",
+    app_templates=("Classifier.kt.tmpl", "Classifier.swift.tmpl", "GoldenRawReplay.kt.tmpl", "GoldenRawReplay.swift.tmpl"),
+    kernel_sets=("BUILTIN_WITHOUT_DEFAULT_DELEGATES", "BUILTIN_REF"),
 )

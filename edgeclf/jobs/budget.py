@@ -7,14 +7,11 @@ artefact directory, with a `budget` block in its manifest; the others are delete
 they miss. If none fits, nothing is published: the attempts go to
 `<artefact dir>.budget-report.json` and the error line says how close the best one came.
 
-Escalation, cheapest first (recipes a target does not offer are skipped):
-  tflite    plain PTQ -> improved PTQ (edgeclf.ptq) -> improved PTQ calibrated on every training
-            image -> [--allow-float-layers: the debugger's worst ops kept in float]
-            -> QAT (`edgeclf optimize --qat`, defaults) exported as-is
-  onnx      ORT static int8, min/max: plain, then with the default ptq (bias) -> percentile
-            ranges -> entropy ranges -> min/max on every training image -> QAT
-  openvino  nncf.quantize -> nncf.quantize on every training image
-            -> [--allow-float-layers: nncf.quantize_with_accuracy_control on val] -> QAT
+Each format declares its escalation, cheapest first, as data: `BUDGET` in exporters/tflite.py,
+onnx.py and openvino.py (exporters/recipes.py says how). In short: plain PTQ, the format's
+improved PTQ, its own range methods, every training image for calibration, [with
+--allow-float-layers: some ops in float], and then, here for every format, QAT
+(`edgeclf optimize --qat`, defaults) exported as-is. A format without a budget has none.
 Every recipe is full-integer (TFLite refuses float ops; ONNX and OpenVINO quantize every
 conv and matmul) except the float-layers one, which runs only when the user allows it.
 The QAT run is written once to RUN/exports/.budget-qat and reused by later budgets.
@@ -24,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +31,7 @@ from edgeclf.artefacts import MANIFEST_FILE, write_manifest
 from edgeclf.atomic import check_output, publish, publish_file
 from edgeclf.outputs import BUDGET_REPORT, absolute, check_file_output, is_ours
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
+from edgeclf.exporters import recipes as recipes_
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import EXPORTS_DIR, accuracy_against, default_out, export_run
 from edgeclf.pipeline.runs import Run
@@ -42,10 +39,6 @@ from edgeclf.pipeline.runs import Run
 QAT_DIR = ".budget-qat"
 REPORT_SUFFIX = ".budget-report.json"
 FLOAT_LAYERS = 3  # ops the float-fallback recipe keeps in float: the debugger's worst
-# Improved TFLite PTQ recipes after plain PTQ, in the order they measured on flowers
-# (benchmarks/ptq.py): the format's default (its Format record's ptq_default) first, then
-# output-aware rounding on top of it, then MSE ranges instead.
-IMPROVED_PTQ = ("input,round,bias", "input,bias,ranges")
 
 
 @dataclass
@@ -75,8 +68,13 @@ class BudgetSpec:
         for flag, given in chosen.items():
             if given:
                 raise UsageError(f"{flag} picks a recipe, and the budget picks its own", f"drop {flag} or drop the budget")
-        if self.allow_float_layers and spec.target not in ("tflite", "openvino"):
-            raise UsageError(f"--allow-float-layers applies only to --target tflite or openvino, not {spec.target}",
+        fmt = exporters.get(spec.target)
+        if fmt.budget is None:
+            raise UsageError(f"--target {spec.target} offers no accuracy budget (its format declares no int8 recipes)",
+                             "drop --max-drop/--min-agreement")
+        if self.allow_float_layers and not fmt.budget.allows_float_layers:
+            offered = [name for name, f in exporters.registry().items() if f.budget and f.budget.allows_float_layers]
+            raise UsageError(f"--allow-float-layers applies only to --target {' or '.join(offered)}, not {spec.target}",
                              "drop --allow-float-layers")
 
     @property
@@ -112,55 +110,36 @@ class Recipe:
 
 
 def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
-    """The escalation for this run and target, cheapest first."""
+    """The format's escalation (its Format.budget) for this run, cheapest first, then QAT."""
     spec = budget.export
+    fmt = exporters.get(spec.target)
     every_image = _training_image_count(run, spec)
     more = every_image if every_image > spec.calib_size else None
+    default = ptq.label(fmt.default_ptq(run.arch))
+    points = budget.max_drop if budget.max_drop is not None else 100 * (1 - (budget.min_agreement or 1))
+    values = {recipes_.DEFAULT_PTQ: default, recipes_.EVERY_IMAGE: more, recipes_.BUDGET_POINTS: points,
+              recipes_.DEFAULT_PTQ_WITHOUT_RANGES:
+                  ",".join(t for t in default.split(",") if t not in ptq.RANGE_TECHNIQUES and t != ptq.NONE) or ptq.NONE}
+    wanted = {recipes_.ALWAYS: True, recipes_.MORE_IMAGES: more is not None,
+              recipes_.FLOAT_LAYERS: budget.allow_float_layers}
 
-    def using(**changes) -> Callable[[], tuple[Path, ExportSpec]]:
-        return lambda: (run.path, dataclasses.replace(spec, **changes))
+    def prepare(changes: dict, worst_ops_in_float: bool) -> Callable[[], tuple[Path, ExportSpec]]:
+        step_spec = dataclasses.replace(spec, **changes)
+        if worst_ops_in_float:
+            return lambda: (run.path, fmt.budget.float_layers(run, step_spec, FLOAT_LAYERS))
+        return lambda: (run.path, step_spec)
 
-    def plain_then_default(tool: str) -> list[Recipe]:
-        """Plain PTQ, then the format's default techniques; a QAT run keeps what it learned."""
-        if run.qat:
-            return [Recipe(tool, using())]
-        default = ptq.label(exporters.get(spec.target).default_ptq(run.arch))
-        return [Recipe(f"{tool}, ptq none", using(ptq="none")), Recipe(f"{tool}, ptq {default}", using())]
-
-    steps: list[Recipe] = []
-    if spec.target == "tflite":
-        improved = [r for r in dict.fromkeys([ptq.label(exporters.get("tflite").default_ptq(run.arch)), *IMPROVED_PTQ]) if r != ptq.NONE]
-        if run.qat:  # its learned ranges and weights are kept as trained
-            steps.append(Recipe("QAT ranges as trained", using(ptq=None)))
-            if more:
-                steps.append(Recipe(f"QAT, calibration {more} images", using(calib_size=more)))
-            return steps
-        steps.append(Recipe("ptq none", using(ptq="none")))
-        steps += [Recipe(f"ptq {recipe}", using(ptq=recipe)) for recipe in improved]
-        if more:
-            steps.append(Recipe(f"ptq {improved[0]}, calibration {more} images", using(ptq=improved[0], calib_size=more)))
-        if budget.allow_float_layers:  # ranges need a full-integer model, so this recipe does without
-            keras_only = ",".join(t for t in improved[0].split(",") if t not in ptq.RANGE_TECHNIQUES) or "none"
-            steps.append(Recipe(f"ptq {keras_only}, worst {FLOAT_LAYERS} ops in float",
-                                lambda: _float_layers(run, spec, keras_only)))
-    elif spec.target == "onnx":
-        steps += plain_then_default("ort minmax")  # later recipes keep the default techniques
-        steps.append(Recipe("ort percentile", using(calib_method="percentile")))
-        steps.append(Recipe("ort entropy", using(calib_method="entropy")))
-        if more:
-            steps.append(Recipe(f"ort minmax, calibration {more} images", using(calib_size=more)))
-    else:
-        steps += plain_then_default("nncf")
-        if more:
-            steps.append(Recipe(f"nncf, calibration {more} images", using(calib_size=more)))
-        if budget.allow_float_layers:
-            # NNCF's target is val top-1; an agreement-only budget asks for the drop that agreement implies at most.
-            points = budget.max_drop if budget.max_drop is not None else 100 * (1 - budget.min_agreement)
-            steps.append(Recipe(f"nncf accuracy control, ops in float until drop <= {points:g}",
-                                using(accuracy_control=points)))
+    steps: dict[str, Recipe] = {}  # by name: the default may be one of the improved recipes
+    for step in fmt.budget.steps:
+        if not wanted[step.when] or step.runs_on not in (recipes_.ANY_RUN, recipes_.QAT_RUN if run.qat else recipes_.FLOAT_RUN):
+            continue
+        changes = {field: values.get(value, value) if isinstance(value, str) else value
+                   for field, value in step.changes.items()}
+        name = step.name.format(ptq=changes.get("ptq", default), images=more, points=points, ops=FLOAT_LAYERS)
+        steps.setdefault(name, Recipe(name, prepare(changes, step.worst_ops_in_float)))
     if not run.qat:
-        steps.append(Recipe("QAT (edgeclf optimize --qat), exported as-is", lambda: (_qat_run(run), spec)))
-    return steps
+        steps["QAT"] = Recipe("QAT (edgeclf optimize --qat), exported as-is", lambda: (_qat_run(run), spec))
+    return list(steps.values())
 
 
 def export_within_budget(run_dir, budget: BudgetSpec, overwrite: bool = False) -> dict:
@@ -240,7 +219,8 @@ def _give_up(out: Path, budget: BudgetSpec, attempts: list, report: Path) -> NoR
         f"no int8 recipe kept the budget ({budget.describe()}): closest was '{best['recipe']}' with drop "
         f"{100 * best['drop']:.2f} points and agreement {100 * best['agreement']:.1f}%; nothing published, attempts in {report}",
         "loosen --max-drop/--min-agreement"
-        + (", allow --allow-float-layers" if budget.export.target == "tflite" and not budget.allow_float_layers else "")
+        + (", allow --allow-float-layers" if exporters.get(budget.export.target).budget.allows_float_layers
+           and not budget.allow_float_layers else "")
         + ", or run `edgeclf optimize --qat --epochs 4` and export that run")
 
 
@@ -262,22 +242,3 @@ def _qat_run(run: Run) -> Path:
     console.info(f"  quantization-aware training into {qat_dir} (edgeclf optimize --qat, default epochs)")
     optimize(OptimizeConfig(run_dir=str(run.path), out=str(qat_dir), qat=True))
     return qat_dir
-
-
-def _float_layers(run: Run, spec: ExportSpec, recipe: str) -> tuple[Path, ExportSpec]:
-    """`recipe` with the layers the quantization debugger finds worst kept in float (float IO)."""
-    from edgeclf.exporters.base import ExportJob
-    from edgeclf.exporters.tflite import debug_quantization
-
-    model = run.load_model()
-    layer_names = {layer.name for layer in model.layers}
-    calib = calibration.build(run, spec.calib_size, spec.calib_dir)
-    with tempfile.TemporaryDirectory(prefix="edgeclf-budget-") as work:
-        job = ExportJob(run, model, dataclasses.replace(spec, ptq="none"), calib, Path(work))
-        worst = debug_quantization(job, Path(work) / "debug.csv", worst=4 * FLOAT_LAYERS)["worst_layers"]
-    ops = [[name for name in row["layer"].split("+") if name in layer_names] for row in worst]
-    ops = [names for names in ops if names][:FLOAT_LAYERS]  # one op (e.g. Conv1+bn_Conv1+Conv1_relu) per entry
-    if not ops:
-        raise ExportError("the quantization debugger named no Keras layers to keep in float", "see --debug-quant")
-    names = tuple(dict.fromkeys(name for names in ops for name in names))
-    return run.path, dataclasses.replace(spec, ptq=recipe, float_layers=names, io=None)

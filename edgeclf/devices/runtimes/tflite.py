@@ -54,15 +54,15 @@ def interpreter_class():
 
 
 class Model:
-    def __init__(self, path: str, threads=None, op_resolver=None):
-        """op_resolver: an OpResolverType name, e.g. BUILTIN_REF for TFLite's reference kernels."""
+    def __init__(self, path: str, threads=None, kernels=None):
+        """kernels: an OpResolverType name, e.g. BUILTIN_REF for TFLite's reference kernels."""
         self.runtime, self.runtime_version, interpreter_cls = interpreter_class()
         kwargs = {"model_path": path}
         if threads:
             kwargs["num_threads"] = threads
-        if op_resolver:
+        if kernels:
             resolvers = sys.modules[interpreter_cls.__module__].OpResolverType
-            kwargs["experimental_op_resolver_type"] = getattr(resolvers, op_resolver)
+            kwargs["experimental_op_resolver_type"] = getattr(resolvers, kernels)
         started = time.perf_counter()
         self.interpreter = interpreter_cls(**kwargs)
         self.interpreter.allocate_tensors()
