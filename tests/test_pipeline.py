@@ -60,9 +60,10 @@ def load_and_run(path, **kwargs) -> dict:
     (("[local]", "[local, nowhere]"), r"line 5: devices: unknown device 'nowhere'"),
     (("images/test", "images/gone"), r"line 1: data.test .*images/gone is not a folder"),
     (("quant: fp32", "quant: fp33"), r"line 4: exports: --quant fp33 is not available for tflite"),
+    (("target: tflite", "target: onnx"), r"bundle names 'onnx-fp32', which is not a tflite export of this file \(with app code\)"),
 ])
 def test_bad_pipeline_files_fail_with_one_line_before_any_work(tmp_path, change, message):
-    path = write_project(tmp_path, FP32)
+    path = write_project(tmp_path, FP32, extra="bundle: [onnx-fp32]\n" if "onnx" in change[1] else "")
     path.write_text(path.read_text().replace(*change))
     proc = run_cli("run", path)
     lines = proc.stderr.strip().splitlines()

@@ -54,6 +54,9 @@ class Format:
     golden_loader: str | None = None
     app_templates: tuple[str, ...] = ()
     kernel_sets: tuple[str, ...] = ()
+    # Its converter takes a QAT model's learned ranges, so int8 needs calibration images only for
+    # the in-graph preprocessing, which a pixel-range probe covers when the run's images are gone.
+    keeps_qat_ranges: bool = False
 
     def default_ptq(self, arch: str | None = None) -> tuple[str, ...]:
         """The techniques --ptq defaults to for a model of backbone `arch`."""

@@ -336,4 +336,5 @@ FORMAT = Format(
     golden_loader="tflite",
     app_templates=("Classifier.kt.tmpl", "Classifier.swift.tmpl", "GoldenRawReplay.kt.tmpl", "GoldenRawReplay.swift.tmpl"),
     kernel_sets=("BUILTIN_WITHOUT_DEFAULT_DELEGATES", "BUILTIN_REF"),
+    keeps_qat_ranges=True,
 )

@@ -135,10 +135,10 @@ def _manifest(run: Run, spec: ExportSpec, out: Path, result, calib, conversion_s
 
 
 def _calibration(run: Run, spec: ExportSpec):
-    """The calibration set, which a QAT run exported to TFLite does without if its images are gone."""
+    """The calibration set, which a QAT run does without if its images are gone and its format keeps QAT's ranges."""
     if not spec.needs_calibration:
         return None
-    if run.qat and spec.target == "tflite" and spec.calib_dir is None and not spec.debug_quant \
+    if run.qat and exporters.get(spec.target).keeps_qat_ranges and spec.calib_dir is None and not spec.debug_quant \
             and not calibration.training_images_available(run):
         console.info("the run's training images are gone: int8 uses the ranges QAT learned "
                      "(a pixel-range probe covers the in-graph preprocessing)")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from edgeclf import exporters
 from edgeclf.devices import DeviceOptions
 from edgeclf.devices.runners.benchmark_model import DELEGATES
 from edgeclf.devices.targets import expand_devices, parse_target
@@ -82,7 +83,7 @@ class PipelineFile:
     data: str | None = None  # images validate scores on: validate.data, else data.test
     lines: dict = field(default_factory=dict, repr=False)
     report: bool = True  # one `edgeclf report` page per backbone, with the pipeline's device results
-    bundle: tuple[str, ...] = ()  # names of TFLite exports to bundle for app teams (`edgeclf bundle`)
+    bundle: tuple[str, ...] = ()  # names of exports with app code (TFLite) to bundle for app teams (`edgeclf bundle`)
 
 
 def load(path, trust_devices: bool = False) -> PipelineFile:
@@ -243,13 +244,14 @@ class _Checker:
                           f"pass {TRUST_FLAG} if you trust {self.path.name} (or remove {where[-1]})")
 
     def bundles(self, value, exports: list[Export]) -> tuple[str, ...]:
-        """`bundle: true` bundles every TFLite export; a list names the exports to bundle."""
-        tflite = [e.name for e in exports if e.spec.target == "tflite"]
-        names = tuple(tflite) if value is True else () if value is False else self.typed(value, ("bundle",), "tuple[str, ...]")
+        """`bundle: true` bundles every export whose format has app code (TFLite); a list names the exports to bundle."""
+        with_app = [e.name for e in exports if exporters.get(e.spec.target).app_templates]
+        kinds = "/".join(n for n, f in exporters.registry().items() if f.app_templates)
+        names = tuple(with_app) if value is True else () if value is False else self.typed(value, ("bundle",), "tuple[str, ...]")
         for name in names:
-            if name not in tflite:
-                self.fail(("bundle",), f"bundle names '{name}', which is not a TFLite export of this file",
-                          f"choose from {', '.join(tflite) or '(no TFLite exports)'}, or `bundle: true`")
+            if name not in with_app:
+                self.fail(("bundle",), f"bundle names '{name}', which is not a {kinds} export of this file (with app code)",
+                          f"choose from {', '.join(with_app) or f'(no {kinds} exports)'}, or `bundle: true`")
         return names
 
     def trains(self, value, data_dirs: dict, out: Path) -> list[TrainConfig]:
