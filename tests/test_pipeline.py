@@ -60,6 +60,7 @@ def load_and_run(path, **kwargs) -> dict:
     (("[local]", "[local, nowhere]"), r"line 5: devices: unknown device 'nowhere'"),
     (("images/test", "images/gone"), r"line 1: data.test .*images/gone is not a folder"),
     (("quant: fp32", "quant: fp33"), r"line 4: exports: --quant fp33 is not available for tflite"),
+    (("runs: 3", "runs: 0"), r"line 6: validate: --runs must be at least 1 and --warmup at least 0"),
     (("target: tflite", "target: onnx"), r"bundle names 'onnx-fp32', which is not a tflite export of this file \(with app code\)"),
 ])
 def test_bad_pipeline_files_fail_with_one_line_before_any_work(tmp_path, change, message):

@@ -11,7 +11,7 @@ import numpy as np
 from edgeclf import console, exporters
 from edgeclf.artefacts import MANIFEST_FILE, model_in_folder, read_manifest
 from edgeclf.bundle import BUNDLE_FILE, GOLDEN_DIR, GOLDEN_FILE, SUMS_FILE, BundleError, archive, golden, parse_sums_line
-from edgeclf.devices import DeviceOptions, open_device
+from edgeclf.devices import DeviceOptions, Measure, open_device
 from edgeclf.errors import first_line
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.runs import LABELS_FILE, read_labels
@@ -109,6 +109,7 @@ def load_vectors(directory: Path, record: dict, manifest: dict, checked: set[str
 
 
 def check_bundle(bundle, device: str = "local", threads: int | None = None, options: DeviceOptions | None = None) -> dict:
+    how = Measure(runs=1, warmup=0, threads=threads, options=options or DeviceOptions())  # one pass over the vectors
     with opened(bundle) as directory:
         checked = verify(directory)
         manifest = read_manifest(directory / MANIFEST_FILE)
@@ -117,10 +118,10 @@ def check_bundle(bundle, device: str = "local", threads: int | None = None, opti
         model_path = model_files(directory, manifest, checked)
         vectors = record["vectors"]
         pixels, expected = load_vectors(directory, record, manifest, checked)
-        target = open_device(device, options or DeviceOptions())
+        target = open_device(device, how.options)
         console.info(f"replaying {len(vectors)} golden vectors of {model_path.name} on {target.transport.name}")
         fmt = exporters.for_path(model_path)
-        result = target.run(fmt, fmt.model_files(model_path), pixels, 1, 0, threads, raw_outputs=True)
+        result = target.run(fmt, fmt.model_files(model_path), pixels, how.runs, how.warmup, how.threads, raw_outputs=True)
     dtype = record["output"]["dtype"]
     exact = golden.is_reference(record, result.runtime.get("name"), result.runtime.get("version"), result.device.get("arch"))
     tol = record["tolerance"]["reference" if exact else "other"]

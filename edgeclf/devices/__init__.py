@@ -7,14 +7,14 @@ transport says which runner measures models on it, and the format says which run
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgeclf.devices.base import DeviceRun, Transport
 from edgeclf.devices.targets import Target, parse_target
-from edgeclf.errors import DeviceError
+from edgeclf.errors import DeviceError, UsageError
 from edgeclf.checks import check_range
 
 MAX_TIMEOUT_S = 86400.0  # a day: beyond it a hung device would never be given up on
@@ -36,6 +36,26 @@ class DeviceOptions:
 
     def __post_init__(self):
         checked_timeout(self.timeout)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How a model is measured on a device, checked once where a job starts: `runs` timed
+    inferences after `warmup` untimed ones, on `threads` threads (None: the runtime's choice).
+    validate, bench, check-bundle and `edgeclf run` all take one."""
+    runs: int = 100
+    warmup: int = 10
+    threads: int | None = None
+    options: DeviceOptions = field(default_factory=DeviceOptions)
+
+    def __post_init__(self):
+        for name, value in (("runs", self.runs), ("warmup", self.warmup), ("threads", self.threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UsageError(f"--{name} {value!r} is not a whole number", "e.g. --runs 100 --warmup 10 --threads 1")
+        if self.runs < 1 or self.warmup < 0:
+            raise UsageError("--runs must be at least 1 and --warmup at least 0", "e.g. --runs 100 --warmup 10")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be at least 1", "e.g. --threads 1")
 
 
 def checked_timeout(seconds: float) -> float:
@@ -78,8 +98,9 @@ def _formats_for(runner: str) -> str:
     return " or ".join(fmt.name for fmt in exporters.registry().values() if runner in fmt.runners)
 
 
-def open_device(spec: str, options: DeviceOptions) -> Device:
-    target = parse_target(spec, options.devices_file)
+def open_device(spec: str | Target, options: DeviceOptions) -> Device:
+    """A device by its name, or by the Target a job already parsed it into (the devices file is read once)."""
+    target = spec if isinstance(spec, Target) else parse_target(spec, options.devices_file)
     module = importlib.import_module(TRANSPORTS[target.kind])
     transport = module.open_transport(target, options, connect_timeout=min(options.timeout, 20))
     return Device(target, transport, options)

@@ -15,13 +15,13 @@ from edgeclf import console
 from edgeclf.artefacts import MANIFEST_FILE, read_manifest
 from edgeclf.atomic import check_output, staged_dir
 from edgeclf.outputs import BENCH
-from edgeclf.devices import DeviceOptions
-from edgeclf.devices.targets import expand_devices, folder_name
+from edgeclf.devices import DeviceOptions, Measure
+from edgeclf.devices.targets import expand_devices, folder_name, parse_target
 from edgeclf.errors import EdgeclfError, UsageError
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import default_out, export_run
 from edgeclf.jobs.fleet import run_on_devices
-from edgeclf.jobs.validate import Prepared, check_counts, measure
+from edgeclf.jobs.validate import Prepared, measure
 from edgeclf.pipeline.runs import Run
 
 BENCH_FILE = "bench.json"
@@ -63,7 +63,7 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str | list[str] = "lo
     """One device gives the classic bench record; several give one row per (format, device)."""
     options = options or DeviceOptions()
     devices = expand_devices(device, options.devices_file)
-    check_counts(runs, warmup, threads)
+    how = Measure(runs, warmup, threads, options)
     run = Run.open(run_dir)
     label = folder_name(devices[0]) if len(devices) == 1 else f"{len(devices)}-devices"
     target_dir = Path(out) if out else run.path / "bench" / f"{label}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
@@ -85,7 +85,8 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str | list[str] = "lo
         for item in prepared.values():
             item.reference()  # the float model runs here, once, not in every device's thread
     started = time.perf_counter()
-    jobs = {name: [functools.partial(measure, item, name, runs, warmup, threads, options) for item in prepared.values()]
+    targets = {name: parse_target(name, options.devices_file) for name in devices}  # each name parsed once
+    jobs = {name: [functools.partial(measure, item, targets[name], how) for item in prepared.values()]
             for name in devices}
     outcomes = run_on_devices(jobs, on_done=_progress_line if len(devices) > 1 else None)
     wall_s = round(time.perf_counter() - started, 2)

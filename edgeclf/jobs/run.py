@@ -52,6 +52,7 @@ class Stage:
     work: Callable[["Stage", dict], None] | None  # (stage, records so far) does the job; its output appears only when complete
     inputs: dict = field(default_factory=dict)  # fingerprints of what it reads besides upstream stages
     device: str | None = None
+    target: object = None  # validate: the device name parsed once, when planning (devices.targets.Target)
     export: object = None  # validate: the Export it measures
     key: str = ""
     settings_hash: str = ""
@@ -110,6 +111,7 @@ def _sha256(path: Path) -> str:
 # The plan
 # --------------------------------------------------------------------------------------
 def plan(pf: PipelineFile, restart: bool = False) -> list[Stage]:
+    targets = {device: pf.targets.get(device) or parse_target(device, pf.device_options.devices_file) for device in pf.devices}
     stages: list[Stage] = []
     several = len(pf.trains) > 1
     for config in pf.trains:
@@ -140,13 +142,13 @@ def plan(pf: PipelineFile, restart: bool = False) -> list[Stage]:
             stages.append(stage)
             measured.append(stage)
             for device in pf.devices:
-                target = dataclasses.asdict(parse_target(device, pf.device_options.devices_file))
+                target = targets[device]
                 stages.append(Stage(
                     f"validate{tag}/{export.name}@{device}", "validate",
-                    {"device": target, "runs": pf.runs, "warmup": pf.warmup, "threads": pf.threads,
+                    {"device": dataclasses.asdict(target), "runs": pf.runs, "warmup": pf.warmup, "threads": pf.threads,
                      "options": dataclasses.asdict(pf.device_options)},
                     [stage.name], arch_dir / "validate" / f"{export.name}@{folder_name(device)}", None,
-                    inputs={"images": folder_fingerprint(pf.data)}, device=device, export=export))
+                    inputs={"images": folder_fingerprint(pf.data)}, device=device, target=target, export=export))
                 measured.append(stages[-1])
         if pf.report:
             stages.append(Stage(f"report{tag}", "report", {"report": True}, [source.name] + [s.name for s in measured],
@@ -382,7 +384,7 @@ class _Runner:
         run_on_devices(runnable, on_done=done)
 
     def _validate(self, stage: Stage, prepared: Prepared) -> None:
-        result = measure(prepared, stage.device, self.pf.runs, self.pf.warmup, self.pf.threads, self.pf.device_options)
+        result = measure(prepared, stage.target, self.pf.measure)
         with staged_dir(stage.output, RESULT_FILE, overwrite=True) as staging:
             (staging / RESULT_FILE).write_text(console.to_json(RESULT.stamp() | result) + "\n")
 

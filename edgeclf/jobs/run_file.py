@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from edgeclf import exporters
-from edgeclf.devices import DeviceOptions
+from edgeclf.devices import DeviceOptions, Measure
 from edgeclf.devices.runners.benchmark_model import DELEGATES
 from edgeclf.devices.targets import expand_devices, parse_target
 from edgeclf.errors import EdgeclfError, UsageError
@@ -84,6 +84,11 @@ class PipelineFile:
     lines: dict = field(default_factory=dict, repr=False)
     report: bool = True  # one `edgeclf report` page per backbone, with the pipeline's device results
     bundle: tuple[str, ...] = ()  # names of exports with app code (TFLite) to bundle for app teams (`edgeclf bundle`)
+    targets: dict = field(default_factory=dict)  # device name -> Target, parsed once while checking the file
+
+    @property
+    def measure(self) -> Measure:
+        return Measure(self.runs, self.warmup, self.threads, self.device_options)
 
 
 def load(path, trust_devices: bool = False) -> PipelineFile:
@@ -225,13 +230,12 @@ class _Checker:
         devices = self.devices(top.get("devices") or [], devices_file)
         if validate.get("data") and not Path(validate["data"]).is_dir():
             self.fail(("validate", "data"), f"validate.data {validate['data']} is not a folder", "pass a folder with one subfolder per class")
-        runs, warmup, threads = validate.get("runs", 100), validate.get("warmup", 10), validate.get("threads")
-        if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
-            self.fail(("validate",), "validate needs runs >= 1, warmup >= 0 and threads >= 1", "e.g. runs: 100, warmup: 10, threads: 1")
+        how = self.build(("validate",), lambda: Measure(validate.get("runs", 100), validate.get("warmup", 10),
+                                                        validate.get("threads"), options))
         report = self.typed(top.get("report", True), ("report",), "bool")
         bundle = self.bundles(top.get("bundle", False), exports)
-        return PipelineFile(self.path, out, trains, optimize, exports, devices, options, runs, warmup, threads,
-                            validate.get("data") or trains[0].test_dir, self.lines, report, bundle)
+        return PipelineFile(self.path, out, trains, optimize, exports, list(devices), options, how.runs, how.warmup, how.threads,
+                            validate.get("data") or trains[0].test_dir, self.lines, report, bundle, devices)
 
     def trust(self, top: dict) -> None:
         """Refuse TRUSTED_ONLY settings unless the user said to trust this file."""
@@ -301,17 +305,17 @@ class _Checker:
             exports.append(Export(name, spec, budget if budget.active else None))
         return exports
 
-    def devices(self, value, devices_file: str | None) -> list[str]:
+    def devices(self, value, devices_file: str | None) -> dict:
+        """Device name -> Target, groups expanded, each device once, in order."""
         entries = [value] if isinstance(value, str) else value
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
             self.fail(("devices",), "devices must be a device name or a list of them", "e.g. devices: [local, ssh://pi@raspberrypi.local]")
-        devices = []
+        devices = {}
         for index, entry in enumerate(entries):
             where = ("devices", index) if not isinstance(value, str) else ("devices",)
             for name in self.build(where, lambda e=entry: expand_devices([e], devices_file)):
-                self.build(where, lambda n=name: parse_target(n, devices_file))
                 if name not in devices:
-                    devices.append(name)
+                    devices[name] = self.build(where, lambda n=name: parse_target(n, devices_file))
         return devices
 
 

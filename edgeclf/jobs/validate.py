@@ -9,7 +9,8 @@ import numpy as np
 
 from edgeclf import console
 from edgeclf.artefacts import Artefact
-from edgeclf.devices import DeviceOptions, open_device
+from edgeclf.devices import DeviceOptions, Measure, open_device
+from edgeclf.devices.targets import Target
 from edgeclf.errors import ModelError, UsageError
 from edgeclf.layout import sha256_file
 from edgeclf.pipeline.datasets import DecodedSplit, decode, scan_for_scoring
@@ -119,27 +120,19 @@ class Prepared:
             return self._reference[0] if self._reference else None
 
 
-def check_counts(runs: int, warmup: int, threads: int | None) -> None:
-    if runs < 1 or warmup < 0:
-        raise UsageError("--runs must be at least 1 and --warmup at least 0", "e.g. --runs 100 --warmup 10")
-    if threads is not None and threads < 1:
-        raise UsageError("--threads must be at least 1", "e.g. --threads 1")
-
-
 def validate(artefact_path, device: str = "local", data_dir: str | None = None, runs: int = 100, warmup: int = 10,
              threads: int | None = None, labels_file: str | None = None, options: DeviceOptions | None = None) -> dict:
-    check_counts(runs, warmup, threads)
-    return measure(Prepared(artefact_path, data_dir, labels_file), device, runs, warmup, threads, options)
+    how = Measure(runs, warmup, threads, options or DeviceOptions())
+    return measure(Prepared(artefact_path, data_dir, labels_file), device, how)
 
 
-def measure(prepared: Prepared, device: str, runs: int = 100, warmup: int = 10, threads: int | None = None,
-            options: DeviceOptions | None = None) -> dict:
+def measure(prepared: Prepared, device: str | Target, how: Measure) -> dict:
     """Run a prepared artefact on one device and score its predictions; safe to call from a thread."""
     artefact, split, labels = prepared.artefact, prepared.split, prepared.labels
-    target = open_device(device, options or DeviceOptions())
+    target = open_device(device, how.options)
     console.info(f"running {artefact.model_path.name} on {target.transport.name}")
     files = prepared.files
-    result = target.run(artefact.format, files, split.images if split is not None else None, runs, warmup, threads)
+    result = target.run(artefact.format, files, split.images if split is not None else None, how.runs, how.warmup, how.threads)
     accuracy = None
     if split is not None:
         check_label_count(labels, result.predictions.shape[-1], prepared.labels_source)  # formats whose file does not say
@@ -182,11 +175,11 @@ def validate_on_devices(artefact_path, devices: list[str], data_dir: str | None 
     """The same artefact on several devices in parallel: one row per device, a failed one with its reason."""
     from edgeclf.jobs.fleet import run_on_devices
 
-    check_counts(runs, warmup, threads)
+    how = Measure(runs, warmup, threads, options or DeviceOptions())
     prepared = Prepared(artefact_path, data_dir, labels_file)
     prepared.reference()  # once, here, not in each device's thread
     started = time.perf_counter()
-    outcomes = run_on_devices({name: [lambda name=name: measure(prepared, name, runs, warmup, threads, options)]
+    outcomes = run_on_devices({name: [lambda name=name: measure(prepared, name, how)]
                                for name in devices}, on_done=_progress_line)
     rows = []
     for name in devices:
