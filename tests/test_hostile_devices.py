@@ -371,8 +371,10 @@ def test_devices_differing_only_in_at_or_underscore_keep_their_own_results(ssh_d
     assert [state[f"validate/tflite-fp32@{d}"]["output"] for d in (at, underscore)] == [
         f"mobilenetv2/validate/tflite-fp32@ssh~{user}%40board", f"mobilenetv2/validate/tflite-fp32@ssh~{user}_board"]
     assert all((out / state[f"validate/tflite-fp32@{d}"]["output"] / "result.json").is_file() for d in (at, underscore))
-    assert sorted(p.name for p in (out / "mobilenetv2" / "report").glob("bench-*")) == [
-        f"bench-ssh~{user}%40board", f"bench-ssh~{user}_board"]
+    report = out / "mobilenetv2" / "report"
+    assert sorted(p.name for p in report.iterdir()) == ["report.html"]  # device results go in the page, not in made-up bench folders
+    page = (report / "report.html").read_text()
+    assert f"edgeclf run on {at}" in page and f"edgeclf run on {underscore}" in page
     rows = json.loads((out / "compare" / "compare.json").read_text())["rows"]
     assert [(r["device"], r["status"]) for r in rows] == [(at, "ok"), (underscore, "ok")]
 

@@ -5,7 +5,7 @@ import click
 
 from edgeclf import console
 from edgeclf.cli import options
-from edgeclf.cli.tables import ms, pct
+from edgeclf.cli.tables import results_table
 
 
 @click.command("bench")
@@ -36,23 +36,13 @@ def command(run_dir, formats, data_dir, out, overwrite, devices, runs, warmup, t
 def _table(summary: dict) -> None:
     dev = summary["device"]
     title = f"{dev.get('name', '')} {dev.get('arch', '')}" + (" [EMULATED]" if summary["emulated"] else "")
-    rows = [
-        [r["format"], r["quant"], r.get("size_mb"), pct(r.get("top1")), pct(r.get("agreement")), ms(r.get("p50_ms")),
-         f"{r['speedup']:.2f}x" if r.get("speedup") else "-", r["status"]]
-        for r in summary["rows"]
-    ]
-    console.table(f"bench on {title}", ["format", "quant", "size MB", "top-1", "agreement", "p50 ms", "speedup", "status"], rows)
+    results_table(f"bench on {title}", summary["rows"], ["format", "quant", "size_mb", "top1", "agreement", "p50_ms", "speedup", "status"])
     console.out.print(f"bench directory: {summary['path']}")
     if summary["report"]:
         console.out.print(f"report: {summary['report']}")
 
 
 def _devices_table(summary: dict) -> None:
-    rows = [
-        [r["device"], r["format"], r["quant"], r.get("size_mb"), pct(r.get("top1")), pct(r.get("agreement")),
-         ms(r.get("p50_ms")), ms(r.get("p90_ms")), r.get("peak_rss_mb") or "-", r["status"]]
-        for r in summary["rows"]
-    ]
-    console.table(f"bench on {len(summary['devices'])} devices ({summary['wall_s']:.1f} s wall)",
-                  ["device", "format", "quant", "size MB", "top-1", "agreement", "p50 ms", "p90 ms", "peak RSS MB", "status"], rows)
+    results_table(f"bench on {len(summary['devices'])} devices ({summary['wall_s']:.1f} s wall)", summary["rows"],
+                  ["device", "format", "quant", "size_mb", "top1", "agreement", "p50_ms", "p90_ms", "peak_rss_mb", "status"])
     console.out.print(f"bench directory: {summary['path']}")

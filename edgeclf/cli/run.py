@@ -5,7 +5,7 @@ import click
 
 from edgeclf import console
 from edgeclf.cli import options
-from edgeclf.cli.tables import ms, pct
+from edgeclf.cli.tables import results_table
 from edgeclf.errors import PartialFailure
 
 
@@ -45,20 +45,8 @@ def command(pipeline_file, dry_run, force, restart, trust_devices, as_json):
 
 
 def _comparison_table(rows: list[dict]) -> None:
-    if not rows:
-        return
-    table = [[r["backbone"], r["export"], r["device"], r["weights"], pct(r["test_top1"]), pct(r["test_top5"]),
-              pct(r["agreement"]), _mb(r["size_mb"]), _mb(r["gzip_mb"]), _millions(r["params"]), ms(r["p50_ms"]),
-              ms(r["p90_ms"]), r["peak_rss_mb"] or "-", r["status"] + (" [EMULATED]" if r["emulated"] else "")]
-             for r in rows]
-    console.table("model choice: per backbone, format and device", [
-        "backbone", "export", "device", "weights", "test top-1", "top-5", "agreement", "MB", "gzip MB", "params",
-        "p50 ms", "p90 ms", "peak RSS MB", "status"], table)
-
-
-def _mb(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _millions(value) -> str:
-    return "-" if value is None else f"{value / 1e6:.2f} M"
+    if rows:
+        shown = [r | {"status": r["status"] + (" [EMULATED]" if r["emulated"] else "")} for r in rows]
+        results_table("model choice: per backbone, format and device", shown, [
+            "backbone", "export", "device", "weights", "test_top1", "test_top5", "agreement", "size_mb", "gzip_mb", "params",
+            "p50_ms", "p90_ms", "peak_rss_mb", "status"])

@@ -114,15 +114,43 @@ def validation_summary(result: dict) -> None:
     console.table(None, ["", ""], rows)
 
 
+def _mb(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _millions(value) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f} M"
+
+
+def _text(value) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+# Per-device result columns, as every table of them prints them: row key -> (header, format)
+RESULT_COLUMNS = {
+    "backbone": ("backbone", _text), "export": ("export", _text), "device": ("device", _text),
+    "hardware": ("hardware", _text), "weights": ("weights", _text), "format": ("format", _text), "quant": ("quant", _text),
+    "test_top1": ("test top-1", pct), "top1": ("top-1", pct), "test_top5": ("top-5", pct), "agreement": ("agreement", pct),
+    "size_mb": ("size MB", _mb), "gzip_mb": ("gzip MB", _mb), "params": ("params", _millions),
+    "p50_ms": ("p50 ms", ms), "p90_ms": ("p90 ms", ms), "peak_rss_mb": ("peak RSS MB", _text),
+    "speedup": ("speedup", lambda v: "-" if not v else f"{v:.2f}x"), "status": ("status", _text),
+}
+
+
+def results_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """The one printer of per-device results (bench, validate on several devices, `edgeclf run`'s model choice)."""
+    console.table(title, [RESULT_COLUMNS[c][0] for c in columns], [[RESULT_COLUMNS[c][1](r.get(c)) for c in columns] for r in rows])
+
+
 def devices_table(title: str, rows: list[dict]) -> None:
     """One row per device, from `validate` on several devices; a failed device shows its reason."""
-    table = []
+    flat = []
     for r in rows:
         acc, lat, device = r.get("accuracy") or {}, r.get("latency_ms") or {}, r.get("device") or {}
         where = " ".join(str(device[k]) for k in ("arch", "os") if device.get(k)) + (" [EMULATED]" if r.get("emulated") else "")
-        table.append([r["device_name"], where or "-", pct(acc.get("top1")), pct(acc.get("agreement")), ms(lat.get("p50")),
-                      ms(lat.get("p90")), r.get("peak_rss_mb") or "-", r["status"]])
-    console.table(title, ["device", "hardware", "top-1", "agreement", "p50 ms", "p90 ms", "peak RSS MB", "status"], table)
+        flat.append({"device": r["device_name"], "hardware": where, "top1": acc.get("top1"), "agreement": acc.get("agreement"),
+                     "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "peak_rss_mb": r.get("peak_rss_mb"), "status": r["status"]})
+    results_table(title, flat, ["device", "hardware", "top1", "agreement", "p50_ms", "p90_ms", "peak_rss_mb", "status"])
 
 
 def demo_table(shipped: dict) -> None:

@@ -5,7 +5,6 @@ A format that cannot be exported or run becomes a row with its reason, not a cra
 """
 from __future__ import annotations
 
-import csv
 import functools
 import time
 from datetime import datetime, timezone
@@ -23,8 +22,10 @@ from edgeclf.jobs.export import default_out, export_run
 from edgeclf.jobs.fleet import run_on_devices
 from edgeclf.jobs.validate import Prepared, measure
 from edgeclf.pipeline.runs import Run
+from edgeclf.report.results import Chart, write_results
 
-BENCH_FILE = "bench.json"
+BENCH_STEM = "bench"
+BENCH_FILE = f"{BENCH_STEM}.json"
 COLUMNS = ["format", "quant", "size_mb", "top1", "agreement", "p50_ms", "speedup", "status"]
 
 
@@ -112,9 +113,8 @@ def bench(run_dir, formats: list[tuple[str, str]], device: str | list[str] = "lo
     summary.update(data=data_dir, threads=threads, runs=runs,
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"), rows=rows)
     with staged_dir(target_dir, BENCH_FILE, overwrite, inputs=[data_dir], input_runs=[run.path]) as staging:
-        (staging / BENCH_FILE).write_text(console.to_json(summary) + "\n")
-        _write_csv(rows, staging / "bench.csv", several=len(devices) > 1)
-        _plot(rows, staging / "bench.png", summary)
+        columns = (["device"] + COLUMNS + ["p90_ms", "peak_rss_mb"]) if len(devices) > 1 else COLUMNS
+        write_results(staging, BENCH_STEM, summary, rows, columns, _chart(summary))
     summary["path"] = str(target_dir)
     summary["report"] = _report(run, target_dir)
     return summary
@@ -177,35 +177,13 @@ def _add_speedups(rows: list[dict]) -> None:
         row["speedup"] = round(base["p50_ms"] / row["p50_ms"], 2)
 
 
-def _write_csv(rows: list[dict], path: Path, several: bool = False) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, (["device"] + COLUMNS + ["p90_ms", "peak_rss_mb"]) if several else COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-
-
-def _plot(rows: list[dict], path: Path, summary: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [r for r in rows if r.get("p50_ms") and r.get("top1") is not None]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in points:
-        ax.scatter(r["p50_ms"], 100 * r["top1"], s=40 + 60 * r["size_mb"], alpha=0.6)
-        where = f" @ {r['device']}" if r.get("device") else ""
-        ax.annotate(f"{r['format']}:{r['quant']}{where}\n{r['size_mb']:.1f} MB", (r["p50_ms"], 100 * r["top1"]),
-                    textcoords="offset points", xytext=(6, 6), fontsize=8)
+def _chart(summary: dict) -> Chart:
     if "devices" in summary:
         title = f"accuracy vs latency on {len(summary['devices'])} devices"
     else:
         title = f"accuracy vs latency on {summary['device'].get('name', '?')}" + (" (emulated)" if summary.get("emulated") else "")
-    ax.set_title(title if points else title + ": no accuracy measured")
-    ax.set_xlabel("p50 latency (ms)")
-    ax.set_ylabel("top-1 (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+    def label(r: dict) -> str:
+        return f"{r['format']}:{r['quant']}" + (f" @ {r['device']}" if r.get("device") else "") + f"\n{r['size_mb']:.1f} MB"
+
+    return Chart(title, "top1", "top-1 (%)", label, ": no accuracy measured", size_by="size_mb")

@@ -6,17 +6,20 @@ compare.json, compare.csv and an accuracy-versus-latency chart, compare.png.
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from edgeclf import console, records
+from edgeclf import records
 from edgeclf.artefacts import MANIFEST_FILE
 from edgeclf.atomic import staged_dir
 from edgeclf.outputs import COMPARE
 from edgeclf.pipeline.runs import LABELS_FILE, Run
+from edgeclf.report.results import Chart, write_results
 
 COMPARE_FILE = "compare.json"
+CHART = Chart("test top-1 vs p50 latency", "test_top1", "test top-1 (%)",
+              lambda r: f"{r['backbone']} {r['export']}\n{r['size_mb']:.2f} MB", ": nothing measured on a device",
+              colour_by="device", marker_by="backbone", log_when_spread=True)
 COLUMNS = ["backbone", "export", "device", "weights", "test_top1", "test_top5", "agreement", "size_mb", "gzip_mb",
            "params", "p50_ms", "p90_ms", "peak_rss_mb", "emulated", "status"]
 
@@ -25,12 +28,7 @@ def write(entries: list[dict], output: Path) -> list[dict]:
     params: dict = {}
     rows = [_row(entry, params) for entry in entries]
     with staged_dir(output, COMPARE_FILE, overwrite=True) as staging:
-        (staging / COMPARE_FILE).write_text(console.to_json({**COMPARE.stamp(), "columns": COLUMNS, "rows": rows}) + "\n")
-        with open(staging / "compare.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        _plot(rows, staging / "compare.png")
+        write_results(staging, "compare", {**COMPARE.stamp(), "columns": COLUMNS, "rows": rows}, rows, COLUMNS, CHART)
     return rows
 
 
@@ -84,34 +82,3 @@ def _params(run_dir: Path, cache: dict) -> int | None:
     if run_dir not in cache:
         cache[run_dir] = int(Run.open(run_dir).load_model().count_params()) if run_dir.is_dir() else None
     return cache[run_dir]
-
-
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [r for r in rows if r["p50_ms"] and r["test_top1"] is not None]
-    devices = list(dict.fromkeys(r["device"] for r in points))
-    backbones = list(dict.fromkeys(r["backbone"] for r in points))
-    markers = "osD^vP*X"
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in points:
-        colour = f"C{devices.index(r['device']) % 10}"
-        ax.scatter(r["p50_ms"], 100 * r["test_top1"], color=colour, marker=markers[backbones.index(r["backbone"]) % len(markers)],
-                   s=50, alpha=0.8)
-        ax.annotate(f"{r['backbone']} {r['export']}\n{r['size_mb']:.2f} MB", (r["p50_ms"], 100 * r["test_top1"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=7)
-    for device in devices:
-        ax.scatter([], [], color=f"C{devices.index(device) % 10}", label=device)
-    if devices:
-        ax.legend(title="device", fontsize=8)
-    ax.set_xscale("log" if points and max(r["p50_ms"] for r in points) > 10 * min(r["p50_ms"] for r in points) else "linear")
-    ax.set_title("test top-1 vs p50 latency" + ("" if points else ": nothing measured on a device"))
-    ax.set_xlabel("p50 latency (ms)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

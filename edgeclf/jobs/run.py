@@ -186,7 +186,7 @@ GOLDEN = 20
 
 
 def _report(run_dir: Path, measured: list[Stage], output: Path) -> None:
-    """The run's `edgeclf report` page, with this pipeline's device results shown as bench folders."""
+    """The run's `edgeclf report` page, with this pipeline's device results beside the run's benches."""
     from edgeclf.report import REPORT_FILE, write_report
 
     with staged_dir(output, REPORT_FILE, overwrite=True) as staging:
@@ -199,15 +199,10 @@ def _report(run_dir: Path, measured: list[Stage], output: Path) -> None:
                 by_device.setdefault(stage.device, []).append(
                     {"format": stage.export.spec.target, "quant": stage.export.spec.quant, "status": "ok", "result": result,
                      "size_mb": round(result["model_bytes"] / 1e6, 3)})
-        bench_dirs = []
-        for device, rows in by_device.items():
-            folder = staging / f"bench-{folder_name(device)}"
-            folder.mkdir()
-            first = rows[0]["result"]
-            (folder / "bench.json").write_text(console.to_json(
-                {"format": records.tag("bench"), "device": first["device"], "emulated": first["emulated"], "rows": rows}) + "\n")
-            bench_dirs.append(folder)
-        write_report(run_dir, out=staging / REPORT_FILE, extra_bench_dirs=bench_dirs)
+        benches = [(f"edgeclf run on {device}", {"format": records.tag("bench"), "device": rows[0]["result"]["device"],
+                                                  "emulated": rows[0]["result"]["emulated"], "rows": rows})
+                   for device, rows in by_device.items()]
+        write_report(run_dir, out=staging / REPORT_FILE, extra_benches=benches)
 
 
 def _keys(stages: list[Stage]) -> None:

@@ -8,8 +8,9 @@ from edgeclf.outputs import REPORT, absolute, check_file_output
 REPORT_FILE = REPORT.marker
 
 
-def write_report(run_dir, out=None, extra_bench_dirs=(), overwrite: bool = False) -> dict:
+def write_report(run_dir, out=None, extra_bench_dirs=(), overwrite: bool = False, extra_benches=()) -> dict:
     """Gather what the run holds, render it, and write the page atomically; returns where and what.
+    `extra_benches`: (name, bench record) pairs measured elsewhere, shown beside the run's own.
 
     The default RUN_DIR/report.html replaces its own earlier page; `out` follows the output rule
     (outputs.py): a new file, or an earlier page with `overwrite`, never inside the run's images.
@@ -17,7 +18,7 @@ def write_report(run_dir, out=None, extra_bench_dirs=(), overwrite: bool = False
     from edgeclf.report.gather import gather
     from edgeclf.report.render import render
 
-    report = gather(run_dir, extra_bench_dirs)
+    report = gather(run_dir, extra_bench_dirs, extra_benches)
     path = absolute(out) if out else report.run_dir / REPORT_FILE
     overwrite = overwrite or not out
     if not path.parent.is_dir():

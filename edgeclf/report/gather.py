@@ -175,7 +175,7 @@ def read_json(path: Path, report: Report | None = None, kind: str | None = None)
     return data
 
 
-def gather(run_dir, extra_bench_dirs=()) -> Report:
+def gather(run_dir, extra_bench_dirs=(), extra_benches=()) -> Report:
     run_dir = Path(run_dir).expanduser().resolve()
     if not run_dir.is_dir():
         raise ModelError(f"run directory {run_dir} does not exist", "check the path")
@@ -205,14 +205,22 @@ def gather(run_dir, extra_bench_dirs=()) -> Report:
         bench = _guarded(_bench, directory, report, "bench.json")
         if bench is not None:
             report.benches.append(bench)
+    for name, record in extra_benches:  # measured elsewhere (edgeclf run's validate stages), never written as bench folders
+        try:
+            report.benches.append(_bench_entry(record, name, report))
+        except WRONG_TYPE as exc:
+            report.problem(f"{name} holds values of the wrong type ({type(exc).__name__}: {exc})")
     return report
+
+
+WRONG_TYPE = (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError)  # a record of another shape
 
 
 def _guarded(read, directory: Path, report: Report, name: str):
     """One folder whose record holds values of unexpected types costs its own entry, not the page."""
     try:
         return read(directory, report)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as exc:
+    except WRONG_TYPE as exc:
         report.problem(f"{directory.name}/{name} holds values of the wrong type ({type(exc).__name__}: {exc})")
         return _export(directory, report, {}) if name == "manifest.json" else None
 
@@ -349,15 +357,20 @@ def _bench(directory: Path, report: Report) -> dict | None:
     summary = read_json(directory / "bench.json", report, "bench")
     if summary is None:
         return None
-    conform(summary, BENCH_SHAPE, f"{directory.name}/bench.json", report)
+    return _bench_entry(summary, directory.name, report, f"{directory.name}/bench.json")
+
+
+def _bench_entry(summary: dict, name: str, report: Report, source: str | None = None) -> dict:
+    """One bench record (read from a bench folder, or handed in) as the page shows it."""
+    source = source or name
+    conform(summary, BENCH_SHAPE, source, report)
     rows = summary.get("rows")
     if not isinstance(rows, list):
-        report.problem(f"{directory.name}/bench.json has no rows")
+        report.problem(f"{source} has no rows")
         rows = []
     device = summary.get("device") if isinstance(summary.get("device"), dict) else {}
     return {
-        "name": directory.name,
-        "dir": directory,
+        "name": name,
         "device": device,
         "emulated": summary.get("emulated"),
         "created": summary.get("created"),
