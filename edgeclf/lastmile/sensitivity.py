@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclf import console
+from edgeclf.console import pct
 from edgeclf.errors import DatasetError
 from edgeclf.lastmile.mistakes import Mistake, applicable, mistakes
 from edgeclf.pipeline import resize
@@ -118,10 +119,6 @@ def recommendation(table: dict) -> list[str]:
 COLUMNS = ["input", "float top-1", "float agreement", "artefact top-1", "agreement with float", "drop (points, 95% CI)"]
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def table_rows(table: dict) -> list[list[str]]:
     """One row of strings per measured input, for the console, the model card and the report."""
     rows = []
@@ -133,7 +130,7 @@ def table_rows(table: dict) -> list[list[str]]:
         else:
             low, high = r["drop_ci95"]
             drop = f"{points(r['drop'])} [{points(low)}, {points(high)}]" + (" within noise" if r["within_noise"] else "")
-        rows.append([r["name"], _pct(r["float_top1"]), _pct(r["float_agreement"]), _pct(r["top1"]), _pct(r["agreement"]), drop])
+        rows.append([r["name"], pct(r["float_top1"]), pct(r["float_agreement"]), pct(r["top1"]), pct(r["agreement"]), drop])
     return rows
 
 
