@@ -23,7 +23,7 @@ import numpy as np
 from edgeclf import __version__, tfenv
 from edgeclf.errors import ExportError, MissingDependency, ModelError, first_line
 from edgeclf.exporters import RUNTIMES, Format
-from edgeclf.exporters.recipes import ANY_RUN, BUDGET_POINTS, EVERY_IMAGE, FLOAT_LAYERS, MORE_IMAGES, QAT_RUN, Budget, Step
+from edgeclf.exporters.recipes import ANY_RUN, BUDGET_POINTS, EVERY_IMAGE, WITH_FLOAT_LAYERS, MORE_IMAGES, QAT_RUN, Budget, Step
 from edgeclf.exporters.base import ExportJob, ExportOutput
 from edgeclf.pipeline.backbones import INPUT_NAME
 
@@ -335,7 +335,7 @@ BUDGET = Budget(steps=(
     Step("nncf", runs_on=QAT_RUN),
     Step("nncf, calibration {images} images", {"calib_size": EVERY_IMAGE}, when=MORE_IMAGES, runs_on=ANY_RUN),
     Step("nncf accuracy control, ops in float until drop <= {points:g}", {"accuracy_control": BUDGET_POINTS},
-         when=FLOAT_LAYERS, runs_on=ANY_RUN),
+         when=WITH_FLOAT_LAYERS, runs_on=ANY_RUN),
 ))
 
 FORMAT = Format(

@@ -16,11 +16,10 @@ DEFAULT_PTQ = "<the format's default --ptq for the run's backbone>"
 DEFAULT_PTQ_WITHOUT_RANGES = "<that default without the techniques that need a full-integer model>"
 EVERY_IMAGE = "<every training image>"
 BUDGET_POINTS = "<the budget, in points of val top-1>"
-PLACEHOLDERS = (DEFAULT_PTQ, DEFAULT_PTQ_WITHOUT_RANGES, EVERY_IMAGE, BUDGET_POINTS)
 
 ALWAYS = "always"
 MORE_IMAGES = "more_images"  # only when the training split is larger than --calib-size
-FLOAT_LAYERS = "float_layers"  # only with --allow-float-layers
+WITH_FLOAT_LAYERS = "float_layers"  # only with --allow-float-layers
 FLOAT_RUN, QAT_RUN, ANY_RUN = "float", "qat", "any"
 
 
@@ -33,10 +32,10 @@ class Step:
     worst_ops_in_float: bool = False  # the format's `float_layers` picks ops to keep in float
 
     def __post_init__(self):
-        if self.when not in (ALWAYS, MORE_IMAGES, FLOAT_LAYERS) or self.runs_on not in (FLOAT_RUN, QAT_RUN, ANY_RUN):
+        if self.when not in (ALWAYS, MORE_IMAGES, WITH_FLOAT_LAYERS) or self.runs_on not in (FLOAT_RUN, QAT_RUN, ANY_RUN):
             raise ValueError(f"budget step {self.name!r}: when={self.when!r}, runs_on={self.runs_on!r}")
-        if self.worst_ops_in_float and self.when != FLOAT_LAYERS:
-            raise ValueError(f"budget step {self.name!r} keeps ops in float, so it needs when=FLOAT_LAYERS")
+        if self.worst_ops_in_float and self.when != WITH_FLOAT_LAYERS:
+            raise ValueError(f"budget step {self.name!r} keeps ops in float, so it needs when=WITH_FLOAT_LAYERS")
 
 
 @dataclass(frozen=True)
@@ -51,4 +50,4 @@ class Budget:
 
     @property
     def allows_float_layers(self) -> bool:
-        return any(step.when == FLOAT_LAYERS for step in self.steps)
+        return any(step.when == WITH_FLOAT_LAYERS for step in self.steps)

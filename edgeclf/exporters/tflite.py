@@ -9,7 +9,7 @@ from edgeclf import __version__, console, ptq, tfenv
 from edgeclf.errors import ExportError, UsageError
 from edgeclf.exporters import RUNTIMES, Format, tflite_flatbuffer
 from edgeclf.exporters.base import ExportJob, ExportOutput
-from edgeclf.exporters.recipes import (DEFAULT_PTQ, DEFAULT_PTQ_WITHOUT_RANGES, EVERY_IMAGE, FLOAT_LAYERS, MORE_IMAGES,
+from edgeclf.exporters.recipes import (DEFAULT_PTQ, DEFAULT_PTQ_WITHOUT_RANGES, EVERY_IMAGE, WITH_FLOAT_LAYERS, MORE_IMAGES,
                                        QAT_RUN, Budget, Step)
 from edgeclf.exporters.tflite_metadata import (
     ImageClassifierMetadata,
@@ -303,7 +303,7 @@ BUDGET = Budget(steps=(
     Step("ptq {ptq}", {"ptq": "input,round,bias"}),
     Step("ptq {ptq}", {"ptq": "input,bias,ranges"}),
     Step("ptq {ptq}, calibration {images} images", {"ptq": DEFAULT_PTQ, "calib_size": EVERY_IMAGE}, when=MORE_IMAGES),
-    Step("ptq {ptq}, worst {ops} ops in float", {"ptq": DEFAULT_PTQ_WITHOUT_RANGES}, when=FLOAT_LAYERS,
+    Step("ptq {ptq}, worst {ops} ops in float", {"ptq": DEFAULT_PTQ_WITHOUT_RANGES}, when=WITH_FLOAT_LAYERS,
          worst_ops_in_float=True),
     # a QAT run's learned ranges and weights are kept as trained
     Step("QAT ranges as trained", runs_on=QAT_RUN),

@@ -31,7 +31,8 @@ from edgeclf.artefacts import MANIFEST_FILE, write_manifest
 from edgeclf.atomic import check_output, publish, publish_file
 from edgeclf.outputs import BUDGET_REPORT, absolute, check_file_output, is_ours
 from edgeclf.errors import ExportError, EdgeclfError, UsageError
-from edgeclf.exporters import recipes as recipes_
+from edgeclf.exporters.recipes import (ALWAYS, ANY_RUN, BUDGET_POINTS, DEFAULT_PTQ, DEFAULT_PTQ_WITHOUT_RANGES, EVERY_IMAGE,
+                                       FLOAT_RUN, MORE_IMAGES, QAT_RUN, WITH_FLOAT_LAYERS)
 from edgeclf.exporters.spec import ExportSpec
 from edgeclf.jobs.export import EXPORTS_DIR, accuracy_against, default_out, export_run
 from edgeclf.pipeline.runs import Run
@@ -117,21 +118,20 @@ def recipes(run: Run, budget: BudgetSpec) -> list[Recipe]:
     more = every_image if every_image > spec.calib_size else None
     default = ptq.label(fmt.default_ptq(run.arch))
     points = budget.max_drop if budget.max_drop is not None else 100 * (1 - (budget.min_agreement or 1))
-    values = {recipes_.DEFAULT_PTQ: default, recipes_.EVERY_IMAGE: more, recipes_.BUDGET_POINTS: points,
-              recipes_.DEFAULT_PTQ_WITHOUT_RANGES:
+    values = {DEFAULT_PTQ: default, EVERY_IMAGE: more, BUDGET_POINTS: points,
+              DEFAULT_PTQ_WITHOUT_RANGES:
                   ",".join(t for t in default.split(",") if t not in ptq.RANGE_TECHNIQUES and t != ptq.NONE) or ptq.NONE}
-    wanted = {recipes_.ALWAYS: True, recipes_.MORE_IMAGES: more is not None,
-              recipes_.FLOAT_LAYERS: budget.allow_float_layers}
+    wanted = {ALWAYS: True, MORE_IMAGES: more is not None, WITH_FLOAT_LAYERS: budget.allow_float_layers}
 
     def prepare(changes: dict, worst_ops_in_float: bool) -> Callable[[], tuple[Path, ExportSpec]]:
-        step_spec = dataclasses.replace(spec, **changes)
+        # built when the attempt starts, so a spec the format refuses is one missed attempt
         if worst_ops_in_float:
-            return lambda: (run.path, fmt.budget.float_layers(run, step_spec, FLOAT_LAYERS))
-        return lambda: (run.path, step_spec)
+            return lambda: (run.path, fmt.budget.float_layers(run, dataclasses.replace(spec, **changes), FLOAT_LAYERS))
+        return lambda: (run.path, dataclasses.replace(spec, **changes))
 
     steps: dict[str, Recipe] = {}  # by name: the default may be one of the improved recipes
     for step in fmt.budget.steps:
-        if not wanted[step.when] or step.runs_on not in (recipes_.ANY_RUN, recipes_.QAT_RUN if run.qat else recipes_.FLOAT_RUN):
+        if not wanted[step.when] or step.runs_on not in (ANY_RUN, QAT_RUN if run.qat else FLOAT_RUN):
             continue
         changes = {field: values.get(value, value) if isinstance(value, str) else value
                    for field, value in step.changes.items()}
