@@ -1,6 +1,6 @@
 """Benchmark `edgeclf audit`: real findings on flowers128, precision/recall on a planted set, scale.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/audit.py [--work /tmp/edgeclf-audit] [--parts flowers,planted,scale]
+    PYTHONPATH=. .venv/bin/python benchmarks/audit.py [--work /tmp/edgeclf-audit] [--parts flowers,planted,scale,cost]
         [--sizes 10000,50000] [--weights /work/shared/weights/mobilenet_v2_1.0_224_no_top.h5]
 
 flowers: audits flowers128 train + test (cheap checks; with --weights also embeddings) and prints
@@ -13,6 +13,9 @@ planted: copies pets3 (train + test) into WORK/planted, plants copies of trainin
 scale: audits scale.py's generated folders (10 classes of 40 px JPEGs), each in its own process
     (peak RSS from wait4): cheap checks, then embeddings (MobileNetV2 alpha 0.35 at 32 px,
     random init: the cost is what is measured, not the quality).
+cost: trains MobileNetV2 (160 px, --weights) on pets3 for 2 head + 2 fine-tune epochs with the
+    audit's embeddings on, and prints what one image costs to embed next to one image of a head
+    epoch and of a fine-tune epoch: the constants of `--audit-embeddings auto` (jobs/audit.py).
 Results go to WORK/results.json.
 """
 from __future__ import annotations
@@ -254,6 +257,28 @@ def scale(work: Path, sizes: list[int]) -> list[dict]:
     return rows
 
 
+def cost(work: Path, weights: str | None) -> dict:
+    if not weights:
+        raise SystemExit("the cost part needs --weights (embedding with random weights is not what train does)")
+    out = work / "cost-run"
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "edgeclf", "train", str(PETS / "train"), "--test-dir", str(PETS / "test"),
+                    "--weights", weights, "--img-size", "160", "--head-epochs", "2", "--fine-tune-epochs", "2",
+                    "--patience", "99", "--audit-embeddings", "on", "--out", str(out)], check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    info = json.loads((out / "run.json").read_text())
+    timing, audit = info["timing"], json.loads((out / "audit.json").read_text())
+    n_train = info["dataset"]["train"]["n_images"]
+    n_images = sum(audit["summary"]["images"].values())
+    row = {"images": n_images, "train_images": n_train,
+           "embed_ms": 1000 * audit["summary"]["seconds"]["embeddings"] / n_images,
+           "head_ms": 1000 * timing["head_s"] / (2 * n_train), "fine_tune_ms": 1000 * timing["fine_tune_s"] / (2 * n_train)}
+    row |= {"embed_per_head_image": row["embed_ms"] / row["head_ms"], "fine_tune_per_head_image": row["fine_tune_ms"] / row["head_ms"]}
+    print(f"cost: embedding {row['embed_ms']:.1f} ms/image ({n_images} images); training {row['head_ms']:.1f} ms per "
+          f"image and head epoch, {row['fine_tune_ms']:.1f} per image and fine-tune epoch ({n_train} training images); "
+          f"embedding = {row['embed_per_head_image']:.2f} head-epoch images, fine-tune = {row['fine_tune_per_head_image']:.2f}")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeclf-audit"))
@@ -269,6 +294,8 @@ def main() -> None:
         results["flowers"] = flowers(args.work, args.weights)
     if "planted" in parts:
         results["planted"] = planted(args.work, args.weights)
+    if "cost" in parts:
+        results["cost"] = cost(args.work, args.weights)
     if "scale" in parts:
         results["scale"] = scale(args.work, [int(s) for s in args.sizes.split(",")])
     results_file.write_text(json.dumps(results, indent=1))

@@ -282,3 +282,19 @@ def test_card_lines_say_what_leaks_did():
            "(as given: 90.0% on 100)" in lines[1]
     assert "label conflict" in lines[2] and "never relabels" in lines[2]
     assert card_lines(None) == ["- data audit: none recorded (a run made before edgeclf audited its data)"]
+
+
+def test_auto_embeddings_weigh_the_measured_costs_of_embedding_and_of_each_kind_of_epoch():
+    from types import SimpleNamespace
+
+    from edgeclf.jobs.audit import embeddings_wanted
+
+    def config(head, fine_tune, mode="auto", pretrained=True):
+        return SimpleNamespace(audit_embeddings=mode, pretrained=pretrained, head_epochs=head, fine_tune_epochs=fine_tune)
+
+    # pets3: 600 images, 389 of them trained on. 5 + 15 epochs: 1.1 x 600 / (389 x (5 + 1.5 x 15)) = 6%.
+    assert embeddings_wanted(config(5, 15), 600, 389) == (True, "on: about 6% of training's cost")
+    wanted, why = embeddings_wanted(config(5, 5), 600, 389)  # 1.1 x 600 / (389 x 12.5) = 14%
+    assert not wanted and why.startswith("off: embedding 600 images would cost about 14% of 10 training epoch(s)")
+    assert embeddings_wanted(config(5, 5, mode="on"), 600, 389)[0]
+    assert not embeddings_wanted(config(5, 15, pretrained=False), 600, 389)[0]

@@ -18,11 +18,13 @@ from edgeclf.pipeline.datasets import scan_folder, scan_for_scoring
 from edgeclf.pipeline.runs import AUDIT_FILE
 
 HTML_FILE = "audit.html"
-# `auto` in training: embed only when it costs at most this share of training. One forward pass over
-# every image costs about what one training epoch over the training images costs at least (a frozen
-# backbone still runs forward; fine-tuning adds the backward pass), so the share is at most
-# images / (epochs x training images); measured in benchmarks/audit.py.
+# `auto` in training: embed only when it costs at most this share of training. Costs per image, in
+# units of one image of a head epoch, measured by `benchmarks/audit.py --parts cost` (MobileNetV2,
+# 160 px, pets3, 2 cores): embedding one image (decoding it included) 1.10, one image of a
+# fine-tune epoch 1.50 (52.8, 48.2 and 72.1 ms).
 EMBEDDING_SHARE = 0.1
+EMBED_COST = 1.1
+FINE_TUNE_COST = 1.5
 RUN_FINDINGS_KEPT = 1000  # per kind in run.json; the run's audit.json holds them all
 
 
@@ -74,7 +76,8 @@ def embeddings_wanted(config, n_images: int, n_train: int) -> tuple[bool, str]:
     if not config.pretrained:
         return False, "off: --weights none gives no useful features (--audit-embeddings on forces them)"
     epochs = config.head_epochs + config.fine_tune_epochs
-    share = n_images / max(1, epochs * n_train)
+    training = n_train * (config.head_epochs + FINE_TUNE_COST * config.fine_tune_epochs)
+    share = EMBED_COST * n_images / max(1.0, training)
     if share > EMBEDDING_SHARE:
         return False, (f"off: embedding {n_images} images would cost about {100 * share:.0f}% of {epochs} training "
                        f"epoch(s), over {100 * EMBEDDING_SHARE:.0f}% (--audit-embeddings on forces them)")
