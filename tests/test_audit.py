@@ -172,6 +172,16 @@ def test_blockwise_cosine_search_matches_brute_force(monkeypatch):
     assert set(zip(ii.tolist(), jj.tolist())) == brute and len(brute) >= 25
 
 
+def test_cosine_search_keeps_at_most_a_few_neighbours_per_image(monkeypatch):
+    from edgeclf.audit import neighbours
+
+    monkeypatch.setattr(neighbours, "BLOCK_ELEMENTS", 500)
+    same = np.tile(np.eye(1, 8, dtype=np.float32), (100, 1))  # 100 identical rows: 4,950 pairs above any floor
+    ii, jj, sims = neighbours.cosine_pairs(same, 0.9, most=16)
+    assert len(ii) == sum(min(16, 99 - i) for i in range(100)) and (jj > ii).all() and (sims >= 0.9).all()
+    assert np.bincount(ii, minlength=100).max() == 16
+
+
 def test_probe_flags_a_confidently_mislabelled_image():
     from edgeclf.audit.probe import likely_label_errors
     from edgeclf.audit.scan import Scanned

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK_ELEMENTS = 1 << 23  # pairs compared at once: 8 M, about 200 MB of temporaries at most
+MAX_NEIGHBOURS = 16  # embedding pairs kept per image: a group larger than this is still joined through its members
 
 
 def _blocks(n: int, width: int):
@@ -53,18 +54,23 @@ def pair_hash_distance(hashes: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> np
     return np.minimum(plain, mirror)
 
 
-def cosine_pairs(features: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, cosine) for i < j with cosine >= floor; `features` rows are L2-normalised (a memmap will do)."""
+def cosine_pairs(features: np.ndarray, floor: float, most: int = MAX_NEIGHBOURS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine) for i < j with cosine >= floor, at most `most` per i (its nearest); `features`
+    rows are L2-normalised (a memmap will do). The cap keeps memory at O(N) even where features
+    barely differ (random weights, one scene shot a thousand times)."""
     n = len(features)
     found = ([], [], [])
     for start, stop in _blocks(n, n):
         block = np.asarray(features[start:stop], np.float32)
         sims = block @ np.asarray(features[start:], np.float32).T
-        ii, jj = np.nonzero(sims >= floor)
-        upper = jj > ii  # jj counts from `start`, like ii
-        ii, jj = ii[upper], jj[upper]
+        rows = np.arange(stop - start)[:, None]
+        sims[np.arange(sims.shape[1])[None, :] <= rows] = -np.inf  # only j > i (columns count from `start`)
+        k = min(most, sims.shape[1])
+        jj = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        best = np.take_along_axis(sims, jj, axis=1)
+        ii, kept = np.nonzero(best >= floor)
         found[0].append(ii + start)
-        found[1].append(jj + start)
-        found[2].append(sims[ii, jj])
+        found[1].append(jj[ii, kept] + start)
+        found[2].append(best[ii, kept])
     return (np.concatenate(found[0]).astype(np.int64), np.concatenate(found[1]).astype(np.int64),
             np.concatenate(found[2]).astype(np.float32)) if n else (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
