@@ -25,7 +25,7 @@ from typing import Callable
 from edgeclf import __version__, console, records
 from edgeclf.atomic import staged_dir, write_text_atomic
 from edgeclf.outputs import PIPELINE, RESULT, check_not_in_inputs, is_ours
-from edgeclf.devices.targets import folder_name, parse_target
+from edgeclf.devices.targets import folder_name
 from edgeclf.errors import EdgeclfError, UsageError, failure_line, first_line
 from edgeclf.jobs import compare
 from edgeclf.jobs.budget import BudgetSpec, export_within_budget
@@ -111,7 +111,6 @@ def _sha256(path: Path) -> str:
 # The plan
 # --------------------------------------------------------------------------------------
 def plan(pf: PipelineFile, restart: bool = False) -> list[Stage]:
-    targets = {device: pf.targets.get(device) or parse_target(device, pf.device_options.devices_file) for device in pf.devices}
     stages: list[Stage] = []
     several = len(pf.trains) > 1
     for config in pf.trains:
@@ -142,7 +141,7 @@ def plan(pf: PipelineFile, restart: bool = False) -> list[Stage]:
             stages.append(stage)
             measured.append(stage)
             for device in pf.devices:
-                target = targets[device]
+                target = pf.targets[device]
                 stages.append(Stage(
                     f"validate{tag}/{export.name}@{device}", "validate",
                     {"device": dataclasses.asdict(target), "runs": pf.runs, "warmup": pf.warmup, "threads": pf.threads,

@@ -75,7 +75,7 @@ class PipelineFile:
     trains: list[TrainConfig]  # one per backbone, out set to out/<arch>/run
     optimize: dict | None  # OptimizeConfig settings, checked; run_dir/out are set per backbone
     exports: list[Export]
-    devices: list[str]  # groups expanded
+    targets: dict  # device name -> Target, groups expanded, each parsed once while checking the file
     device_options: DeviceOptions
     runs: int = 100
     warmup: int = 10
@@ -84,7 +84,10 @@ class PipelineFile:
     lines: dict = field(default_factory=dict, repr=False)
     report: bool = True  # one `edgeclf report` page per backbone, with the pipeline's device results
     bundle: tuple[str, ...] = ()  # names of exports with app code (TFLite) to bundle for app teams (`edgeclf bundle`)
-    targets: dict = field(default_factory=dict)  # device name -> Target, parsed once while checking the file
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self.targets)
 
     @property
     def measure(self) -> Measure:
@@ -234,8 +237,8 @@ class _Checker:
                                                         validate.get("threads"), options))
         report = self.typed(top.get("report", True), ("report",), "bool")
         bundle = self.bundles(top.get("bundle", False), exports)
-        return PipelineFile(self.path, out, trains, optimize, exports, list(devices), options, how.runs, how.warmup, how.threads,
-                            validate.get("data") or trains[0].test_dir, self.lines, report, bundle, devices)
+        return PipelineFile(self.path, out, trains, optimize, exports, devices, options, how.runs, how.warmup, how.threads,
+                            validate.get("data") or trains[0].test_dir, self.lines, report, bundle)
 
     def trust(self, top: dict) -> None:
         """Refuse TRUSTED_ONLY settings unless the user said to trust this file."""
