@@ -109,18 +109,59 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def test_each_replica_gets_its_even_part_of_every_global_batch():
+    from edgeclf.pipeline.epochs import index_batches
+
+    order = np.random.default_rng(0).permutation(21)
+    assert index_batches(order, 8).tolist()[-1] == [*order[16:].tolist(), -1, -1, -1]
+    # Two workers with one replica each, then one worker with both replicas: the same parts.
+    for shape in ((2, 1), (1, 2)):
+        pipelines, local = shape
+        per_pipeline = [index_batches(order, 8, 2, p, pipelines).reshape(3, local, 4) for p in range(pipelines)]
+        grid = np.concatenate(per_pipeline, axis=1)  # step x replica x row
+        for step in range(3):
+            parts = [row[row >= 0] for row in grid[step]]
+            assert np.array_equal(np.concatenate(parts), order[step * 8:(step + 1) * 8])
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1  # the last, short batch is split evenly too
+
+
+# Loaded by the workers of the test below (through PYTHONPATH): logs every image a streamed
+# split decodes, so the test can see which worker read what.
+READ_LOGGER = """
+import os
+from pathlib import Path
+from edgeclf.pipeline import streaming
+
+_load_image = streaming.load_image
+_log = Path(os.environ["EDGECLF_TEST_READ_LOG"])
+
+
+def _logged(path, *args, **kwargs):
+    with open(_log, "a") as f:
+        f.write(str(path) + "\\n")
+    return _load_image(path, *args, **kwargs)
+
+
+streaming.load_image = _logged
+"""
+
+
 def test_two_workers_train_one_run_written_by_the_chief(tmp_path):
     data = make_image_folder(tmp_path / "data", {"red": 8, "green": 8, "blue": 8})
     scratch = tmp_path / "worker-tmp"  # where the non-chief's scratch directory goes
     scratch.mkdir()
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(READ_LOGGER)
     hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     argv = [sys.executable, "-m", "edgeclf", "train", str(data), "--out", str(tmp_path / "run"), "--json",
             "--arch", "mobilenetv2", "--weights", "none", "--alpha", "0.35", "--img-size", "32",
             "--head-epochs", "0", "--fine-tune-epochs", "1", "--batch-size", "8", "--no-augment", "--seed", "1",
-            "--distribute", "multi-worker"]
+            "--distribute", "multi-worker", "--cache", "none"]
     workers = []
     for index in range(2):
-        env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="-1", TMPDIR=str(scratch),
+        env = dict(os.environ, PYTHONPATH=f"{hooks}{os.pathsep}{REPO}", CUDA_VISIBLE_DEVICES="-1", TMPDIR=str(scratch),
+                   EDGECLF_TEST_READ_LOG=str(hooks / f"reads-{index}.txt"),
                    TF_CONFIG=json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}))
         workers.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
@@ -130,7 +171,7 @@ def test_two_workers_train_one_run_written_by_the_chief(tmp_path):
             w.kill()
     for w, (_, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "worker-tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "hooks", "run", "worker-tmp"]
     assert list(scratch.iterdir()) == []  # the other worker deleted everything it wrote
     run = Run.open(tmp_path / "run")
     model = run.load_model()
@@ -140,6 +181,13 @@ def test_two_workers_train_one_run_written_by_the_chief(tmp_path):
     assert run.metrics["val"]["n_images"] == 6 and 0 <= run.metrics["val"]["top1"] <= 1
     # Both workers trained the same model: they report the same metrics.
     assert json.loads(outputs[0][0])["metrics"] == json.loads(outputs[1][0])["metrics"]
+    # Each worker read only its own half of every global batch: the training images split
+    # between them, none read twice. (Keras's own sharding reads every image on every worker.)
+    train = {str(sample.path) for sample in run.plan.samples["train"]}
+    reads = [[line for line in (hooks / f"reads-{i}.txt").read_text().splitlines() if line in train] for i in range(2)]
+    assert all(len(r) == len(set(r)) for r in reads), reads
+    assert set(reads[0]).isdisjoint(reads[1]) and set(reads[0]) | set(reads[1]) == train
+    assert abs(len(reads[0]) - len(reads[1])) <= 2
 
 
 def test_multi_worker_without_tf_config_is_a_usage_error(monkeypatch):

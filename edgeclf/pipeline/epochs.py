@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,16 +80,15 @@ class Epochs:
     def run(self, model, bar, stage: str, label: str, global_epoch: int, lr: float, callbacks=()) -> dict:
         """One epoch of `model.fit` (already compiled) plus validation; returns its history record."""
         task = bar.add_task(f"{stage} {label}", total=self.steps, status="")
-        dataset = epoch_dataset(self.images, self.labels, self.n_classes, self.batch_size,
-                                self.config.seed, self.order_offset + global_epoch, self.augment,
-                                self.teacher, self.teacher_weight)
+        order = np.random.default_rng([self.config.seed, self.order_offset + global_epoch]).permutation(int(self.labels.shape[0]))
+        train = feed(self.images, self.labels, order, self.n_classes, self.batch_size, self.augment,
+                     self.teacher, self.teacher_weight)
         with streaming.surface_read_errors(tfenv.tf(), self.images, self.val.images):
-            fit = model.fit(dataset, epochs=1, verbose=0, class_weight=self.class_weight,
+            fit = model.fit(train.dataset, steps_per_epoch=train.steps, epochs=1, verbose=0, class_weight=self.class_weight,
                             callbacks=[*callbacks, batch_progress(self.keras, bar, task)])
             if streaming.is_streamed(self.val.images):
-                order = np.arange(len(self.val))
-                val_data = batches(self.val.images, self.val.labels, order, self.n_classes, 64)
-                val_loss, val_acc = model.evaluate(val_data, verbose=0)
+                val = feed(self.val.images, self.val.labels, np.arange(len(self.val)), self.n_classes, 64)
+                val_loss, val_acc = model.evaluate(val.dataset, steps=val.steps, verbose=0)
             else:
                 val_loss, val_acc = model.evaluate(self.val_x, self.val_y, batch_size=64, verbose=0)
         record = {
@@ -110,31 +110,77 @@ class Epochs:
 
 def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, global_epoch: int, augment=None,
                   teacher=None, teacher_weight: float = 0.0):
-    """One epoch's shuffled (pixels, one-hot) batches; the order depends only on the seed and the epoch number.
+    """One epoch's shuffled (pixels, one-hot) batches, on one device; the order depends only on the
+    seed and the epoch number."""
+    order = np.random.default_rng([seed, global_epoch]).permutation(int(labels.shape[0]))
+    return batches(images, labels, index_batches(order, batch_size), n_classes, augment, teacher, teacher_weight)
 
-    `images` and `labels` are tensors (uint8 pixels, int labels) so that every epoch reuses them.
-    With a `teacher`, each target becomes (1 - teacher_weight) * one-hot + teacher_weight *
-    the teacher's probabilities on the same augmented batch: distillation at temperature 1.
+
+@dataclass
+class Feed:
+    dataset: object  # a tf.data.Dataset, or a tf.distribute DistributedDataset under a strategy
+    steps: int
+
+
+def feed(images, labels, order: np.ndarray, n_classes: int, batch_size: int, augment=None,
+         teacher=None, teacher_weight: float = 0.0) -> Feed:
+    """Batches of `images[order]` for `model.fit` or `evaluate`: global batches of `batch_size`.
+
+    Under a tf.distribute strategy every input pipeline (one per worker of a cluster) builds
+    batches of only its own replicas' share of each global batch, so a worker reads only the
+    images it trains on. Left to Keras, a dataset of indices would be sharded after the read,
+    and every worker would read, decode and augment the whole global batch.
     """
     tf = tfenv.tf()
-    order = np.random.default_rng([seed, global_epoch]).permutation(int(labels.shape[0]))
-    ds = batches(images, labels, order, n_classes, batch_size, prefetch=False)
+    steps = -(-len(order) // batch_size)
+    if not tf.distribute.has_strategy():
+        return Feed(batches(images, labels, index_batches(order, batch_size), n_classes, augment, teacher, teacher_weight), steps)
+
+    def pipeline(context):
+        rows = index_batches(order, batch_size, context.num_replicas_in_sync,
+                             context.input_pipeline_id, context.num_input_pipelines)
+        return batches(images, labels, rows, n_classes, augment, teacher, teacher_weight)
+
+    return Feed(tf.distribute.get_strategy().distribute_datasets_from_function(pipeline), steps)
+
+
+def index_batches(order: np.ndarray, batch_size: int, replicas: int = 1, pipeline: int = 0, pipelines: int = 1) -> np.ndarray:
+    """The image indices of each batch one input pipeline feeds, one row per batch, -1 padding.
+
+    Global batch k is `order[k * batch_size:(k + 1) * batch_size]`, split as evenly as it goes
+    into one part per replica; pipeline p feeds its replicas' parts (replicas / pipelines of
+    them), step by step, which is the order tf.distribute hands a pipeline's batches to them.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    steps = -(-len(order) // batch_size)
+    width = -(-batch_size // replicas)
+    grid = np.full((steps, replicas, width), -1, dtype=np.int64)
+    for step in range(steps):
+        for replica, part in enumerate(np.array_split(order[step * batch_size:(step + 1) * batch_size], replicas)):
+            grid[step, replica, :len(part)] = part
+    local = replicas // pipelines
+    return grid[:, pipeline * local:(pipeline + 1) * local].reshape(steps * local, width)
+
+
+def batches(images, labels, rows: np.ndarray, n_classes: int, augment=None, teacher=None, teacher_weight: float = 0.0):
+    """(float pixels, one-hot) batches of the indices in each row of `rows` (-1 is padding);
+    a streamed store is read in parallel. With a `teacher`, each target becomes
+    (1 - teacher_weight) * one-hot + teacher_weight * the teacher's probabilities on the same
+    augmented batch: distillation at temperature 1."""
+    tf = tfenv.tf()
+    read = streaming.reader(tf, images)
+    parallel = tf.data.AUTOTUNE if streaming.is_streamed(images) else None
+
+    def load(row):
+        idx = tf.boolean_mask(row, row >= 0)
+        return tf.cast(read(idx), tf.float32), tf.one_hot(tf.gather(labels, idx), n_classes)
+
+    ds = tf.data.Dataset.from_tensor_slices(rows).map(load, num_parallel_calls=parallel)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     if teacher is not None and teacher_weight > 0:
         ds = ds.map(lambda x, y: (x, (1.0 - teacher_weight) * y + teacher_weight * teacher(x, training=False)))
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def batches(images, labels, order, n_classes: int, batch_size: int, prefetch: bool = True):
-    """(float pixels, one-hot) batches of `images[order]`; a streamed store is read in parallel."""
-    tf = tfenv.tf()
-    read = streaming.reader(tf, images)
-    parallel = tf.data.AUTOTUNE if streaming.is_streamed(images) else None
-    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-    ds = ds.map(lambda idx: (tf.cast(read(idx), tf.float32), tf.one_hot(tf.gather(labels, idx), n_classes)),
-                num_parallel_calls=parallel)
-    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
 
 def batch_progress(keras, bar, task):
