@@ -11,7 +11,7 @@ planted: copies pets3 (train + test) into WORK/planted, plants copies of trainin
     +-15% or mirrored) in the same class, another class and/or the test split, audits it and
     prints precision and recall per kind. Findings among pets3's own files are listed apart.
 scale: audits scale.py's generated folders (10 classes of 40 px JPEGs), each in its own process
-    (peak RSS from wait4): cheap checks, then embeddings (MobileNetV2 alpha 0.35 at 32 px,
+    (peak RSS: each process's own VmHWM, through peak.py): cheap checks, then embeddings (MobileNetV2 alpha 0.35 at 32 px,
     random init: the cost is what is measured, not the quality).
 cost: trains MobileNetV2 (160 px, --weights) on pets3 for 2 head + 2 fine-tune epochs with the
     audit's embeddings on, and prints what one image costs to embed next to one image of a head
@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from PIL import Image, ImageEnhance, ImageOps
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from peak import measured  # noqa: E402
 FLOWERS = Path("/work/shared/datasets/flowers128")
 PETS = Path("/work/shared/datasets/pets3")
 PAIR_KINDS = ("exact_duplicate", "near_duplicate", "cross_split_leak", "label_conflict")
@@ -43,16 +43,13 @@ PAIR_KINDS = ("exact_duplicate", "near_duplicate", "cross_split_leak", "label_co
 def audit_json(data: Path, out: Path, *extra: str) -> tuple[dict, dict]:
     """One `edgeclf audit` process; returns audit.json and its wall time and peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
-    argv = [sys.executable, "-m", "edgeclf", "audit", str(data), "--out", str(out), "--json", *extra]
+    argv = ["-m", "edgeclf", "audit", str(data), "--out", str(out), "--json", *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="-1")
-    started = time.perf_counter()
-    with open(out.with_name(out.name + ".log"), "w") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"audit failed: {' '.join(argv)}\n{out.with_name(out.name + '.log').read_text()[-3000:]}")
-    return json.loads((out / "audit.json").read_text()), {"wall_s": round(time.perf_counter() - started, 1),
-                                                          "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    log = out.with_name(out.name + ".log")
+    code, wall, peak = measured(argv, env, log, out.with_name(out.name + ".peak.json"))
+    if code != 0:
+        raise SystemExit(f"audit failed: edgeclf {' '.join(argv[2:])}\n{log.read_text()[-3000:]}")
+    return json.loads((out / "audit.json").read_text()), {"wall_s": round(wall, 1), "peak_rss_mb": peak["peak_rss_mb"]}
 
 
 def short(path: str) -> str:

@@ -11,7 +11,8 @@
    and reports decode time, epoch time and training images/s. With `--baseline`, the default
    path is also timed with that checkout's code (e.g. main before this change).
 
-Every training runs as its own `edgeclf train` process, so its peak RSS is its own (wait4).
+Every training runs as its own `edgeclf train` process, and its peak RSS is that process's own
+(VmHWM, through peak.py: wait4's ru_maxrss would carry over this script's peak).
 Results go to WORK/results.json and a markdown table on stdout.
 """
 from __future__ import annotations
@@ -20,13 +21,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from peak import measured
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--arch", "mobilenetv2", "--weights", "none", "--alpha", "0.35", "--head-epochs", "0",
@@ -55,17 +55,12 @@ def train(data: Path, out: Path, extra: list[str], repo: Path = REPO) -> dict:
     """One `edgeclf train` process; returns its run.json timing, image counts and peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "edgeclf", "train", str(data), "--out", str(out), "--json", *extra]
+    argv = ["-m", "edgeclf", "train", str(data), "--out", str(out), "--json", *extra]
     env = dict(os.environ, PYTHONPATH=str(repo), CUDA_VISIBLE_DEVICES="-1")
-    started = time.perf_counter()
     log = out.with_name(out.name + ".log")
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=sink)
-        # wait4 gives this child's own rusage: ru_maxrss is its peak resident set, in KB on Linux.
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training failed ({' '.join(argv)}):\n{log.read_text()[-3000:]}")
+    code, wall, peak = measured(argv, env, log, out.with_name(out.name + ".peak.json"))
+    if code != 0:
+        raise SystemExit(f"training failed (edgeclf {' '.join(argv[2:])}):\n{log.read_text()[-3000:]}")
     info = json.loads((out / "run.json").read_text())
     timing = info["timing"]
     n_train = info["dataset"]["train"]["n_images"]
@@ -77,7 +72,7 @@ def train(data: Path, out: Path, extra: list[str], repo: Path = REPO) -> dict:
         "epoch_s": round(epoch_s, 2),
         "images_per_s": round(n_train / epoch_s, 1),
         "wall_s": round(wall, 1),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak["peak_rss_mb"],
     }
 
 
