@@ -387,3 +387,26 @@ def test_interrupted_optimize_leaves_no_run_directory(cache, tiny_run, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         optimize(OptimizeConfig(run_dir=str(tiny_run), out=str(tmp_path / "opt"), prune=0.5, cache=cache))
     assert os.listdir(tmp_path) == []  # with --cache disk, its file went with the staging directory
+
+
+def test_runs_load_exactly_as_keras_loads_them(tiny_run, pqat_run, tmp_path):
+    """The run loader builds the model from the archive's config and loads the extracted weights
+    (Keras's own loader seeks inside the zip, slowly): the same weights and outputs, QAT included."""
+    from edgeclf.pipeline.runs import MODEL_FILE
+
+    keras = tfenv.keras()
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    for run_dir in (tiny_run, pqat_run[0]):
+        ours = Run.open(run_dir).load_model()
+        with quant_aware.quantize_scope():
+            theirs = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+        assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
+        assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(ours.weights, theirs.weights))
+        assert np.array_equal(ours(images, training=False).numpy(), theirs(images, training=False).numpy())
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("run.json", "labels.txt"):
+        (damaged / name).write_bytes((tiny_run / name).read_bytes())
+    (damaged / MODEL_FILE).write_bytes((tiny_run / MODEL_FILE).read_bytes()[:5000])
+    with pytest.raises(ModelError, match="cannot load .*model.keras: not a Keras model archive"):
+        Run.open(damaged).load_model()

@@ -1,6 +1,7 @@
 """A finished run directory, as written by `edgeclf train` (and `edgeclf optimize`)."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -146,6 +147,41 @@ def _load_keras_model(keras, path: Path):
 
         scope = quantize_scope()
     except ImportError:
-        return keras.models.load_model(path, compile=False)
+        return load_keras_file(keras, path)
     with scope:
+        return load_keras_file(keras, path)
+
+
+def load_keras_file(keras, path: Path):
+    """`keras.models.load_model(path, compile=False)`, several times faster on a big model.
+
+    Keras reads the weights with h5py straight out of the .keras zip, and before Python 3.12
+    every backward seek in a zip member reads it again from its start: a 42 MB EfficientNetB0
+    run took 20 s to load, 3 s from the weights extracted first. The model is built from the
+    archive's config as load_model builds it, then its weights are loaded from the extracted file.
+    """
+    import json
+    import tempfile
+    import zipfile
+
+    try:
+        from tf_keras.src.saving.serialization_lib import ObjectSharingScope
+    except ImportError:  # another Keras: its own loader
         return keras.models.load_model(path, compile=False)
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"not a Keras model archive ({exc})") from None
+    with archive:
+        if set(archive.namelist()) != {"metadata.json", "config.json", "model.weights.h5"}:
+            return keras.models.load_model(path, compile=False)  # assets, or npz weights
+        config = json.loads(archive.read("config.json"))
+        config["compile_config"] = None
+        with tempfile.TemporaryDirectory(prefix="edgeclf-model-") as tmp:
+            weights = Path(tmp) / "model.weights.h5"
+            with archive.open("model.weights.h5") as src, open(weights, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            with ObjectSharingScope():
+                model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+            model.load_weights(weights)
+    return model
