@@ -31,8 +31,10 @@ def test_tiny_run_writes_a_complete_run_directory(image_folder, tmp_path):
     # The saved model reproduces the recorded val metrics.
     run = Run.open(run_dir)
     split = run.plan.decode("val", run.img_size)
-    probs = run.load_model().predict(split.images.astype(np.float32), verbose=0)
+    model = run.load_model()
+    probs = model.predict(split.images.astype(np.float32), verbose=0)
     assert np.isclose((probs.argmax(1) == split.labels).mean(), info["metrics"]["val"]["top1"])
+    assert info["params"] == model.count_params() > 0
 
 
 def test_forced_failure_leaves_no_run_directory(image_folder, tmp_path, monkeypatch):

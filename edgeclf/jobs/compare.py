@@ -80,5 +80,9 @@ def _row(entry: dict, params: dict) -> dict:
 
 def _params(run_dir: Path, cache: dict) -> int | None:
     if run_dir not in cache:
-        cache[run_dir] = int(Run.open(run_dir).load_model().count_params()) if run_dir.is_dir() else None
+        if not run_dir.is_dir():
+            cache[run_dir] = None
+        else:
+            run = Run.open(run_dir)  # runs before edgeclf recorded "params" are counted by loading them
+            cache[run_dir] = run.info.get("params") or int(run.load_model().count_params())
     return cache[run_dir]

@@ -42,6 +42,7 @@ def write_run(work: Path, model, config, plan: SplitPlan, splits: dict, history:
     write_labels(work / LABELS_FILE, classes)
     save_plan(plan, work / SPLIT_FILE)
     info = run_record(config, classes, plan, splits, history, timing, metrics, optimization)
+    info["params"] = int(model.count_params())  # so tables need not load the model to count them
     if audit is not None:
         info["audit"] = audit
     (work / RUN_FILE).write_text(console.to_json(info))
