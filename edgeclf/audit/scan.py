@@ -4,16 +4,17 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from edgeclf import console
 from edgeclf.audit.hashing import facts
-from edgeclf.pipeline.datasets import Sample
+from edgeclf.pipeline.datasets import PathList, Sample
 from edgeclf.pipeline.images import UnreadableImage
 
 SPLITS = ("train", "val", "test")
+THREADS = os.cpu_count() or 2
+CHUNK = 256  # images handed to the threads at a time
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Scanned:
     """Readable images, index i the same in every array; `skipped` lists the unreadable ones."""
 
     classes: list[str]
-    paths: list[Path]
+    paths: PathList
     split: np.ndarray  # int8 index into SPLITS
     label: np.ndarray  # int32 class index
     pixels: np.ndarray  # (N, 16) uint8: hash of the decoded pixels
@@ -41,22 +42,34 @@ class Scanned:
 
 
 def scan(samples: dict[str, list[Sample]], classes: list[str]) -> Scanned:
-    """Decode and hash every file (in threads); unreadable files are skipped and listed."""
-    todo = [(SPLITS.index(name), s) for name, members in samples.items() for s in members]
-    n = len(todo)
+    """Decode and hash every file (in threads); unreadable files are skipped and listed.
+
+    Per image only arrays are kept, and paths packed: no Sample or Path object per image, and
+    work is handed to the threads a chunk at a time (`Executor.map` makes every future at once).
+    """
+    members = [(SPLITS.index(name), files) for name, files in samples.items()]
+    starts = np.cumsum([0] + [len(files) for _, files in members])
+    n = int(starts[-1])
+    split_of = np.repeat(np.array([split for split, _ in members], np.int8), np.diff(starts))
     pixels = np.zeros((n, 16), np.uint8)
     hashes = np.zeros((n, 4), np.uint64)
     size = np.zeros((n, 2), np.int32)
+    label = np.zeros(n, np.int32)
     mode = [""] * n
     ok = np.zeros(n, bool)
     skipped = []
 
+    def sample(i: int) -> Sample:
+        which = int(np.searchsorted(starts, i, side="right")) - 1
+        return members[which][1][i - int(starts[which])]
+
     def work(i: int):
-        split, sample = todo[i]
+        member = sample(i)
+        label[i] = member.label
         try:
-            f = facts(sample.path)
+            f = facts(member.path)
         except UnreadableImage as exc:
-            return {"path": str(sample.path), "split": SPLITS[split], "reason": str(exc)}
+            return {"path": str(member.path), "split": SPLITS[split_of[i]], "reason": str(exc)}
         pixels[i] = np.frombuffer(f.pixels, np.uint8)
         hashes[i] = (f.dhash, f.dhash_mirror, f.phash, f.phash_mirror)
         size[i] = (f.width, f.height)
@@ -64,17 +77,17 @@ def scan(samples: dict[str, list[Sample]], classes: list[str]) -> Scanned:
         ok[i] = True
         return None
 
-    with console.progress() as bar, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with console.progress() as bar, ThreadPoolExecutor(max_workers=THREADS) as pool:
         task = bar.add_task("auditing images", total=n, status="")
-        for problem in pool.map(work, range(n), chunksize=64):
-            if problem:
-                skipped.append(problem)
-            bar.advance(task)
+        for start in range(0, n, CHUNK):
+            for problem in pool.map(work, range(start, min(n, start + CHUNK))):
+                if problem:
+                    skipped.append(problem)
+            bar.advance(task, min(n, start + CHUNK) - start)
     keep = np.flatnonzero(ok)
     return Scanned(
         classes=list(classes),
-        paths=[todo[i][1].path for i in keep],
-        split=np.array([todo[i][0] for i in keep], np.int8),
-        label=np.array([todo[i][1].label for i in keep], np.int32),
+        paths=PathList(sample(int(i)).path for i in keep),
+        split=split_of[keep], label=label[keep],
         pixels=pixels[keep], hashes=hashes[keep], size=size[keep], mode=[mode[i] for i in keep], skipped=skipped,
     )
