@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeclf-scale"))
     parser.add_argument("--flowers", type=Path, default=Path("/work/shared/datasets/flowers128"))
     parser.add_argument("--baseline", type=Path, help="another checkout whose default path to time on flowers")
+    parser.add_argument("--caches", default="disk,memory", help="the --cache modes to train the synthetic folders with")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-flowers", action="store_true")
     args = parser.parse_args()
@@ -89,7 +90,7 @@ def main() -> None:
     if not args.skip_synthetic:
         for size in [int(s) for s in args.sizes.split(",")]:
             data = generate(args.work / f"images-{size}", size)
-            for mode in ("disk", "memory"):
+            for mode in args.caches.split(","):
                 row = {"size": size, "cache": mode} | train(data, args.work / f"run-{size}-{mode}", [*TINY, "--img-size", "32", "--cache", mode])
                 results["synthetic"].append(row)
                 print(json.dumps(row), flush=True)
