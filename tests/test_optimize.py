@@ -403,6 +403,7 @@ def test_runs_load_exactly_as_keras_loads_them(tiny_run, pqat_run, tmp_path):
         assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
         assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(ours.weights, theirs.weights))
         assert np.array_equal(ours(images, training=False).numpy(), theirs(images, training=False).numpy())
+        assert Run.open(run_dir).info["params"] == theirs.count_params()  # what the comparison table shows
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for name in ("run.json", "labels.txt"):

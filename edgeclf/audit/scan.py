@@ -1,20 +1,15 @@
 """One pass over every file of every split: the facts of each image, kept in packed arrays."""
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeclf import console
 from edgeclf.audit.hashing import facts
-from edgeclf.pipeline.datasets import PathList, Sample
+from edgeclf.pipeline.datasets import PathList, Sample, each_in_threads
 from edgeclf.pipeline.images import UnreadableImage
 
 SPLITS = ("train", "val", "test")
-THREADS = os.cpu_count() or 2
-CHUNK = 256  # images handed to the threads at a time
 
 
 @dataclass
@@ -44,8 +39,7 @@ class Scanned:
 def scan(samples: dict[str, list[Sample]], classes: list[str]) -> Scanned:
     """Decode and hash every file (in threads); unreadable files are skipped and listed.
 
-    Per image only arrays are kept, and paths packed: no Sample or Path object per image, and
-    work is handed to the threads a chunk at a time (`Executor.map` makes every future at once).
+    Per image only arrays are kept, and paths packed: no Sample or Path object per image.
     """
     members = [(SPLITS.index(name), files) for name, files in samples.items()]
     starts = np.cumsum([0] + [len(files) for _, files in members])
@@ -57,7 +51,6 @@ def scan(samples: dict[str, list[Sample]], classes: list[str]) -> Scanned:
     label = np.zeros(n, np.int32)
     mode = [""] * n
     ok = np.zeros(n, bool)
-    skipped = []
 
     def sample(i: int) -> Sample:
         which = int(np.searchsorted(starts, i, side="right")) - 1
@@ -77,13 +70,7 @@ def scan(samples: dict[str, list[Sample]], classes: list[str]) -> Scanned:
         ok[i] = True
         return None
 
-    with console.progress() as bar, ThreadPoolExecutor(max_workers=THREADS) as pool:
-        task = bar.add_task("auditing images", total=n, status="")
-        for start in range(0, n, CHUNK):
-            for problem in pool.map(work, range(start, min(n, start + CHUNK))):
-                if problem:
-                    skipped.append(problem)
-            bar.advance(task, min(n, start + CHUNK) - start)
+    skipped = each_in_threads(work, n, "auditing images")
     keep = np.flatnonzero(ok)
     return Scanned(
         classes=list(classes),
