@@ -80,7 +80,7 @@ class Epochs:
     def run(self, model, bar, stage: str, label: str, global_epoch: int, lr: float, callbacks=()) -> dict:
         """One epoch of `model.fit` (already compiled) plus validation; returns its history record."""
         task = bar.add_task(f"{stage} {label}", total=self.steps, status="")
-        order = np.random.default_rng([self.config.seed, self.order_offset + global_epoch]).permutation(int(self.labels.shape[0]))
+        order = epoch_order(self.config.seed, self.order_offset + global_epoch, int(self.labels.shape[0]))
         train = feed(self.images, self.labels, order, self.n_classes, self.batch_size, self.augment,
                      self.teacher, self.teacher_weight)
         with streaming.surface_read_errors(tfenv.tf(), self.images, self.val.images):
@@ -108,11 +108,16 @@ class Epochs:
         return record
 
 
+def epoch_order(seed: int, global_epoch: int, n_images: int) -> np.ndarray:
+    """The shuffled order of one epoch: it depends only on the seed and the epoch number."""
+    return np.random.default_rng([seed, global_epoch]).permutation(n_images)
+
+
 def epoch_dataset(images, labels, n_classes: int, batch_size: int, seed: int, global_epoch: int, augment=None,
                   teacher=None, teacher_weight: float = 0.0):
     """One epoch's shuffled (pixels, one-hot) batches, on one device; the order depends only on the
     seed and the epoch number."""
-    order = np.random.default_rng([seed, global_epoch]).permutation(int(labels.shape[0]))
+    order = epoch_order(seed, global_epoch, int(labels.shape[0]))
     return batches(images, labels, index_batches(order, batch_size), n_classes, augment, teacher, teacher_weight)
 
 
