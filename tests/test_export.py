@@ -88,6 +88,28 @@ def test_int8_io_has_exact_input_quantization(tiny_run, tmp_path):
     assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": -128}
 
 
+def test_conversion_from_the_frozen_function_is_what_from_keras_model_gives(tiny_run, val_set, tmp_path, monkeypatch):
+    """The exporter converts the model's frozen inference function (no SavedModel on the way):
+    the same ops, tensors and int8 outputs as TFLite's own Keras route, and the same signature."""
+    from ai_edge_litert.interpreter import Interpreter
+    from edgeclf.exporters import tflite, tflite_flatbuffer
+
+    ours = export_run(tiny_run, ExportSpec(quant="int8", ptq="none", calib_size=12, out=str(tmp_path / "ours")))
+    monkeypatch.setattr(tflite, "_keras_converter", lambda model: tfenv.tf().lite.TFLiteConverter.from_keras_model(model))
+    export_run(tiny_run, ExportSpec(quant="int8", ptq="none", calib_size=12, out=str(tmp_path / "keras")))
+    models = [(tmp_path / name / "model.tflite").read_bytes() for name in ("ours", "keras")]
+    assert tflite_flatbuffer.op_counts(models[0]) == tflite_flatbuffer.op_counts(models[1])
+    assert tflite_flatbuffer.io_tensors(models[0]) == tflite_flatbuffer.io_tensors(models[1])  # names, types, quantization
+    assert ours["details"]["quantization_coverage"]["ops_integer_fraction"] == 1.0
+    outputs = []
+    for model in models:
+        interpreter = Interpreter(model_content=model)
+        assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["image"], "outputs": ["classifier"]}}
+        runner = interpreter.get_signature_runner("serving_default")
+        outputs.append(np.concatenate([runner(image=image[None].astype(np.uint8))["classifier"] for image in val_set[1].images]))
+    assert np.array_equal(*outputs)
+
+
 def test_embedded_metadata_and_labels(tiny_run, tmp_path):
     export_run(tiny_run, ExportSpec(quant="fp32", out=str(tmp_path / "fp32")))
     data = (tmp_path / "fp32" / "model.tflite").read_bytes()

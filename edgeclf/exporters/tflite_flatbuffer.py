@@ -241,3 +241,23 @@ def set_input_quantization(buf: bytes, scale: float, zero_point: int) -> bytes:
     tensor.quantization.scale = [float(scale)]
     tensor.quantization.zeroPoint = [int(zero_point)]
     return pack(model)
+
+
+def set_serving_signature(buf: bytes, input_name: str, output_name: str) -> bytes:
+    """Give a model converted from a frozen function what `from_keras_model` gives it: a
+    'serving_default' signature naming its input and output, and the same tensor names."""
+    s = schema()
+    model = unpack(buf)
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].name = f"serving_default_{input_name}:0".encode()
+    graph.tensors[graph.outputs[0]].name = b"StatefulPartitionedCall:0"
+    signature = s.SignatureDefT()
+    signature.signatureKey = "serving_default"
+    signature.subgraphIndex = 0
+    signature.inputs, signature.outputs = [], []
+    for maps, name, index in ((signature.inputs, input_name, graph.inputs[0]), (signature.outputs, output_name, graph.outputs[0])):
+        entry = s.TensorMapT()
+        entry.name, entry.tensorIndex = name, index
+        maps.append(entry)
+    model.signatureDefs = [signature]
+    return pack(model)
