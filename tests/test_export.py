@@ -90,7 +90,7 @@ def test_int8_io_has_exact_input_quantization(tiny_run, tmp_path):
 
 def test_conversion_from_the_frozen_function_is_what_from_keras_model_gives(tiny_run, val_set, tmp_path, monkeypatch):
     """The exporter converts the model's frozen inference function (no SavedModel on the way):
-    the same ops, tensors and int8 outputs as TFLite's own Keras route, and the same signature."""
+    the same op counts, IO tensors and int8 outputs as TFLite's own Keras route, and the same signature."""
     from ai_edge_litert.interpreter import Interpreter
     from edgeclf.exporters import tflite, tflite_flatbuffer
 
