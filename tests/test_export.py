@@ -88,6 +88,29 @@ def test_int8_io_has_exact_input_quantization(tiny_run, tmp_path):
     assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": -128}
 
 
+def test_int16x8_has_16_bit_activations_and_less_error_than_int8(tiny_run, val_set, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, split, keras_probs = val_set
+    manifest = export_run(tiny_run, ExportSpec(quant="int16x8", calib_size=30, out=str(tmp_path / "16x8")))
+    assert manifest["io"] == "float32" and manifest["input"]["dtype"] == manifest["output"]["dtype"] == "float32"
+    assert manifest["details"]["ptq"]["recipe"] == "bias"  # the default without `input`, which 16x8 does not need
+    assert manifest["details"]["ptq"]["notes"][0].startswith("input: 16-bit activations")
+    assert "reference kernels" in manifest["details"]["int16x8"]["cpu"]
+    interpreter = Interpreter(model_path=str(tmp_path / "16x8" / "model.tflite"))
+    dtypes = [d["dtype"] for d in interpreter.get_tensor_details()]
+    assert dtypes.count(np.float32) == 2  # the model's input and output; every activation between is int16
+    assert dtypes.count(np.int16) > 60 and np.int8 in dtypes
+    int8 = export_run(tiny_run, ExportSpec(quant="int8", io="float32", ptq="bias", calib_size=30, out=str(tmp_path / "int8")))
+    error = {name: np.abs(predict_file(tmp_path / name / "model.tflite", split.images) - keras_probs).mean()
+             for name in ("16x8", "int8")}
+    assert error["16x8"] < 0.7 * error["int8"], error  # same int8 weights, finer activations
+    assert manifest["accuracy"]["agreement"] >= int8["accuracy"]["agreement"]
+    with pytest.raises(UsageError, match="--ptq input cannot be applied: 16-bit activations"):
+        export_run(tiny_run, ExportSpec(quant="int16x8", ptq="input,bias", calib_size=30, out=str(tmp_path / "refused")))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_conversion_from_the_frozen_function_is_what_from_keras_model_gives(tiny_run, val_set, tmp_path, monkeypatch):
     """The exporter converts the model's frozen inference function (no SavedModel on the way):
     the same op counts, IO tensors and int8 outputs as TFLite's own Keras route, and the same signature."""
@@ -211,6 +234,9 @@ def test_inspect_a_model_edgeclf_did_not_make(tmp_path):
     (dict(target="tflite", quant="dynamic", per_channel=False), "--per-channel/--per-tensor apply only"),
     (dict(target="tflite", dynamic_batch=True), "--dynamic-batch applies only to --target onnx"),
     (dict(target="tflite", quant="fp16", calib_dir="."), "--calib-dir is only used by --quant int8"),
+    (dict(target="tflite", quant="int16x8", io="uint8"), "--io uint8 applies only to --target tflite --quant int8"),
+    (dict(target="tflite", quant="int16x8", debug_quant=True), "--debug-quant applies only to --target tflite --quant int8"),
+    (dict(target="onnx", quant="int16x8"), "--quant int16x8 is not available for onnx"),
 ])
 def test_options_another_target_would_ignore_are_refused(options, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):

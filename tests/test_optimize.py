@@ -355,6 +355,9 @@ def test_qat_model_exports_to_int8_that_agrees_with_it(tiny_run, tmp_path, monke
     assert manifest["details"]["quantization_coverage"]["ops_integer_fraction"] == 1.0
     assert manifest["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
     assert manifest["source_run"]["optimization"]["qat"] is True
+    with pytest.raises(UsageError, match="a QAT run learned int8 ranges"):
+        export_run(out, ExportSpec(quant="int16x8", out=str(tmp_path / "16x8")))
+    assert not (tmp_path / "16x8").exists()
     # QAT twice is refused, and so is pruning what QAT trained.
     with pytest.raises(UsageError, match="already had quantization-aware training"):
         optimize(OptimizeConfig(run_dir=str(out), out=str(tmp_path / "again"), qat=True))

@@ -8,6 +8,8 @@ from edgeclf import exporters
 from edgeclf.errors import UsageError
 
 IO_TYPES = ("uint8", "int8", "float32")
+# Quantization modes whose activation ranges come from calibration images.
+CALIBRATED_MODES = ("int8", "int16x8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # Options that only some formats read, with the values that mean "not set" and how the
 # command line spells them. A set option the chosen format would ignore is refused.
@@ -54,7 +56,8 @@ class ExportSpec:
             if self.io not in (None, "float32"):
                 raise UsageError(f"--io {self.io} needs --quant int8", f"{self.quant} models take float32 input; drop --io")
             if self.calib_dir is not None:
-                raise UsageError(f"--calib-dir is only used by --quant int8, not {self.quant}", "drop --calib-dir or pass --quant int8")
+                raise UsageError(f"--calib-dir is only used by --quant {' and '.join(CALIBRATED_MODES)}, not {self.quant}",
+                                 "drop --calib-dir or pass --quant int8")
             self.io = "float32"
         for option, (unset, flag) in FORMAT_OPTIONS.items():
             value = getattr(self, option)
@@ -67,7 +70,7 @@ class ExportSpec:
                 raise UsageError("--float-layers keeps part of the model in float, so its IO is float32", "drop --io or use --io float32")
             self.io = "float32"
         if self.io is None:
-            self.io = fmt.default_io if self.needs_calibration else "float32"
+            self.io = fmt.default_io if fmt.accepts("io", self.quant) else "float32"
         if self.accuracy_control is not None and not 0 <= self.accuracy_control <= 100:
             raise UsageError(f"--accuracy-control {self.accuracy_control} is not a number of points in [0, 100]",
                              "e.g. --accuracy-control 0.5")
@@ -92,7 +95,7 @@ class ExportSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.quant == "int8"
+        return self.quant in CALIBRATED_MODES
 
     def default_dir_name(self) -> str:
         return f"{self.target}-{self.quant}"

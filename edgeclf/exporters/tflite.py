@@ -1,4 +1,5 @@
-"""TFLite exporter: fp32, fp16, dynamic-range and full-integer int8 with embedded metadata."""
+"""TFLite exporter: fp32, fp16, dynamic-range, full-integer int8 and 16x8 (int16 activations,
+int8 weights), with embedded metadata."""
 from __future__ import annotations
 
 import csv
@@ -25,6 +26,17 @@ DEBUG_FILE = "quant_debug.csv"
 EXACT_INPUT_QUANT = {"uint8": (1.0, 0), "int8": (1.0, -128)}
 # Ops allowed to stay float in an int8 model: only the IO conversions of --io float32.
 IO_CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
+# Measured (README, "int16x8"): tiny MobileNetV2 1.27 ms against 0.05 ms fp32, EfficientNetB0 at
+# 160 px 375 ms against 72 ms, one thread on x86.
+SLOW_ON_CPU = ("LiteRT runs 16x8 on its reference kernels on a CPU, several times slower than fp32; "
+               "it pays on accelerators that run 16-bit activations natively (check with edgeclf bench on the device)")
+# What 16x8 cannot use: the range techniques edit int8 ranges, and the input fold is not needed
+# (16-bit activations keep the scaled pixels' 256 levels apart) while its per-channel border
+# (EfficientNet's normalisation) keeps a float pad value that 16x8's PAD cannot run.
+NOT_WITH_16X8 = {
+    "input": "16-bit activations keep every pixel level without it, and its per-channel pad does not run in 16x8",
+    **{name: "it edits int8 activation ranges" for name in ptq.RANGE_TECHNIQUES},
+}
 
 
 def export(job: ExportJob) -> ExportOutput:
@@ -32,9 +44,18 @@ def export(job: ExportJob) -> ExportOutput:
     spec = job.spec
     details: dict = {}
     techniques = ()
-    if spec.quant == "int8":
-        excluded = {name: "not with --float-layers (the debugger calibrates those models)" for name in ptq.RANGE_TECHNIQUES} \
-            if spec.float_layers else {}
+    if spec.quant == "int16x8" and job.run.qat:
+        raise UsageError("a QAT run learned int8 ranges, so it exports to --quant int8, not int16x8",
+                         "export it with --quant int8, or export its float source run with --quant int16x8")
+    if spec.needs_calibration:
+        if spec.quant == "int16x8":
+            excluded = NOT_WITH_16X8
+            details["int16x8"] = {"activations": "int16", "weights": "int8", "biases": "int64", "cpu": SLOW_ON_CPU}
+            console.warn(f"int16x8: {SLOW_ON_CPU}")
+        elif spec.float_layers:
+            excluded = {name: "not with --float-layers (the debugger calibrates those models)" for name in ptq.RANGE_TECHNIQUES}
+        else:
+            excluded = {}
         job, techniques = ptq.prepare(job, details, excluded)
     if spec.float_layers:
         model_bytes = _selectively_quantized(job, details)
@@ -43,10 +64,10 @@ def export(job: ExportJob) -> ExportOutput:
     else:
         model_bytes = _convert(_converter(job))
     model_bytes = tflite_flatbuffer.set_serving_signature(model_bytes, job.model.input_names[0], job.model.output_names[0])
-    if spec.quant == "int8":
+    if spec.needs_calibration:
         model_bytes = _exact_input_quantization(model_bytes, spec.io, details)
         if not spec.float_layers:
-            _require_integer_ops(model_bytes)
+            _require_integer_ops(model_bytes, spec.quant)
         if spec.debug_quant:
             details["quant_debug"] = debug_quantization(job, job.staging / DEBUG_FILE)
     size = job.run.img_size
@@ -99,6 +120,10 @@ def _converter(job: ExportJob, io: str | None = None):
         io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io or spec.io]
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
+    elif spec.quant == "int16x8":  # float32 IO: LiteRT's QUANTIZE/DEQUANTIZE convert at the edges
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = job.calibration.tflite_representative_dataset()
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     return converter
 
 
@@ -172,13 +197,14 @@ def _exact_input_quantization(model_bytes: bytes, io: str, details: dict) -> byt
     return tflite_flatbuffer.set_input_quantization(model_bytes, scale, zero_point)
 
 
-def _require_integer_ops(model_bytes: bytes) -> None:
+def _require_integer_ops(model_bytes: bytes, quant: str) -> None:
     float_ops = [
         op for op in tflite_flatbuffer.float_ops(model_bytes) if op["op"] not in IO_CONVERSION_OPS
     ]
     if float_ops:
         names = ", ".join(f"{op['op']} ({op['output']})" for op in float_ops[:3])
-        raise ExportError(f"these ops could not be quantized to int8: {names}", "try --quant dynamic, or --float-layers for them")
+        hint = "try --quant dynamic, or --float-layers for them" if quant == "int8" else "try --quant int8 or --quant dynamic"
+        raise ExportError(f"these ops could not be quantized to {quant}: {names}", hint)
 
 
 # --------------------------------------------------------------------------------------
@@ -327,8 +353,8 @@ INT8 = ("int8",)
 FORMAT = Format(
     name="tflite",
     suffixes=(".tflite",),
-    quant_modes=("fp32", "fp16", "dynamic", "int8"),
-    options={"io": INT8, "debug_quant": INT8, "float_layers": INT8, "ptq": INT8},
+    quant_modes=("fp32", "fp16", "dynamic", "int8", "int16x8"),
+    options={"io": INT8, "debug_quant": INT8, "float_layers": INT8, "ptq": ("int8", "int16x8")},
     ptq=("input", "cle", "round", "bias", "ranges", "swish"),
     # Measured on two flowers reference runs (benchmarks/ptq.py, README): agreement with float on
     # test / val, run 1 and run 2: plain 91.9% / 94.8%, 92.6% / 92.2%; input,bias 97.4% / 98.0%,
