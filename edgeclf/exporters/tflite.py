@@ -28,7 +28,7 @@ EXACT_INPUT_QUANT = {"uint8": (1.0, 0), "int8": (1.0, -128)}
 IO_CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
 # Measured (README, "16-bit activations"): tiny MobileNetV2 1.27 ms against 0.05 ms fp32,
 # EfficientNetB0 at 160 px 161 ms against 6.9 ms, one thread on x86.
-SLOW_ON_CPU = ("LiteRT runs 16x8 on its reference kernels on a CPU, several times slower than fp32; "
+SLOW_ON_CPU = ("LiteRT runs 16x8 on its reference kernels on a CPU, far slower than fp32 (24x on EfficientNetB0 here); "
                "it pays on accelerators that run 16-bit activations natively (check with edgeclf bench on the device)")
 # What 16x8 cannot use: the range techniques edit int8 ranges, and the input fold is not needed
 # (16-bit activations keep the scaled pixels' 256 levels apart) while its per-channel border
