@@ -67,7 +67,7 @@ def build(run: Run, size: int = 300, calib_dir: str | None = None, seed: int | N
     if size < RECOMMENDED_MIN:
         console.warn(
             f"--calib-size {size} is below {RECOMMENDED_MIN}: activation ranges from few images "
-            "miss rare values and int8 accuracy can drop"
+            "miss rare values and quantized accuracy can drop"
         )
     if size > len(samples):
         console.warn(f"--calib-size {size} is more than the {len(samples)} images available; using all of them")
