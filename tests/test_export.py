@@ -108,6 +108,8 @@ def test_int16x8_has_16_bit_activations_and_less_error_than_int8(tiny_run, val_s
     assert manifest["accuracy"]["agreement"] >= int8["accuracy"]["agreement"]
     with pytest.raises(UsageError, match="--ptq input cannot be applied: 16-bit activations"):
         export_run(tiny_run, ExportSpec(quant="int16x8", ptq="input,bias", calib_size=30, out=str(tmp_path / "refused")))
+    with pytest.raises(UsageError, match="--ptq sequential cannot be applied: it rounds against a simulation of 8-bit"):
+        export_run(tiny_run, ExportSpec(quant="int16x8", ptq="sequential", calib_size=30, out=str(tmp_path / "refused")))
     assert not (tmp_path / "refused").exists()
 
 

@@ -294,7 +294,7 @@ FORMAT = Format(
     quant_modes=("fp32", "fp16", "dynamic", "int8"),
     options={"calib_method": ("int8",), "per_channel": ("dynamic", "int8"),
              "dynamic_batch": ("fp32", "fp16", "dynamic", "int8"), "ptq": ("int8",)},
-    ptq=("input", "cle", "round", "bias"),
+    ptq=("input", "cle", "round", "sequential", "bias"),
     # Measured on the flowers reference run (benchmarks/ptq.py --target onnx, README): agreement
     # with float on test / val 92.8% / 93.6% plain, 94.5% / 96.9% bias, 96.6% / 97.8% input,bias,
     # 98.2% / 98.2% input,round,bias.

@@ -5,12 +5,15 @@
 - `cle`: cross-layer equalization of the BatchNorm-folded Keras model (equalize.py);
 - `round`: output-aware int8 weight rounding on the converter's grid (rounding.py);
 - `bias`: bias correction of the weight-rounding shift (bias_correction.py);
+- `sequential`: output-aware rounding layer after layer against the inputs a simulated int8
+  network gives each layer (upstream weights rounded, activations at 8 bits), and the bias
+  re-centred on them (sequential.py); it replaces `round` and `bias`;
 - `ranges`: MSE-optimal activation ranges instead of absolute min/max (TFLite only, so it lives
   beside that exporter: exporters/tflite_ranges.py);
 - `swish`: the range of every tensor that feeds a swish (EfficientNet) chosen for the least
   error of swish's output, which lets its negative tail go (exporters/tflite_ranges.py, TFLite only).
 
-`input`, `cle`, `round` and `bias` rewrite a copy of the Keras model before conversion, so every
+`input`, `cle`, `round`, `sequential` and `bias` rewrite a copy of the Keras model before conversion, so every
 format can use them; `ranges` and `swish` change how the TFLite converter's calibration is turned into int8.
 Each format's Format record lists the techniques it offers (`ptq`) and its default
 (`ptq_default`, and `ptq_default_by_arch` where a backbone measured differently), the
@@ -21,9 +24,11 @@ from __future__ import annotations
 from edgeclf import console
 from edgeclf.errors import UsageError
 
-TECHNIQUES = ("input", "cle", "round", "bias", "ranges", "swish")  # the order they are applied in
+TECHNIQUES = ("input", "cle", "round", "sequential", "bias", "ranges", "swish")  # the order they are applied in
 RANGE_TECHNIQUES = ("ranges", "swish")  # applied to the converter's calibration, not to the Keras model
-KERAS_TECHNIQUES = ("input", "cle", "round", "bias")
+KERAS_TECHNIQUES = ("input", "cle", "round", "sequential", "bias")
+# `sequential` rounds every weight itself and re-centres every bias on the quantized inputs.
+REPLACED_BY_SEQUENTIAL = ("round", "bias")
 NONE = "none"
 
 
@@ -38,6 +43,10 @@ def parse(text: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in TECHNIQUES]
     if unknown:
         raise UsageError(f"--ptq {','.join(unknown)} is not a technique", f"use a comma list of {', '.join(TECHNIQUES)}, or none")
+    both = [n for n in REPLACED_BY_SEQUENTIAL if n in names and "sequential" in names]
+    if both:
+        raise UsageError(f"--ptq sequential already does what {' and '.join(both)} would",
+                         f"drop {','.join(both)} from --ptq (sequential rounds each layer and re-centres its bias)")
     return tuple(t for t in TECHNIQUES if t in names)
 
 
@@ -87,7 +96,7 @@ def prepare_keras(model, images, techniques) -> tuple[object, dict]:
         return model, {}
     from edgeclf.pipeline.batchnorm import fold_batchnorm
     from edgeclf.pipeline.quant_aware import independent_copy
-    from edgeclf.ptq import bias_correction, equalize, input_fold, rounding
+    from edgeclf.ptq import bias_correction, equalize, input_fold, rounding, sequential
 
     copy = independent_copy(model)
     details = {}
@@ -106,6 +115,10 @@ def prepare_keras(model, images, techniques) -> tuple[object, dict]:
     if "round" in techniques:
         float_kernels, details["rounding"] = rounding.round_weights(copy, images)
         console.info(f"output-aware rounding: {details['rounding']['rounded']} layers rounded")
+    if "sequential" in techniques:
+        details["sequential"] = sequential.round_sequentially(copy, images)
+        console.info(f"sequential rounding: {details['sequential']['rounded']} layers rounded")
+        copy = independent_copy(copy)  # the simulation's graph no longer hangs off these layers
     if "bias" in techniques:
         details["bias_correction"] = bias_correction.correct_biases(copy, images, reference=float_kernels)
         console.info(f"bias correction: {details['bias_correction']['corrected']} layers corrected")
