@@ -121,46 +121,66 @@ def simulated_int8(model, ranges: dict):
         return keras.models.clone_model(model, clone_function=Quantized)
 
 
-def _statistics(layer, reference_probe, simulated_probe, images, batch_size: int = 8):
-    """E[x_q x_q^T] of the quantized input patches and the means of the float and the quantized
-    ones; per channel for a depthwise layer."""
+def _grouped_patches(layer, x: np.ndarray) -> np.ndarray:
+    """The layer's input patches as (positions, groups, d): one group per channel for a
+    depthwise layer, a single group otherwise."""
+    patches = rounding._patches(layer, np.asarray(x, np.float32)).astype(np.float64)
+    if hasattr(layer, "depthwise_kernel"):
+        kh, kw, channels, _ = layer.depthwise_kernel.shape
+        return patches.reshape(-1, kh * kw, channels).transpose(0, 2, 1)
+    return patches[:, None, :]
+
+
+def _batches(probe, images, batch_size: int = 8):
     tf = tfenv.tf()
-    depthwise = hasattr(layer, "depthwise_kernel")
-    sums = None
     for start in range(0, len(images), batch_size):
-        batch = tf.constant(np.asarray(images[start : start + batch_size], np.float32))
-        x = rounding._patches(layer, np.asarray(reference_probe(batch, training=False), np.float32)).astype(np.float64)
-        xq = rounding._patches(layer, np.asarray(simulated_probe(batch, training=False), np.float32)).astype(np.float64)
-        if depthwise:
-            kh, kw, channels, _ = layer.depthwise_kernel.shape
-            x, xq = x.reshape(-1, kh * kw, channels), xq.reshape(-1, kh * kw, channels)
-            part = [np.einsum("mic,mjc->cij", xq, xq), x.sum(0).T, xq.sum(0).T, len(x)]
+        outputs = probe(tf.constant(np.asarray(images[start : start + batch_size], np.float32)), training=False)
+        yield outputs if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def float_input_means(model, layers, images) -> list[np.ndarray]:
+    """Per layer, the mean (groups, d) of its input patches in the float model, in one pass."""
+    probe = tfenv.keras().Model(model.inputs, [layer.input for layer in layers])
+    sums, counts = [0.0] * len(layers), [0] * len(layers)
+    for outputs in _batches(probe, images):
+        for i, (layer, x) in enumerate(zip(layers, outputs)):
+            patches = _grouped_patches(layer, x)
+            sums[i] = sums[i] + patches.sum(axis=0)
+            counts[i] += len(patches)
+    return [total / n for total, n in zip(sums, counts)]
+
+
+def quantized_input_statistics(layer, probe, images) -> tuple[np.ndarray, np.ndarray]:
+    """E[x_q x_q^T] (groups, d, d) and the mean (groups, d) of the layer's input patches in
+    the simulated int8 network (`probe` returns that input)."""
+    moments, sums, count = 0.0, 0.0, 0
+    for (x,) in _batches(probe, images):
+        patches = _grouped_patches(layer, x)
+        if patches.shape[1] == 1:  # one group: a plain matrix product is much faster than einsum
+            moments = moments + (patches[:, 0].T @ patches[:, 0])[None]
         else:
-            part = [(xq.T @ xq)[None], x.sum(0)[None], xq.sum(0)[None], len(x)]
-        sums = part if sums is None else [a + b for a, b in zip(sums, part)]
-    qq, sx, sq, n = sums
-    return qq / n, sx / n, sq / n
+            moments = moments + np.einsum("mgi,mgj->gij", patches, patches)
+        sums = sums + patches.sum(axis=0)
+        count += len(patches)
+    return moments / count, sums / count
 
 
 def round_sequentially(model, images, max_images: int = 64) -> dict:
     """Round every target kernel of `model` in place, in graph order, against the simulated int8
     network's inputs, and re-centre its bias; returns the details."""
-    from edgeclf.pipeline.quant_aware import independent_copy
-
     keras = tfenv.keras()
     layers, skipped = rounding.targets(model)
     if not layers:
         return {"rounded": 0, "skipped": skipped}
     ranges_images, images = images, images[:max_images]
     bias_slots = {layer.name: _bias_slot(layer)[0] for layer in layers}  # before any graph is added
-    reference = independent_copy(model)
+    float_means = float_input_means(model, layers, images)
     ranges = output_ranges(model, ranges_images)
     simulated = simulated_int8(model, ranges)
     console.info(f"sequential rounding: {len(layers)} layers, each against the simulated int8 network")
-    for layer in layers:
-        reference_probe = keras.Model(reference.inputs, reference.get_layer(layer.name).input)
-        simulated_probe = keras.Model(simulated.inputs, simulated.get_layer(layer.name).input)
-        moments, mean_x, mean_q = _statistics(layer, reference_probe, simulated_probe, images)
+    for layer, mean_x in zip(layers, float_means):
+        probe = keras.Model(simulated.inputs, simulated.get_layer(layer.name).input)
+        moments, mean_q = quantized_input_statistics(layer, probe, images)
         variable = kernel_of(layer)
         kernel = variable.numpy().astype(np.float64)
         depthwise = hasattr(layer, "depthwise_kernel")
