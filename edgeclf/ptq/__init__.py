@@ -118,7 +118,6 @@ def prepare_keras(model, images, techniques) -> tuple[object, dict]:
     if "sequential" in techniques:
         details["sequential"] = sequential.round_sequentially(copy, images)
         console.info(f"sequential rounding: {details['sequential']['rounded']} layers rounded")
-        copy = independent_copy(copy)  # the simulation's graph no longer hangs off these layers
     if "bias" in techniques:
         details["bias_correction"] = bias_correction.correct_biases(copy, images, reference=float_kernels)
         console.info(f"bias correction: {details['bias_correction']['corrected']} layers corrected")

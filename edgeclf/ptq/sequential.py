@@ -93,9 +93,10 @@ def _fake_quant(x, low: float, high: float):
     return tf.quantization.fake_quant_with_min_max_args(x, min=low, max=high, num_bits=8)
 
 
-def simulated_int8(model, ranges: dict):
+def simulated_int8(model, ranges: dict, before_layer=None):
     """A network sharing `model`'s layers (so its weights) whose quantized tensors are rounded
-    to 8 bits: assigning a rounded kernel to `model` changes this network too."""
+    to 8 bits: assigning a rounded kernel to `model` changes this network too. When it runs
+    eagerly, `before_layer(layer, x)` is called with each layer's input before the layer runs."""
     keras = tfenv.keras()
     tf = tfenv.tf()
 
@@ -106,6 +107,8 @@ def simulated_int8(model, ranges: dict):
 
         def call(self, *args, **kwargs):
             inner = self.inner
+            if before_layer is not None and tf.executing_eagerly():
+                before_layer(inner, args[0])
             if type(inner) is keras.layers.Activation and _activation_name(inner) == "swish":
                 x = args[0]  # TFLite: LOGISTIC (fixed 1/256 scale), then MUL, each quantized
                 output = x * _fake_quant(tf.sigmoid(x), *FIXED_UNIT_RANGE)
@@ -150,12 +153,13 @@ def float_input_means(model, layers, images) -> list[np.ndarray]:
     return [total / n for total, n in zip(sums, counts)]
 
 
-def quantized_input_statistics(layer, probe, images) -> tuple[np.ndarray, np.ndarray]:
-    """E[x_q x_q^T] (groups, d, d) and the mean (groups, d) of the layer's input patches in
-    the simulated int8 network (`probe` returns that input)."""
+def input_statistics(layer, x, chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """E[x x^T] (groups, d, d) and the mean (groups, d) of the layer's input patches, `chunk`
+    images at a time (a 3x3 patch array is nine times its input)."""
+    x = np.asarray(x, np.float32)
     moments, sums, count = 0.0, 0.0, 0
-    for (x,) in _batches(probe, images):
-        patches = _grouped_patches(layer, x)
+    for start in range(0, len(x), chunk):
+        patches = _grouped_patches(layer, x[start : start + chunk])
         if patches.shape[1] == 1:  # one group: a plain matrix product is much faster than einsum
             moments = moments + (patches[:, 0].T @ patches[:, 0])[None]
         else:
@@ -165,40 +169,56 @@ def quantized_input_statistics(layer, probe, images) -> tuple[np.ndarray, np.nda
     return moments / count, sums / count
 
 
+def _rows(layer, kernel: np.ndarray) -> np.ndarray:
+    """The kernel as (groups, rows, d): a depthwise one as one single-row group per channel."""
+    if hasattr(layer, "depthwise_kernel"):  # (kh, kw, channels, 1)
+        kh, kw, channels, _ = kernel.shape
+        return kernel.reshape(kh * kw, channels).T[:, None, :]
+    return kernel.reshape(-1, kernel.shape[-1]).T[None]
+
+
+def _kernel(layer, rows: np.ndarray, shape) -> np.ndarray:
+    if hasattr(layer, "depthwise_kernel"):
+        return rows[:, 0, :].T.reshape(shape)
+    return rows[0].T.reshape(shape)
+
+
 def round_sequentially(model, images, max_images: int = 64) -> dict:
     """Round every target kernel of `model` in place, in graph order, against the simulated int8
-    network's inputs, and re-centre its bias; returns the details."""
-    keras = tfenv.keras()
+    network's inputs, and re-centre its bias; returns the details.
+
+    The simulated network runs once over the images: each target layer, when its turn comes,
+    is rounded against the input it was given and then computes its output with the rounded
+    weights, so every later layer sees the rounding of all those before it."""
+    tf = tfenv.tf()
     layers, skipped = rounding.targets(model)
     if not layers:
         return {"rounded": 0, "skipped": skipped}
     ranges_images, images = images, images[:max_images]
     bias_slots = {layer.name: _bias_slot(layer)[0] for layer in layers}  # before any graph is added
-    float_means = float_input_means(model, layers, images)
+    float_means = dict(zip((layer.name for layer in layers), float_input_means(model, layers, images)))
     ranges = output_ranges(model, ranges_images)
-    simulated = simulated_int8(model, ranges)
-    console.info(f"sequential rounding: {len(layers)} layers, each against the simulated int8 network")
-    for layer, mean_x in zip(layers, float_means):
-        probe = keras.Model(simulated.inputs, simulated.get_layer(layer.name).input)
-        moments, mean_q = quantized_input_statistics(layer, probe, images)
+    done = []
+
+    def round_layer(layer, x) -> None:
+        if layer.name not in float_means or layer.name in done:
+            return
+        moments, mean_q = input_statistics(layer, x)
         variable = kernel_of(layer)
-        kernel = variable.numpy().astype(np.float64)
-        depthwise = hasattr(layer, "depthwise_kernel")
-        if depthwise:  # (kh, kw, channels, 1): one group of one row per channel
-            kh, kw, channels, _ = kernel.shape
-            rows = kernel.reshape(kh * kw, channels).T[:, None, :]
-        else:
-            rows = kernel.reshape(-1, kernel.shape[-1]).T[None]
+        rows = _rows(layer, variable.numpy().astype(np.float64))
         quantized = rounding.quantize_rows(rows, moments)
         slot = bias_slots[layer.name]
         if slot is not None:  # mean output: float w E[x] + b must equal w_q E[x_q] + b'
-            shift = np.einsum("grd,gd->gr", rows, mean_x) - np.einsum("grd,gd->gr", quantized, mean_q)
+            shift = np.einsum("grd,gd->gr", rows, float_means[layer.name]) - np.einsum("grd,gd->gr", quantized, mean_q)
             slot.assign((slot.numpy() + shift.reshape(-1)).astype(np.float32))
-        if depthwise:
-            rounded = quantized[:, 0, :].T.reshape(kernel.shape)
-        else:
-            rounded = quantized[0].T.reshape(kernel.shape)
-        variable.assign(rounded.astype(np.float32))
+        variable.assign(_kernel(layer, quantized, variable.shape).astype(np.float32))
+        done.append(layer.name)
+
+    simulated = simulated_int8(model, ranges, before_layer=round_layer)
+    console.info(f"sequential rounding: {len(layers)} layers, each against the simulated int8 network")
+    simulated(tf.constant(np.asarray(images, np.float32)), training=False)
+    if len(done) != len(layers):
+        raise RuntimeError(f"sequential rounding reached {len(done)} of {len(layers)} layers")
     return {
         "rounded": len(layers),
         "bias_recentred": sum(slot is not None for slot in bias_slots.values()),
