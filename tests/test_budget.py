@@ -186,7 +186,7 @@ def test_budget_that_nothing_meets_publishes_nothing(tiny_run, tmp_path, monkeyp
     with pytest.raises(ExportError, match=r"closest was 'ptq none' with drop 2.00 points and agreement 90.0%; nothing published") as exc:
         export_within_budget(tiny_run, BudgetSpec(spec, max_drop=1))
     assert "edgeclf optimize --qat" in exc.value.fix
-    assert [recipe for _, recipe in seen] == ["none", *dict.fromkeys([ptq.label(exporters.get("tflite").ptq_default), "input,round,bias", "input,bias,ranges"])]
+    assert [recipe for _, recipe in seen] == ["none", *dict.fromkeys([ptq.label(exporters.get("tflite").ptq_default), "input,bias", "input,round,bias", "input,bias,ranges"])]
     # plain and the improved PTQ recipes; then the QAT attempt failed before exporting
     assert not out.exists() and hidden_leftovers(out.parent) == []
     report = json.loads((out.parent / "tflite-int8.budget-report.json").read_text())["budget"]

@@ -49,7 +49,8 @@ def export(job: ExportJob) -> ExportOutput:
     if spec.quant == "int8":
         # Bias correction and output-aware rounding work on a per-channel weight grid (symmetric, max|w|/127).
         excluded = {name: f"not with --per-tensor (the {what} assumes per-channel weights)"
-                    for name, what in (("round", "rounding"), ("bias", "correction"))} if per_channel is False else {}
+                    for name, what in (("round", "rounding"), ("sequential", "rounding"), ("bias", "correction"))} \
+            if per_channel is False else {}
         job, techniques = ptq.prepare(job, details, excluded)
         if {"bias", "round"} & set(techniques):
             per_channel = True

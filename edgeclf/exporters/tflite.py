@@ -340,6 +340,7 @@ def keep_worst_ops_in_float(run, spec, count: int):
 BUDGET = Budget(steps=(
     Step("ptq none", {"ptq": "none"}),
     Step("ptq {ptq}", {"ptq": DEFAULT_PTQ}),
+    Step("ptq {ptq}", {"ptq": "input,bias"}),
     Step("ptq {ptq}", {"ptq": "input,round,bias"}),
     Step("ptq {ptq}", {"ptq": "input,bias,ranges"}),
     Step("ptq {ptq}, calibration {images} images", {"ptq": DEFAULT_PTQ, "calib_size": EVERY_IMAGE}, when=MORE_IMAGES),
@@ -357,11 +358,12 @@ FORMAT = Format(
     quant_modes=("fp32", "fp16", "dynamic", "int8", "int16x8"),
     options={"io": INT8, "debug_quant": INT8, "float_layers": INT8, "ptq": ("int8", "int16x8")},
     ptq=("input", "cle", "round", "sequential", "bias", "ranges", "swish"),
-    # Measured on two flowers reference runs (benchmarks/ptq.py, README): agreement with float on
-    # test / val, run 1 and run 2: plain 91.9% / 94.8%, 92.6% / 92.2%; input,bias 97.4% / 98.0%,
-    # 97.9% / 98.0%; input,round,bias 96.8% / 98.0%, 97.9% / 98.2%. On val the two tie (one
-    # image), so the cheaper one, without rounding.
-    ptq_default=("input", "bias"),
+    # Measured on three MobileNetV2 flowers reference runs, seeds 42, 0 and 7 (benchmarks/ptq.py,
+    # README): agreement with float on test / val: input,bias 97.2% / 97.5%, 96.6% / 98.0%,
+    # 98.0% / 97.4%; input,sequential 98.0% / 98.4%, 97.7% / 97.8%, 98.2% / 98.1%. Only
+    # sequential holds 97% on every seed; on the EfficientNetB0 seed-42 run it also changed 129
+    # test predictions against input,bias's 153.
+    ptq_default=("input", "sequential"),
     extra="all",
     requires=("ai_edge_litert",),
     export=export,
