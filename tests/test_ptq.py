@@ -252,6 +252,8 @@ def test_ptq_option_is_parsed_and_limited_to_what_each_format_offers():
     assert exc.value.fix == "use a comma list of input, cle, round, sequential, bias, or none"
     assert ptq.parse("bias,round,input") == ("input", "round", "bias")
     assert ptq.parse("sequential,input") == ("input", "sequential")
+    with pytest.raises(UsageError, match="--ptq sequential is not available for --target openvino"):
+        ExportSpec(target="openvino", quant="int8", ptq="sequential")  # NNCF's scheme is not the simulated one
     with pytest.raises(UsageError, match="sequential already does what round and bias would") as exc:
         ptq.parse("input,round,sequential,bias")
     assert "drop round,bias" in exc.value.fix

@@ -20,8 +20,8 @@ from edgeclf.exporters.spec import CALIB_METHODS, IO_TYPES, ExportSpec
 @click.option("--dynamic-batch", is_flag=True, help="ONNX: dynamic batch dimension instead of 1.")
 @click.option("--debug-quant", is_flag=True, help="Write per-layer int8 error to quant_debug.csv and print the worst layers.")
 @click.option("--float-layers", default="", help="Comma-separated Keras layer names to keep in float (selective int8).")
-@click.option("--ptq", help="int8 post-training techniques: comma list of input, cle, round, sequential, bias (every target; "
-              "sequential replaces round and bias), ranges, swish (TFLite), or none [default: the target's measured best recipe: input,sequential for TFLite, "
+@click.option("--ptq", help="int8 post-training techniques: comma list of input, cle, round, bias (every target), "
+              "sequential (TFLite, ONNX; replaces round and bias), ranges, swish (TFLite), or none [default: the target's measured best recipe: input,sequential for TFLite, "
               "input,round,bias for ONNX, round,bias for OpenVINO].")
 @click.option("--accuracy-control", type=float, metavar="POINTS",
               help="OpenVINO int8: NNCF keeps the costliest ops in float until val top-1 is within POINTS of the float model.")

@@ -343,7 +343,9 @@ FORMAT = Format(
     suffixes=(".xml", ".bin"),
     quant_modes=("fp32", "fp16", "int8"),
     options={"ptq": ("int8",), "accuracy_control": ("int8",)},
-    ptq=("input", "cle", "round", "sequential", "bias"),
+    # Not `sequential`: it simulates the TFLite/ONNX Runtime int8 scheme, which NNCF's is not
+    # (EfficientNetB0 seed 42: 151 test predictions changed against 12 for round,bias).
+    ptq=("input", "cle", "round", "bias"),
     # Measured on two flowers reference runs (benchmarks/ptq.py --target openvino, README): agreement
     # with float on test / val, run 1 and run 2: plain 96.6% / 98.1%, 96.2% / 96.7%; round,bias
     # 97.7% / 97.7%, 98.3% / 97.7%; input,round,bias 96.2% / 97.5%, 98.0% / 97.8%. Our bias

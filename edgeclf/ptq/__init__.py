@@ -7,13 +7,13 @@
 - `bias`: bias correction of the weight-rounding shift (bias_correction.py);
 - `sequential`: output-aware rounding layer after layer against the inputs a simulated int8
   network gives each layer (upstream weights rounded, activations at 8 bits), and the bias
-  re-centred on them (sequential.py); it replaces `round` and `bias`;
+  re-centred on them (sequential.py); it replaces `round` and `bias`; TFLite and ONNX only;
 - `ranges`: MSE-optimal activation ranges instead of absolute min/max (TFLite only, so it lives
   beside that exporter: exporters/tflite_ranges.py);
 - `swish`: the range of every tensor that feeds a swish (EfficientNet) chosen for the least
   error of swish's output, which lets its negative tail go (exporters/tflite_ranges.py, TFLite only).
 
-`input`, `cle`, `round`, `sequential` and `bias` rewrite a copy of the Keras model before conversion, so every
+`input`, `cle`, `round`, `sequential` and `bias` rewrite a copy of the Keras model before conversion, so any
 format can use them; `ranges` and `swish` change how the TFLite converter's calibration is turned into int8.
 Each format's Format record lists the techniques it offers (`ptq`) and its default
 (`ptq_default`, and `ptq_default_by_arch` where a backbone measured differently), the
