@@ -86,11 +86,11 @@ def prepare(job, details: dict, excluded: dict[str, str] | None = None):
             if job.spec.ptq is not None:  # asked for by name: say so rather than drop it
                 raise UsageError(f"--ptq {name} cannot be applied: {why}", f"drop {name} from --ptq")
             techniques = tuple(t for t in techniques if t != name)
-            instead = STAND_INS.get(name, ())
-            instead = [t for t in instead if t not in techniques and t not in excluded]
+            instead = [t for t in STAND_INS.get(name, ()) if t not in techniques and t not in excluded]
             techniques = tuple(t for t in TECHNIQUES if t in techniques or t in instead)
-            notes.append(f"{name}: {why}" + (f"; {','.join(instead)} in its place" if instead else ""))
-            console.info(f"--ptq default: {name} left out, {why}" + (f"; {','.join(instead)} in its place" if instead else ""))
+            stand_in = f"; {','.join(instead)} in its place" if instead else ""
+            notes.append(f"{name}: {why}{stand_in}")
+            console.info(f"--ptq default: {name} left out, {why}{stand_in}")
     model, keras_details = prepare_keras(job.model, job.calibration.images, techniques)
     details["ptq"] = {"recipe": label(techniques), **keras_details} | ({"notes": notes} if notes else {})
     return dataclasses.replace(job, model=model), techniques

@@ -69,18 +69,41 @@ def _patches(layer, x: np.ndarray) -> np.ndarray:
     return np.asarray(patches).reshape(-1, kh * kw * x.shape[-1])
 
 
-def _outer_sum(layer, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """This batch's sum of x x^T over patches, (d, d) or (channels, k, k) for depthwise, and the patch count."""
-    patches = _patches(layer, x).astype(np.float64)
+def grouped_patches(layer, x: np.ndarray) -> np.ndarray:
+    """The layer's input patches as float64 (positions, groups, d): one group per channel for a
+    depthwise layer (d = kh*kw), a single group otherwise."""
+    patches = _patches(layer, np.asarray(x, np.float32)).astype(np.float64)
     if hasattr(layer, "depthwise_kernel"):
         kh, kw, channels, _ = layer.depthwise_kernel.shape
-        patches = patches.reshape(-1, kh * kw, channels)
-        return np.einsum("mic,mjc->cij", patches, patches), len(patches)
-    return patches.T @ patches, len(patches)
+        return patches.reshape(-1, kh * kw, channels).transpose(0, 2, 1)
+    return patches[:, None, :]
+
+
+def outer_sum(patches: np.ndarray) -> np.ndarray:
+    """Sum of x x^T over grouped patches, (groups, d, d)."""
+    if patches.shape[1] == 1:  # one group: a plain matrix product is much faster than einsum
+        return (patches[:, 0].T @ patches[:, 0])[None]
+    return np.einsum("mgi,mgj->gij", patches, patches)
+
+
+def kernel_rows(layer, kernel: np.ndarray) -> np.ndarray:
+    """The kernel as (groups, rows, d), each row one output channel's weights: a depthwise
+    kernel (kh, kw, channels, 1) as one single-row group per channel."""
+    if hasattr(layer, "depthwise_kernel"):
+        kh, kw, channels, _ = kernel.shape
+        return kernel.reshape(kh * kw, channels).T[:, None, :]
+    return kernel.reshape(-1, kernel.shape[-1]).T[None]
+
+
+def kernel_from_rows(layer, rows: np.ndarray, shape) -> np.ndarray:
+    """kernel_rows undone."""
+    if hasattr(layer, "depthwise_kernel"):
+        return rows[:, 0, :].T.reshape(shape)
+    return rows[0].T.reshape(shape)
 
 
 def second_moments(model, layers, images, batch_size: int = 8) -> list[np.ndarray]:
-    """Per layer, E[x x^T] of its input patches over `images` (the float model's inputs)."""
+    """Per layer, E[x x^T] (groups, d, d) of its input patches over `images` (the float model's inputs)."""
     keras = tfenv.keras()
     tf = tfenv.tf()
     probe = keras.Model(model.inputs, [layer.input for layer in layers])
@@ -90,9 +113,9 @@ def second_moments(model, layers, images, batch_size: int = 8) -> list[np.ndarra
         outputs = probe(batch, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for i, (layer, x) in enumerate(zip(layers, outputs)):
-            part, n = _outer_sum(layer, np.asarray(x, np.float32))
-            totals[i] = totals[i] + part
-            counts[i] += n
+            patches = grouped_patches(layer, x)
+            totals[i] = totals[i] + outer_sum(patches)
+            counts[i] += len(patches)
     return [total / n for total, n in zip(totals, counts)]
 
 
@@ -136,13 +159,7 @@ def round_weights(model, images, max_images: int = 64) -> tuple[dict, dict]:
         variable = kernel_of(layer)
         kernel = variable.numpy()
         before[layer.name] = kernel
-        if hasattr(layer, "depthwise_kernel"):  # (kh, kw, channels, 1): one group per channel
-            kh, kw, channels, _ = kernel.shape
-            rows = kernel.reshape(kh * kw, channels).T[:, None, :]
-            rounded = quantize_rows(rows, h)[:, 0, :].T.reshape(kernel.shape)
-        else:
-            rows = kernel.reshape(-1, kernel.shape[-1]).T[None]
-            rounded = quantize_rows(rows, h[None])[0].T.reshape(kernel.shape)
+        rounded = kernel_from_rows(layer, quantize_rows(kernel_rows(layer, kernel), h), kernel.shape)
         variable.assign(rounded.astype(np.float32))
     return before, {
         "rounded": len(layers),

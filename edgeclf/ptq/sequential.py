@@ -66,7 +66,7 @@ def _fixed_range(layer) -> bool:
     return _activation_name(layer) in ("sigmoid", "softmax") or isinstance(layer, keras.layers.Softmax)
 
 
-def output_ranges(model, images, batch_size: int = 8) -> dict[str, tuple[float, float]]:
+def output_ranges(model, images) -> dict[str, tuple[float, float]]:
     """Per layer whose output the converter quantizes, the (min, max) it calibrates: the float
     model's extremes over `images`, widened to contain 0 as TFLite does."""
     keras = tfenv.keras()
@@ -77,10 +77,7 @@ def output_ranges(model, images, batch_size: int = 8) -> dict[str, tuple[float, 
     probe = keras.Model(model.inputs, [layer.output for layer in layers])
     low = np.full(len(layers), np.inf)
     high = np.full(len(layers), -np.inf)
-    for start in range(0, len(images), batch_size):
-        batch = tf.constant(np.asarray(images[start : start + batch_size], np.float32))
-        outputs = probe(batch, training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    for outputs in _batches(probe, images):
         for i, output in enumerate(outputs):
             low[i] = min(low[i], float(tf.reduce_min(output)))
             high[i] = max(high[i], float(tf.reduce_max(output)))
@@ -125,16 +122,6 @@ def simulated_int8(model, ranges: dict, before_layer=None):
         return keras.models.clone_model(model, clone_function=Quantized)
 
 
-def _grouped_patches(layer, x: np.ndarray) -> np.ndarray:
-    """The layer's input patches as (positions, groups, d): one group per channel for a
-    depthwise layer, a single group otherwise."""
-    patches = rounding._patches(layer, np.asarray(x, np.float32)).astype(np.float64)
-    if hasattr(layer, "depthwise_kernel"):
-        kh, kw, channels, _ = layer.depthwise_kernel.shape
-        return patches.reshape(-1, kh * kw, channels).transpose(0, 2, 1)
-    return patches[:, None, :]
-
-
 def _batches(probe, images, batch_size: int = 8):
     tf = tfenv.tf()
     for start in range(0, len(images), batch_size):
@@ -148,7 +135,7 @@ def float_input_means(model, layers, images) -> list[np.ndarray]:
     sums, counts = [0.0] * len(layers), [0] * len(layers)
     for outputs in _batches(probe, images):
         for i, (layer, x) in enumerate(zip(layers, outputs)):
-            patches = _grouped_patches(layer, x)
+            patches = rounding.grouped_patches(layer, x)
             sums[i] = sums[i] + patches.sum(axis=0)
             counts[i] += len(patches)
     return [total / n for total, n in zip(sums, counts)]
@@ -160,28 +147,11 @@ def input_statistics(layer, x, chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, np.float32)
     moments, sums, count = 0.0, 0.0, 0
     for start in range(0, len(x), chunk):
-        patches = _grouped_patches(layer, x[start : start + chunk])
-        if patches.shape[1] == 1:  # one group: a plain matrix product is much faster than einsum
-            moments = moments + (patches[:, 0].T @ patches[:, 0])[None]
-        else:
-            moments = moments + np.einsum("mgi,mgj->gij", patches, patches)
+        patches = rounding.grouped_patches(layer, x[start : start + chunk])
+        moments = moments + rounding.outer_sum(patches)
         sums = sums + patches.sum(axis=0)
         count += len(patches)
     return moments / count, sums / count
-
-
-def _rows(layer, kernel: np.ndarray) -> np.ndarray:
-    """The kernel as (groups, rows, d): a depthwise one as one single-row group per channel."""
-    if hasattr(layer, "depthwise_kernel"):  # (kh, kw, channels, 1)
-        kh, kw, channels, _ = kernel.shape
-        return kernel.reshape(kh * kw, channels).T[:, None, :]
-    return kernel.reshape(-1, kernel.shape[-1]).T[None]
-
-
-def _kernel(layer, rows: np.ndarray, shape) -> np.ndarray:
-    if hasattr(layer, "depthwise_kernel"):
-        return rows[:, 0, :].T.reshape(shape)
-    return rows[0].T.reshape(shape)
 
 
 def round_sequentially(model, images, max_images: int = 64) -> dict:
@@ -206,13 +176,13 @@ def round_sequentially(model, images, max_images: int = 64) -> dict:
             return
         moments, mean_q = input_statistics(layer, x)
         variable = kernel_of(layer)
-        rows = _rows(layer, variable.numpy().astype(np.float64))
+        rows = rounding.kernel_rows(layer, variable.numpy().astype(np.float64))
         quantized = rounding.quantize_rows(rows, moments)
         slot = bias_slots[layer.name]
         if slot is not None:  # mean output: float w E[x] + b must equal w_q E[x_q] + b'
             shift = np.einsum("grd,gd->gr", rows, float_means[layer.name]) - np.einsum("grd,gd->gr", quantized, mean_q)
             slot.assign((slot.numpy() + shift.reshape(-1)).astype(np.float32))
-        variable.assign(_kernel(layer, quantized, variable.shape).astype(np.float32))
+        variable.assign(rounding.kernel_from_rows(layer, quantized, variable.shape).astype(np.float32))
         done.append(layer.name)
 
     simulated = simulated_int8(model, ranges, before_layer=round_layer)
